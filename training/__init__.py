@@ -1,0 +1,1 @@
+"""Data, models and offline evaluation of the music recommender."""

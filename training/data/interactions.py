@@ -1,0 +1,173 @@
+"""User x artist interaction matrix and the vocabularies that travel with it."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import scipy.sparse as sp
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Vocabulary:
+    """Index <-> key mappings for users and artists.
+
+    ``artist_ids`` are the source's stable artist keys (HetRec's numeric id, or the artist name
+    for the Spotify CSV, which has no ids); ``artist_names`` are display names, index-aligned.
+    """
+
+    user_ids: tuple[str, ...]
+    artist_ids: tuple[str, ...]
+    artist_names: tuple[str, ...]
+
+    def __post_init__(self) -> None:
+        if len(self.artist_ids) != len(self.artist_names):
+            raise ValueError(
+                f"artist_ids ({len(self.artist_ids)}) and artist_names "
+                f"({len(self.artist_names)}) must have the same length"
+            )
+
+    @property
+    def n_users(self) -> int:
+        return len(self.user_ids)
+
+    @property
+    def n_artists(self) -> int:
+        return len(self.artist_ids)
+
+    def user_index(self) -> dict[str, int]:
+        """Map user id -> row index."""
+        return {u: i for i, u in enumerate(self.user_ids)}
+
+    def artist_index(self) -> dict[str, int]:
+        """Map artist id -> column index."""
+        return {a: i for i, a in enumerate(self.artist_ids)}
+
+    def fingerprint(self) -> str:
+        """A short hash identifying this exact vocabulary (order matters)."""
+        h = hashlib.sha256()
+        for part in (self.user_ids, self.artist_ids, self.artist_names):
+            h.update("\x1f".join(part).encode())
+            h.update(b"\x1e")
+        return h.hexdigest()[:16]
+
+    def save(self, directory: Path) -> None:
+        """Write ``users.json`` and ``artists.json`` into ``directory``."""
+        directory.mkdir(parents=True, exist_ok=True)
+        (directory / "users.json").write_text(json.dumps(list(self.user_ids)))
+        artists = {"ids": list(self.artist_ids), "names": list(self.artist_names)}
+        (directory / "artists.json").write_text(json.dumps(artists, ensure_ascii=False))
+
+    @classmethod
+    def load(cls, directory: Path) -> Vocabulary:
+        """Read a vocabulary written by :meth:`save`."""
+        users = json.loads((directory / "users.json").read_text())
+        artists = json.loads((directory / "artists.json").read_text())
+        return cls(tuple(users), tuple(artists["ids"]), tuple(artists["names"]))
+
+
+@dataclass(frozen=True)
+class Interactions:
+    """A sparse user x artist matrix of play counts plus its vocabulary."""
+
+    matrix: sp.csr_matrix
+    vocab: Vocabulary
+    source: str = ""
+
+    def __post_init__(self) -> None:
+        if self.matrix.shape != (self.vocab.n_users, self.vocab.n_artists):
+            raise ValueError(
+                f"matrix shape {self.matrix.shape} does not match vocabulary "
+                f"({self.vocab.n_users} users x {self.vocab.n_artists} artists)"
+            )
+
+    @property
+    def nnz(self) -> int:
+        return int(self.matrix.nnz)
+
+    def fingerprint(self) -> str:
+        """Hash of the vocabulary and the matrix contents: identifies the training data."""
+        m = self.matrix
+        h = hashlib.sha256(self.vocab.fingerprint().encode())
+        for arr in (m.indptr, m.indices, m.data):
+            h.update(np.ascontiguousarray(arr).tobytes())
+        return h.hexdigest()[:16]
+
+    def summary(self) -> dict[str, float | int | str]:
+        """Counts worth printing or storing with a run."""
+        n_u, n_a = self.matrix.shape
+        return {
+            "source": self.source,
+            "users": n_u,
+            "artists": n_a,
+            "pairs": self.nnz,
+            "plays": float(self.matrix.sum()),
+            "density": self.nnz / max(1, n_u * n_a),
+        }
+
+
+def from_frame(
+    frame: pd.DataFrame,
+    *,
+    user_col: str = "user_id",
+    artist_col: str = "artist_id",
+    count_col: str | None = "count",
+    artist_names: dict[str, str] | None = None,
+    source: str = "",
+) -> Interactions:
+    """Build :class:`Interactions` from a long frame of (user, artist[, count]) rows.
+
+    Duplicate (user, artist) rows are summed. Users and artists are indexed in sorted key order,
+    so the same data always gives the same vocabulary.
+    """
+    users = frame[user_col].astype(str)
+    artists = frame[artist_col].astype(str)
+    counts = (
+        frame[count_col].to_numpy(np.float32)
+        if count_col is not None
+        else np.ones(len(frame), np.float32)
+    )
+    if len(counts) and (not np.all(np.isfinite(counts)) or counts.min() <= 0):
+        raise ValueError("play counts must be finite and positive")
+    u_codes, u_keys = pd.factorize(users, sort=True)
+    a_codes, a_keys = pd.factorize(artists, sort=True)
+    matrix = sp.csr_matrix(
+        (counts, (u_codes, a_codes)), shape=(len(u_keys), len(a_keys)), dtype=np.float32
+    )
+    matrix.sum_duplicates()
+    names = artist_names or {}
+    vocab = Vocabulary(
+        tuple(u_keys),
+        tuple(a_keys),
+        tuple(names.get(a, a) for a in a_keys),
+    )
+    return Interactions(matrix, vocab, source)
+
+
+def filter_min_counts(
+    data: Interactions, *, min_user_artists: int = 1, min_artist_users: int = 1
+) -> Interactions:
+    """Drop artists with fewer than ``min_artist_users`` users, then users with fewer than
+    ``min_user_artists`` artists (one pass each, in that order), keeping vocabularies aligned."""
+    m = data.matrix
+    keep_a = np.flatnonzero(np.diff(m.tocsc().indptr) >= min_artist_users)
+    m = m[:, keep_a]
+    keep_u = np.flatnonzero(np.diff(m.indptr) >= min_user_artists)
+    m = m[keep_u]
+    v = data.vocab
+    vocab = Vocabulary(
+        tuple(v.user_ids[i] for i in keep_u),
+        tuple(v.artist_ids[i] for i in keep_a),
+        tuple(v.artist_names[i] for i in keep_a),
+    )
+    dropped = (data.matrix.shape[0] - len(keep_u), data.matrix.shape[1] - len(keep_a))
+    if dropped != (0, 0):
+        log.info("min-count filter dropped %d users and %d artists", *dropped)
+    return Interactions(sp.csr_matrix(m), vocab, data.source)
