@@ -46,10 +46,10 @@ def recommend_users(
 
 def recommend_histories(model: Recommender, histories: sp.csr_matrix, k: int = 10) -> np.ndarray:
     """Top-``k`` artists for listeners given by their histories, excluding what they played."""
-    out = [
-        top_k_excluding(model.score_histories(histories[s : s + _BATCH]), histories[s : s + _BATCH], k)
-        for s in range(0, histories.shape[0], _BATCH)
-    ]
+    out = []
+    for s in range(0, histories.shape[0], _BATCH):
+        batch = histories[s : s + _BATCH]
+        out.append(top_k_excluding(model.score_histories(batch), batch, k))
     return np.vstack(out) if out else np.zeros((0, k), np.int64)
 
 

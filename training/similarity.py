@@ -32,8 +32,10 @@ def top_similar_users(
     if exclude is not None:
         sims[np.arange(len(exclude)), exclude] = 0.0
     n = min(n, sims.shape[1])
-    idx = np.argpartition(-sims, n - 1, axis=1)[:, :n] if n < sims.shape[1] else (
-        np.tile(np.arange(sims.shape[1]), (sims.shape[0], 1))
+    idx = (
+        np.argpartition(-sims, n - 1, axis=1)[:, :n]
+        if n < sims.shape[1]
+        else (np.tile(np.arange(sims.shape[1]), (sims.shape[0], 1)))
     )
     top = np.take_along_axis(sims, idx, axis=1)
     order = np.argsort(-top, axis=1, kind="stable")

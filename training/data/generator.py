@@ -30,8 +30,21 @@ _TRACK_WORDS = (
     "Run Falling Waiting Alive Forever Tonight Yesterday Stranger Paradise Runaway Shine Holding"
 ).split()
 _PLAYLISTS = (
-    "Starred", "Favorites", "Summer", "Workout", "Chill", "Road Trip", "Party", "Focus",
-    "Throwbacks", "Running", "Sleep", "Sunday Morning", "Best of 2014", "Discover", "Late Night",
+    "Starred",
+    "Favorites",
+    "Summer",
+    "Workout",
+    "Chill",
+    "Road Trip",
+    "Party",
+    "Focus",
+    "Throwbacks",
+    "Running",
+    "Sleep",
+    "Sunday Morning",
+    "Best of 2014",
+    "Discover",
+    "Late Night",
 )
 
 
@@ -63,7 +76,8 @@ def artist_names(n: int) -> list[str]:
     names: list[str] = []
     n_base = len(_ADJECTIVES) * len(_NOUNS)
     for i in range(n):
-        base = f"The {_ADJECTIVES[i % len(_ADJECTIVES)]} {_NOUNS[(i // len(_ADJECTIVES)) % len(_NOUNS)]}"
+        adjective = _ADJECTIVES[i % len(_ADJECTIVES)]
+        base = f"The {adjective} {_NOUNS[(i // len(_ADJECTIVES)) % len(_NOUNS)]}"
         names.append(base if i < n_base else f"{base} {i // n_base + 1}")
     return names
 

@@ -56,8 +56,14 @@ def load_audioscrobbler(directory: Path | str) -> Interactions:
         if not files:
             return pd.DataFrame(columns=names)
         return pd.read_csv(
-            files[0], sep="\t", header=None, names=names, dtype=str,
-            quoting=csv.QUOTE_NONE, on_bad_lines="skip", keep_default_na=False,
+            files[0],
+            sep="\t",
+            header=None,
+            names=names,
+            dtype=str,
+            quoting=csv.QUOTE_NONE,
+            on_bad_lines="skip",
+            keep_default_na=False,
         )
 
     alias = two_columns("artist_alias*.txt", ["bad", "good"])

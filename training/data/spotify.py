@@ -99,9 +99,7 @@ def _parse_single_line(line: str) -> list[str] | None:
         return None
 
 
-def iter_records(
-    lines: Iterable[str], report: LoadReport
-) -> Iterator[tuple[str, str, str, str]]:
+def iter_records(lines: Iterable[str], report: LoadReport) -> Iterator[tuple[str, str, str, str]]:
     """Yield ``(user_id, artistname, trackname, playlistname)`` for each well-formed row.
 
     A record that fails to parse, has the wrong field count, or runs past the end of its line

@@ -17,16 +17,23 @@ class ALS(Recommender):
     name = "als"
 
     def __init__(
-        self, factors: int = 64, regularization: float = 0.05, iterations: int = 15,
-        alpha: float = 1.0, seed: int = 0,
+        self,
+        factors: int = 64,
+        regularization: float = 0.05,
+        iterations: int = 15,
+        alpha: float = 1.0,
+        seed: int = 0,
     ) -> None:
         self.factors, self.regularization = factors, regularization
         self.iterations, self.alpha, self.seed = iterations, alpha, seed
 
     def params(self) -> dict[str, object]:
         return {
-            "factors": self.factors, "regularization": self.regularization,
-            "iterations": self.iterations, "alpha": self.alpha, "weighting": "bm25",
+            "factors": self.factors,
+            "regularization": self.regularization,
+            "iterations": self.iterations,
+            "alpha": self.alpha,
+            "weighting": "bm25",
         }
 
     def _weight(self, plays: sp.csr_matrix) -> sp.csr_matrix:
@@ -46,8 +53,11 @@ class ALS(Recommender):
         )
         self.mean_length_ = float(np.asarray(train.sum(axis=1)).ravel()[active].mean())
         self.model_ = AlternatingLeastSquares(
-            factors=self.factors, regularization=self.regularization, alpha=self.alpha,
-            iterations=self.iterations, random_state=self.seed,
+            factors=self.factors,
+            regularization=self.regularization,
+            alpha=self.alpha,
+            iterations=self.iterations,
+            random_state=self.seed,
             calculate_training_loss=False,
         )
         self.weighted_ = self._weight(train)

@@ -78,6 +78,19 @@ class NetworkRecommender(Recommender):
         self.train_ = sp.csr_matrix(train)
         self.scorer_ = CatalogueScorer.from_model(model)
 
+    @classmethod
+    def from_trained(
+        cls, model: keras.Model, train: sp.csr_matrix, neighbours: int = 10
+    ) -> NetworkRecommender:
+        """Wrap an already trained network (e.g. loaded from a run) for scoring."""
+        rec = cls()
+        rec.neighbours = neighbours
+        rec._prepare(model, train)
+        return rec
+
+    def fit(self, train: sp.csr_matrix) -> Self:
+        raise NotImplementedError("use SeedRecommender or DNNRecommender to train a network")
+
     def score_users(self, users: np.ndarray) -> np.ndarray:
         return self.scorer_.score_users(users)
 
@@ -124,14 +137,23 @@ class SeedRecommender(NetworkRecommender):
         lo, hi = float(counts.min()), float(counts.max())
         labels = (counts - lo) / (hi - lo) if hi > lo else np.ones_like(counts)
         model = build_network(
-            train.shape[0], train.shape[1], embedding_dim=cfg.embedding_dim, hidden=cfg.hidden,
+            train.shape[0],
+            train.shape[1],
+            embedding_dim=cfg.embedding_dim,
+            hidden=cfg.hidden,
             seed=cfg.seed,
         )
         model.compile(optimizer=keras.optimizers.Adam(cfg.learning_rate), loss="mse")
         t0 = time.perf_counter()
         for _ in tqdm(range(cfg.epochs), desc="seed", unit="epoch", disable=not self.progress):
-            model.fit(_inputs(users, artists), labels, batch_size=cfg.batch_size, epochs=1,
-                      shuffle=True, verbose=0)
+            model.fit(
+                _inputs(users, artists),
+                labels,
+                batch_size=cfg.batch_size,
+                epochs=1,
+                shuffle=True,
+                verbose=0,
+            )
         self._record(len(users) * cfg.epochs, time.perf_counter() - t0, cfg.epochs)
         self._prepare(model, train)
         return self
@@ -162,14 +184,16 @@ class DNNRecommender(NetworkRecommender):
             np.int32
         )
 
-    def _validation_ndcg(self, model: keras.Model, train: sp.csr_matrix, val: sp.csr_matrix) -> float:
+    def _validation_ndcg(
+        self, model: keras.Model, train: sp.csr_matrix, val: sp.csr_matrix
+    ) -> float:
         users = np.flatnonzero(np.diff(val.indptr) > 0)
         scorer = CatalogueScorer.from_model(model)
-        tops = [
-            top_k_excluding(scorer.score_users(users[s : s + 256]), train[users[s : s + 256]],
-                            self.config.eval_k)
-            for s in range(0, len(users), 256)
-        ]
+        tops = []
+        for s in range(0, len(users), 256):
+            batch = users[s : s + 256]
+            scores = scorer.score_users(batch)
+            tops.append(top_k_excluding(scores, train[batch], self.config.eval_k))
         metrics = ranking_metrics(np.vstack(tops), val[users])
         return metrics[f"ndcg@{self.config.eval_k}"]
 
@@ -182,8 +206,12 @@ class DNNRecommender(NetworkRecommender):
         users, artists, _ = _pairs(train)
         sample = self._negative_sampler(train, rng)
         model = build_network(
-            train.shape[0], train.shape[1], embedding_dim=cfg.embedding_dim, hidden=cfg.hidden,
-            embedding_l2=cfg.embedding_l2, seed=cfg.seed,
+            train.shape[0],
+            train.shape[1],
+            embedding_dim=cfg.embedding_dim,
+            hidden=cfg.hidden,
+            embedding_l2=cfg.embedding_l2,
+            seed=cfg.seed,
         )
         model.compile(
             optimizer=keras.optimizers.Adam(cfg.learning_rate),
@@ -194,22 +222,25 @@ class DNNRecommender(NetworkRecommender):
         best, best_weights, best_epoch, waited, rows = -1.0, None, 0, 0, 0
         self.history_: list[dict[str, float]] = []
         t0 = time.perf_counter()
-        bar = tqdm(range(1, cfg.max_epochs + 1), desc="dnn", unit="epoch", disable=not self.progress)
+        epochs = range(1, cfg.max_epochs + 1)
+        bar = tqdm(epochs, desc="dnn", unit="epoch", disable=not self.progress)
         for epoch in bar:
             neg_users = np.repeat(users, cfg.negatives)
             neg_artists = sample(len(neg_users))
             u = np.concatenate([users, neg_users])
             a = np.concatenate([artists, neg_artists])
             y = np.concatenate([np.ones(len(users)), np.zeros(len(neg_users))]).astype(np.float32)
-            fit = model.fit(_inputs(u, a), y, batch_size=cfg.batch_size, epochs=1, shuffle=True,
-                            verbose=0)
+            fit = model.fit(
+                _inputs(u, a), y, batch_size=cfg.batch_size, epochs=1, shuffle=True, verbose=0
+            )
             rows += len(y)
             entry = {"epoch": epoch, "loss": float(fit.history["loss"][-1])}
             if has_val:
                 entry["val_ndcg"] = self._validation_ndcg(model, train, val)
                 bar.set_postfix(loss=f"{entry['loss']:.4f}", val_ndcg=f"{entry['val_ndcg']:.4f}")
                 if entry["val_ndcg"] > best:
-                    best, best_weights, best_epoch, waited = entry["val_ndcg"], model.get_weights(), epoch, 0
+                    best, best_epoch, waited = entry["val_ndcg"], epoch, 0
+                    best_weights = model.get_weights()
                 else:
                     waited += 1
             self.history_.append(entry)

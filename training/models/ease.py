@@ -1,4 +1,4 @@
-"""EASE (Steck, 2019): a closed-form item-item linear model, a strong baseline on small catalogues."""
+"""EASE (Steck, 2019): a closed-form item-item linear model, strong on small catalogues."""
 
 from __future__ import annotations
 

@@ -13,9 +13,7 @@ from training.similarity import top_similar_users, user_vectors
 _BATCH = 1024
 
 
-def neighbour_sum(
-    neighbours: np.ndarray, weights: np.ndarray, rows: sp.csr_matrix
-) -> np.ndarray:
+def neighbour_sum(neighbours: np.ndarray, weights: np.ndarray, rows: sp.csr_matrix) -> np.ndarray:
     """``sum_j weights[i, j] * rows[neighbours[i, j]]`` for each i (index -1 = no neighbour)."""
     n, k = neighbours.shape
     valid = neighbours >= 0

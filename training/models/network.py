@@ -22,8 +22,13 @@ OUTPUT_LAYER = "score"
 
 
 def build_network(
-    n_users: int, n_artists: int, *, embedding_dim: int = 100, hidden: int = 128,
-    embedding_l2: float = 0.0, seed: int = 0,
+    n_users: int,
+    n_artists: int,
+    *,
+    embedding_dim: int = 100,
+    hidden: int = 128,
+    embedding_l2: float = 0.0,
+    seed: int = 0,
 ) -> keras.Model:
     """The seed architecture. Inputs are int32 indices of shape ``(batch, 1)``."""
     keras.utils.set_random_seed(seed)
@@ -41,8 +46,9 @@ def build_network(
     )
     x = keras.layers.Dense(hidden, activation="relu", name=HIDDEN)(x)
     score = keras.layers.Dense(1, name=OUTPUT_LAYER)(x)
-    return keras.Model(inputs={USER_INPUT: user, ARTIST_INPUT: artist}, outputs=score,
-                       name="recommender")
+    return keras.Model(
+        inputs={USER_INPUT: user, ARTIST_INPUT: artist}, outputs=score, name="recommender"
+    )
 
 
 @dataclass(frozen=True)

@@ -1,0 +1,52 @@
+"""Shared fixtures: real data from ../shared (never copied into the repo) and tiny matrices."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import scipy.sparse as sp
+
+from training.config import SHARED_DATA
+
+SPOTIFY_SAMPLE = SHARED_DATA / "spotify-playlists-pichl-sample" / "spotify_dataset_sample.csv"
+HETREC = SHARED_DATA / "hetrec2011-lastfm-2k"
+AUDIOSCROBBLER = SHARED_DATA / "audioscrobbler2005-top50"
+
+
+@pytest.fixture(scope="session")
+def hetrec():
+    from training.data import load_hetrec
+
+    if not HETREC.is_dir():
+        pytest.fail(f"shared data missing: {HETREC} (CI and every checkout have ../shared)")
+    return load_hetrec(HETREC)
+
+
+def community_matrix(
+    n_users: int = 120, n_artists: int = 60, communities: int = 3, per_user: int = 8, seed: int = 0
+) -> sp.csr_matrix:
+    """Users who each play ``per_user`` artists of their own community: the answer is known."""
+    rng = np.random.default_rng(seed)
+    size = n_artists // communities
+    rows, cols = [], []
+    for u in range(n_users):
+        c = u % communities
+        picks = rng.choice(size, per_user, replace=False) + c * size
+        rows += [u] * per_user
+        cols += list(picks)
+    data = rng.integers(1, 50, len(rows)).astype(np.float32)
+    return sp.csr_matrix((data, (rows, cols)), shape=(n_users, n_artists))
+
+
+@pytest.fixture
+def tiny_csv(tmp_path: Path):
+    """Write text to a CSV file in tmp_path and return its path."""
+
+    def write(text: str, name: str = "playlists.csv") -> Path:
+        path = tmp_path / name
+        path.write_text(text, encoding="utf-8")
+        return path
+
+    return write

@@ -1,0 +1,261 @@
+"""``musicrec``: generate data, train and evaluate models, and ask a trained run for artists."""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import logging
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+from rich.console import Console
+from rich.table import Table
+
+from training.config import (
+    DEFAULT_GENERATED_CSV,
+    DEFAULT_RUNS_DIR,
+    DataConfig,
+    TrainConfig,
+)
+from training.data.generator import GeneratorConfig, generate_spotify_csv
+from training.models import MODEL_NAMES, DNNConfig
+from training.split import SplitConfig
+
+console = Console()
+METRIC_COLUMNS = ("precision@10", "recall@10", "map@10", "ndcg@10", "hit@10", "coverage")
+
+
+def metrics_table(title: str, rows: dict[str, dict[str, float]]) -> Table:
+    """A rich table with one row per model and the standard metric columns."""
+    table = Table(title=title)
+    table.add_column("model")
+    for col in (*METRIC_COLUMNS, "train_seconds"):
+        table.add_column(col, justify="right")
+    for name, m in rows.items():
+        table.add_row(
+            name,
+            *(f"{m[c]:.4f}" if c in m else "-" for c in METRIC_COLUMNS),
+            f"{m.get('train_seconds', 0.0):.1f}",
+        )
+    return table
+
+
+def _generate(args: argparse.Namespace) -> None:
+    cfg = GeneratorConfig(
+        rows=args.rows,
+        users=args.users,
+        artists=args.artists,
+        seed=args.seed,
+        malformed_rate=args.malformed_rate,
+    )
+    t0 = time.perf_counter()
+    path = generate_spotify_csv(args.out, cfg, progress=True)
+    console.print(f"wrote {cfg.rows:,} rows to {path} in {time.perf_counter() - t0:.1f}s")
+
+
+def _ensure_generated(source: str, seed: int) -> None:
+    if Path(source) == DEFAULT_GENERATED_CSV and not DEFAULT_GENERATED_CSV.exists():
+        console.print(f"generating the default data set at {DEFAULT_GENERATED_CSV}")
+        generate_spotify_csv(DEFAULT_GENERATED_CSV, GeneratorConfig(seed=seed), progress=True)
+
+
+def _train_config(args: argparse.Namespace) -> TrainConfig:
+    dnn = DNNConfig()
+    overrides = {
+        k: v for k, v in {"max_epochs": args.max_epochs, "seed": args.seed}.items() if v is not None
+    }
+    return TrainConfig(
+        model=args.model,
+        data=DataConfig(args.data, args.min_user_artists, args.min_artist_users),
+        split=SplitConfig(seed=args.seed if args.seed is not None else 0),
+        dnn=dataclasses.replace(dnn, **overrides),
+    )
+
+
+def _train(args: argparse.Namespace) -> None:
+    from training.pipeline import train_and_evaluate
+    from training.run import result_metrics, save_run
+
+    cfg = _train_config(args)
+    _ensure_generated(cfg.data.source, cfg.generator.seed)
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    run_dir = Path(args.run_dir or DEFAULT_RUNS_DIR / f"{cfg.model}-{stamp}")
+    if run_dir.exists():
+        raise FileExistsError(f"run directory already exists: {run_dir}")
+    result = train_and_evaluate(cfg, progress=True)
+    if result.load_report.get("malformed") or result.load_report.get("empty_fields"):
+        console.print(
+            f"[yellow]skipped rows[/]: {result.load_report['malformed']} malformed, "
+            f"{result.load_report['empty_fields']} with an empty user or artist"
+        )
+    save_run(run_dir, cfg, result)
+    metrics = result_metrics(result)
+    rows = {
+        cfg.model: {**result.metrics, "train_seconds": result.train_seconds},
+        f"{cfg.model} (new users)": result.new_user_metrics,
+    }
+    console.print(
+        metrics_table(
+            f"{result.data.source} — {result.split.summary()['test_users']} " "test users", rows
+        )
+    )
+    if "rows_per_second" in metrics:
+        console.print(
+            f"training throughput: {metrics['rows_per_second']:,.0f} rows/s over "
+            f"{metrics['epochs']} epochs"
+        )
+    console.print(f"run saved to [bold]{run_dir}[/]")
+
+
+def _evaluate(args: argparse.Namespace) -> None:
+    from training.evaluation import evaluate_known_users, evaluate_new_users
+    from training.models.dnn import NetworkRecommender
+    from training.pipeline import prepare_data
+    from training.run import load_run
+    from training.split import split_interactions
+
+    run = load_run(args.run_dir)
+    data, _ = prepare_data(run.config.data)
+    if data.vocab.fingerprint() != run.vocab.fingerprint():
+        raise ValueError(f"the data at {run.config.data.source} is not the data this run used")
+    split = split_interactions(data.matrix, run.config.split)
+    model = NetworkRecommender.from_trained(
+        run.load_model(), split.train_full, run.config.dnn.neighbours
+    )
+    rows = {
+        "known users": evaluate_known_users(model, split, run.config.k),
+        "new users": evaluate_new_users(model, split, run.config.k),
+    }
+    console.print(metrics_table(f"{run.path.name}", rows))
+    if args.json:
+        print(json.dumps(rows, indent=2))
+
+
+def _recommend(args: argparse.Namespace) -> None:
+    from training.recommend import RunRecommender
+    from training.run import load_run
+
+    rec = RunRecommender(load_run(args.run_dir))
+    if args.user:
+        items, title = rec.for_user(args.user, args.k), f"for user {args.user}"
+    else:
+        history = [a for a in args.artists.split(",") if a.strip()]
+        items, title = rec.for_history(history, args.k), f"for a listener of {', '.join(history)}"
+    table = Table(title=f"Top {args.k} {title}")
+    for col in ("#", "artist", "id", "score"):
+        table.add_column(col)
+    for i, r in enumerate(items, 1):
+        table.add_row(str(i), r.name, r.artist_id, f"{r.score:.3f}")
+    console.print(table)
+
+
+def _demo(args: argparse.Namespace) -> None:
+    from training.pipeline import train_and_evaluate
+    from training.recommend import RunRecommender
+    from training.run import load_run, save_run
+
+    cfg = TrainConfig(data=DataConfig(str(args.data)))
+    _ensure_generated(cfg.data.source, cfg.generator.seed)
+    result = train_and_evaluate(cfg, progress=True)
+    run_dir = save_run(DEFAULT_RUNS_DIR / f"demo-{time.strftime('%Y%m%d-%H%M%S')}", cfg, result)
+    console.print(
+        metrics_table(
+            "offline evaluation (generated data)",
+            {
+                "dnn": {**result.metrics, "train_seconds": result.train_seconds},
+                "dnn (new users)": result.new_user_metrics,
+            },
+        )
+    )
+    rec = RunRecommender(load_run(run_dir))
+    sample_user = int(result.split.new_users[0])
+    history_idx = result.split.new_user_history[sample_user].indices[:5]
+    history = [result.data.vocab.artist_names[i] for i in history_idx]
+    console.print(f"new listener of: {', '.join(history)}")
+    for i, r in enumerate(rec.for_history(history, 10), 1):
+        console.print(f"  {i:2d}. {r.name}  ({r.score:.3f})")
+    console.print(f"run saved to [bold]{run_dir}[/]")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="musicrec", description=__doc__, formatter_class=argparse.ArgumentDefaultsHelpFormatter
+    )
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    sub = parser.add_subparsers(dest="command", required=True)
+    fmt = argparse.ArgumentDefaultsHelpFormatter
+
+    g = sub.add_parser(
+        "generate", help="write a seeded synthetic Spotify Playlists CSV", formatter_class=fmt
+    )
+    g.add_argument("-o", "--out", type=Path, default=DEFAULT_GENERATED_CSV)
+    g.add_argument("-r", "--rows", type=int, default=GeneratorConfig.rows)
+    g.add_argument("-u", "--users", type=int, default=GeneratorConfig.users)
+    g.add_argument("-a", "--artists", type=int, default=GeneratorConfig.artists)
+    g.add_argument("--malformed-rate", type=float, default=GeneratorConfig.malformed_rate)
+    g.add_argument("-s", "--seed", type=int, default=GeneratorConfig.seed)
+    g.set_defaults(func=_generate)
+
+    t = sub.add_parser(
+        "train", help="train and evaluate one model, save a run directory", formatter_class=fmt
+    )
+    t.add_argument(
+        "-d",
+        "--data",
+        default=str(DEFAULT_GENERATED_CSV),
+        help="[hetrec:|spotify:|audioscrobbler:]PATH",
+    )
+    t.add_argument("-m", "--model", choices=MODEL_NAMES, default="dnn")
+    t.add_argument("--run-dir", type=Path, help="default: runs/<model>-<time>")
+    t.add_argument("--min-user-artists", type=int, default=1)
+    t.add_argument("--min-artist-users", type=int, default=1)
+    t.add_argument("--max-epochs", type=int, help="dnn: epoch limit (early stopping applies)")
+    t.add_argument("-s", "--seed", type=int, help="seed for the split and the model")
+    t.set_defaults(func=_train)
+
+    e = sub.add_parser(
+        "evaluate", help="re-evaluate a saved seed/dnn run on its data", formatter_class=fmt
+    )
+    e.add_argument("run_dir", type=Path)
+    e.add_argument("--json", action="store_true", help="also print the metrics as JSON")
+    e.set_defaults(func=_evaluate)
+
+    r = sub.add_parser(
+        "recommend", help="recommend artists from a saved seed/dnn run", formatter_class=fmt
+    )
+    r.add_argument("run_dir", type=Path)
+    who = r.add_mutually_exclusive_group(required=True)
+    who.add_argument("-u", "--user", help="a known user id")
+    who.add_argument("-a", "--artists", help="comma-separated artist names or ids")
+    r.add_argument("-k", type=int, default=10)
+    r.set_defaults(func=_recommend)
+
+    d = sub.add_parser(
+        "demo", help="generate data, train the dnn, evaluate, recommend", formatter_class=fmt
+    )
+    d.add_argument("-d", "--data", default=str(DEFAULT_GENERATED_CSV))
+    d.set_defaults(func=_demo)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point; user errors print one line and exit 2, never a traceback."""
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.WARNING,
+        format="%(levelname)s %(name)s: %(message)s",
+    )
+    try:
+        args.func(args)
+    except (ValueError, KeyError, FileNotFoundError, FileExistsError) as exc:
+        msg = exc.args[0] if isinstance(exc, KeyError) and exc.args else exc
+        console.print(f"[red]error:[/] {msg}", highlight=False)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

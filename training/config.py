@@ -1,0 +1,74 @@
+"""Typed configuration of a training run: one place, stored as ``config.json`` in every run."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from training.data.generator import GeneratorConfig
+from training.models import MODEL_NAMES, DNNConfig, SeedConfig
+from training.split import SplitConfig
+
+PROJECT_ROOT = Path(__file__).resolve().parent.parent
+SHARED_DATA = PROJECT_ROOT.parent / "shared" / "data"
+HETREC_DIR = SHARED_DATA / "hetrec2011-lastfm-2k"
+DEFAULT_GENERATED_CSV = PROJECT_ROOT / "data" / "generated" / "spotify_playlists.csv"
+DEFAULT_RUNS_DIR = PROJECT_ROOT / "runs"
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    """Where the interactions come from and which sparse users/artists are dropped."""
+
+    source: str = str(DEFAULT_GENERATED_CSV)  # "[hetrec:|spotify:|audioscrobbler:]path"
+    min_user_artists: int = 1
+    min_artist_users: int = 1
+
+    def __post_init__(self) -> None:
+        if self.min_user_artists < 1 or self.min_artist_users < 1:
+            raise ValueError("min_user_artists and min_artist_users must be >= 1")
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Everything that determines a run's result."""
+
+    model: str = "dnn"
+    data: DataConfig = field(default_factory=DataConfig)
+    split: SplitConfig = field(default_factory=SplitConfig)
+    dnn: DNNConfig = field(default_factory=DNNConfig)
+    seed_model: SeedConfig = field(default_factory=SeedConfig)
+    generator: GeneratorConfig = field(default_factory=GeneratorConfig)
+    k: int = 10
+
+    def __post_init__(self) -> None:
+        if self.model not in MODEL_NAMES:
+            choices = ", ".join(MODEL_NAMES)
+            raise ValueError(f"unknown model {self.model!r}; choose one of {choices}")
+        if not 1 <= self.k <= 500:
+            raise ValueError(f"k must be in 1..500, got {self.k}")
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    def save(self, path: Path) -> None:
+        path.write_text(json.dumps(self.to_dict(), indent=2))
+
+    @classmethod
+    def from_dict(cls, raw: dict[str, Any]) -> TrainConfig:
+        return cls(
+            model=raw["model"],
+            data=DataConfig(**raw["data"]),
+            split=SplitConfig(**raw["split"]),
+            dnn=DNNConfig(**raw["dnn"]),
+            seed_model=SeedConfig(**raw["seed_model"]),
+            generator=GeneratorConfig(**raw["generator"]),
+            k=raw["k"],
+        )
+
+    @classmethod
+    def load(cls, path: Path) -> TrainConfig:
+        return cls.from_dict(json.loads(path.read_text()))
