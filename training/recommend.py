@@ -9,8 +9,8 @@ import numpy as np
 import scipy.sparse as sp
 
 from training.data import Vocabulary
-from training.evaluation import top_k_excluding
 from training.models.dnn import NetworkRecommender
+from training.ranking import top_k_excluding
 from training.run import Run
 
 

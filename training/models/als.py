@@ -7,6 +7,7 @@ from typing import Self
 import numpy as np
 import scipy.sparse as sp
 from implicit.cpu.als import AlternatingLeastSquares
+from threadpoolctl import threadpool_limits
 
 from training.models.base import Recommender
 
@@ -61,7 +62,8 @@ class ALS(Recommender):
             calculate_training_loss=False,
         )
         self.weighted_ = self._weight(train)
-        self.model_.fit(self.weighted_, show_progress=False)
+        with threadpool_limits(1, "blas"):  # implicit runs its own threads; BLAS's would fight
+            self.model_.fit(self.weighted_, show_progress=False)
         return self
 
     def score_users(self, users: np.ndarray) -> np.ndarray:

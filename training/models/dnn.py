@@ -17,7 +17,6 @@ import numpy as np
 import scipy.sparse as sp
 from tqdm import tqdm
 
-from training.evaluation import top_k_excluding
 from training.metrics import ranking_metrics
 from training.models.base import Recommender
 from training.models.network import (
@@ -26,6 +25,7 @@ from training.models.network import (
     CatalogueScorer,
     build_network,
 )
+from training.ranking import top_k_excluding
 from training.similarity import top_similar_users
 
 log = logging.getLogger(__name__)

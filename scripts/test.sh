@@ -1,0 +1,9 @@
+#!/usr/bin/env bash
+# Set up, lint, and run every test (slow end-to-end ones included). pytest's exit 5 (no tests
+# collected) is a failure like any other non-zero status.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+scripts/setup.sh
+.venv/bin/ruff check .
+.venv/bin/ruff format --check .
+exec .venv/bin/python -m pytest "$@"

@@ -1,0 +1,58 @@
+"""Behaviour every recommender shares, on a matrix whose answer is known (three communities)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import scipy.sparse as sp
+
+from tests.conftest import community_matrix
+from training.evaluation import recommend_histories, recommend_users
+from training.models import ALS, EASE, ItemKNN, Popularity, UserKNN
+from training.ranking import top_k_excluding
+
+PERSONALISED = [UserKNN, ItemKNN, EASE, ALS]
+
+
+@pytest.fixture(scope="module")
+def matrix() -> sp.csr_matrix:
+    return community_matrix()
+
+
+def community(artists: np.ndarray, n_artists: int = 60, communities: int = 3) -> np.ndarray:
+    return artists // (n_artists // communities)
+
+
+@pytest.mark.parametrize("cls", PERSONALISED, ids=lambda c: c.name)
+def test_known_users_get_their_community(cls, matrix):
+    model = cls().fit(matrix)
+    users = np.arange(30)
+    top = recommend_users(model, users, matrix, k=5)
+    assert top.shape == (30, 5)
+    same = community(top) == (users % 3)[:, None]
+    assert same.mean() > 0.9
+    # Nothing already played is recommended.
+    for u, row in zip(users, top, strict=True):
+        assert not set(row) & set(matrix[u].indices)
+
+
+@pytest.mark.parametrize("cls", PERSONALISED, ids=lambda c: c.name)
+def test_new_listeners_get_their_community(cls, matrix):
+    model = cls().fit(matrix[:90])
+    history = matrix[90:]
+    top = recommend_histories(model, history, k=5)
+    same = community(top) == (np.arange(90, 120) % 3)[:, None]
+    assert same.mean() > 0.9
+
+
+def test_popularity_ranks_by_user_count():
+    m = sp.csr_matrix(np.array([[1, 0, 1], [1, 0, 0], [5, 1, 0]], np.float32))
+    model = Popularity().fit(m)
+    assert list(model.score_users(np.array([0]))[0]) == [3, 1, 1]
+
+
+def test_top_k_excludes_breaks_ties_and_pads():
+    scores = np.array([[0.5, 0.9, 0.9, 0.1]], np.float32)
+    exclude = sp.csr_matrix(np.array([[0, 0, 0, 1]]))
+    assert top_k_excluding(scores, exclude, 3).tolist() == [[1, 2, 0]]
+    assert top_k_excluding(scores, exclude, 4).tolist() == [[1, 2, 0, -1]]
