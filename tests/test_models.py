@@ -56,3 +56,27 @@ def test_top_k_excludes_breaks_ties_and_pads():
     exclude = sp.csr_matrix(np.array([[0, 0, 0, 1]]))
     assert top_k_excluding(scores, exclude, 3).tolist() == [[1, 2, 0]]
     assert top_k_excluding(scores, exclude, 4).tolist() == [[1, 2, 0, -1]]
+
+
+@pytest.mark.parametrize("loss", ["softmax", "bce"])
+def test_dnn_learns_the_communities(loss, matrix):
+    from training.models import DNNConfig, DNNRecommender
+    from training.split import SplitConfig, split_interactions
+
+    split = split_interactions(matrix, SplitConfig(new_user_fraction=0.2, seed=2))
+    cfg = DNNConfig(
+        loss=loss,
+        max_epochs=40,
+        patience=40,
+        batch_size=64,
+        softmax_negatives=32,
+        learning_rate=0.01,
+    )
+    model = DNNRecommender(cfg).fit(split.train, split.val)
+    assert model.history_[-1]["loss"] < model.history_[0]["loss"]
+    known = np.flatnonzero(np.diff(split.test.indptr))
+    top = recommend_users(model, known, split.train_full, k=5)
+    assert (community(top) == (known % 3)[:, None]).mean() > 0.8
+    new = split.new_users
+    top_new = recommend_histories(model, split.new_user_history[new], k=5)
+    assert (community(top_new) == (new % 3)[:, None]).mean() > 0.8

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from typing import Self
 
@@ -25,6 +26,7 @@ from training.models.network import (
     CatalogueScorer,
     build_network,
 )
+from training.models.objectives import SampledSoftmax
 from training.ranking import top_k_excluding
 from training.similarity import top_similar_users
 
@@ -50,14 +52,21 @@ class SeedConfig:
 
 @dataclass(frozen=True)
 class DNNConfig:
-    """Ranking objective: observed pairs vs sampled unobserved ones, binary cross-entropy,
-    early stopping on validation NDCG@``eval_k``."""
+    """Ranking objective: observed pairs against sampled unobserved artists, early stopping on
+    validation NDCG@``eval_k``.
+
+    ``loss="softmax"``: each positive against ``softmax_negatives`` shared uniform samples
+    (sampled softmax, see :mod:`training.models.objectives`). ``loss="bce"``: binary
+    cross-entropy on the positives and ``negatives`` sampled artists per positive.
+    """
 
     embedding_dim: int = 100
     hidden: int = 128
+    loss: str = "softmax"
     max_epochs: int = 30
     patience: int = 3
     batch_size: int = 1024
+    softmax_negatives: int = 256
     negatives: int = 4
     negative_power: float = 0.0  # 0 = uniform negatives; 0.75 = word2vec-style popularity
     learning_rate: float = 1e-3
@@ -66,6 +75,10 @@ class DNNConfig:
     eval_k: int = 10
     steps_per_execution: int = 64  # fewer Python round trips per epoch
     seed: int = 0
+
+    def __post_init__(self) -> None:
+        if self.loss not in ("softmax", "bce"):
+            raise ValueError(f"loss must be 'softmax' or 'bce', got {self.loss!r}")
 
 
 class NetworkRecommender(Recommender):
@@ -172,7 +185,9 @@ class DNNRecommender(NetworkRecommender):
     def params(self) -> dict[str, object]:
         return asdict(self.config)
 
-    def _negative_sampler(self, train: sp.csr_matrix, rng: np.random.Generator):
+    def _negative_sampler(
+        self, train: sp.csr_matrix, rng: np.random.Generator
+    ) -> Callable[[int], np.ndarray]:
         cfg = self.config
         n_artists = train.shape[1]
         if cfg.negative_power <= 0:
@@ -183,6 +198,42 @@ class DNNRecommender(NetworkRecommender):
         return lambda n: np.minimum(np.searchsorted(cdf, rng.random(n)), n_artists - 1).astype(
             np.int32
         )
+
+    def _epoch_trainer(
+        self,
+        model: keras.Model,
+        users: np.ndarray,
+        artists: np.ndarray,
+        sample: Callable[[int], np.ndarray],
+        rng: np.random.Generator,
+    ) -> Callable[[], tuple[float, int]]:
+        """A callable running one epoch of the configured objective -> (mean loss, rows seen)."""
+        cfg = self.config
+        if cfg.loss == "softmax":
+            objective = SampledSoftmax(model, cfg.learning_rate, cfg.softmax_negatives)
+
+            def softmax_epoch() -> tuple[float, int]:
+                return objective.epoch(users, artists, cfg.batch_size, rng), len(users)
+
+            return softmax_epoch
+
+        model.compile(
+            optimizer=keras.optimizers.Adam(cfg.learning_rate),
+            loss=keras.losses.BinaryCrossentropy(from_logits=True),
+            steps_per_execution=cfg.steps_per_execution,
+        )
+
+        def bce_epoch() -> tuple[float, int]:
+            neg_users = np.repeat(users, cfg.negatives)
+            u = np.concatenate([users, neg_users])
+            a = np.concatenate([artists, sample(len(neg_users))])
+            y = np.concatenate([np.ones(len(users)), np.zeros(len(neg_users))]).astype(np.float32)
+            fit = model.fit(
+                _inputs(u, a), y, batch_size=cfg.batch_size, epochs=1, shuffle=True, verbose=0
+            )
+            return float(fit.history["loss"][-1]), len(y)
+
+        return bce_epoch
 
     def _validation_ndcg(
         self, model: keras.Model, train: sp.csr_matrix, val: sp.csr_matrix
@@ -213,11 +264,7 @@ class DNNRecommender(NetworkRecommender):
             embedding_l2=cfg.embedding_l2,
             seed=cfg.seed,
         )
-        model.compile(
-            optimizer=keras.optimizers.Adam(cfg.learning_rate),
-            loss=keras.losses.BinaryCrossentropy(from_logits=True),
-            steps_per_execution=cfg.steps_per_execution,
-        )
+        epoch_step = self._epoch_trainer(model, users, artists, sample, rng)
         has_val = val is not None and val.nnz > 0
         best, best_weights, best_epoch, waited, rows = -1.0, None, 0, 0, 0
         self.history_: list[dict[str, float]] = []
@@ -225,16 +272,9 @@ class DNNRecommender(NetworkRecommender):
         epochs = range(1, cfg.max_epochs + 1)
         bar = tqdm(epochs, desc="dnn", unit="epoch", disable=not self.progress)
         for epoch in bar:
-            neg_users = np.repeat(users, cfg.negatives)
-            neg_artists = sample(len(neg_users))
-            u = np.concatenate([users, neg_users])
-            a = np.concatenate([artists, neg_artists])
-            y = np.concatenate([np.ones(len(users)), np.zeros(len(neg_users))]).astype(np.float32)
-            fit = model.fit(
-                _inputs(u, a), y, batch_size=cfg.batch_size, epochs=1, shuffle=True, verbose=0
-            )
-            rows += len(y)
-            entry = {"epoch": epoch, "loss": float(fit.history["loss"][-1])}
+            loss, seen = epoch_step()
+            rows += seen
+            entry = {"epoch": epoch, "loss": loss}
             if has_val:
                 entry["val_ndcg"] = self._validation_ndcg(model, train, val)
                 bar.set_postfix(loss=f"{entry['loss']:.4f}", val_ndcg=f"{entry['val_ndcg']:.4f}")

@@ -83,6 +83,15 @@ class NetworkWeights:
         return self.artist_embedding @ self.hidden_kernel[self.dim :] + self.hidden_bias
 
 
+@tf.function(jit_compile=True, reduce_retracing=True)
+def _score_chunk(
+    user_half: tf.Tensor, artist_half: tf.Tensor, w2: tf.Tensor, b2: tf.Tensor
+) -> tf.Tensor:
+    """relu(user_half + artist_half) . w2 + b2 for every (user, artist): one fused kernel."""
+    hidden = tf.nn.relu(user_half[:, None, :] + artist_half[None, :, :])
+    return tf.einsum("uah,h->ua", hidden, w2) + b2
+
+
 class CatalogueScorer:
     """Scores users against the whole catalogue by splitting the first Dense layer.
 
@@ -95,16 +104,9 @@ class CatalogueScorer:
         self.weights = weights
         self.artist_half = weights.artist_half()
         self.chunk_users = chunk_users
-        artist_half = tf.constant(self.artist_half)
-        w2 = tf.constant(weights.output_kernel[:, 0])
-        b2 = tf.constant(weights.output_bias[0])
-
-        @tf.function(jit_compile=True, reduce_retracing=True)
-        def score(user_half: tf.Tensor) -> tf.Tensor:
-            hidden = tf.nn.relu(user_half[:, None, :] + artist_half[None, :, :])
-            return tf.einsum("uah,h->ua", hidden, w2) + b2
-
-        self._score = score
+        self._artist_half = tf.constant(self.artist_half)
+        self._w2 = tf.constant(weights.output_kernel[:, 0])
+        self._b2 = tf.constant(weights.output_bias[0])
 
     @classmethod
     def from_model(cls, model: keras.Model) -> CatalogueScorer:
@@ -120,7 +122,7 @@ class CatalogueScorer:
             n = len(q)
             if n < c:  # pad to one shape so XLA compiles once
                 q = np.vstack([q, np.zeros((c - n, q.shape[1]), np.float32)])
-            out[s : s + n] = self._score(q).numpy()[:n]
+            out[s : s + n] = _score_chunk(q, self._artist_half, self._w2, self._b2).numpy()[:n]
         return out
 
     def score_groups(self, groups: np.ndarray, weights: np.ndarray) -> np.ndarray:
