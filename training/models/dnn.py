@@ -210,7 +210,9 @@ class DNNRecommender(NetworkRecommender):
         """A callable running one epoch of the configured objective -> (mean loss, rows seen)."""
         cfg = self.config
         if cfg.loss == "softmax":
-            objective = SampledSoftmax(model, cfg.learning_rate, cfg.softmax_negatives)
+            objective = SampledSoftmax(
+                model, cfg.learning_rate, cfg.softmax_negatives, cfg.embedding_l2
+            )
 
             def softmax_epoch() -> tuple[float, int]:
                 return objective.epoch(users, artists, cfg.batch_size, rng), len(users)
@@ -261,7 +263,8 @@ class DNNRecommender(NetworkRecommender):
             train.shape[1],
             embedding_dim=cfg.embedding_dim,
             hidden=cfg.hidden,
-            embedding_l2=cfg.embedding_l2,
+            # The softmax objective applies its own L2 to the rows each batch touches.
+            embedding_l2=cfg.embedding_l2 if cfg.loss == "bce" else 0.0,
             seed=cfg.seed,
         )
         epoch_step = self._epoch_trainer(model, users, artists, sample, rng)

@@ -20,7 +20,9 @@ from training.models.network import ARTIST_EMBEDDING, HIDDEN, OUTPUT_LAYER, USER
 class SampledSoftmax:
     """One optimiser step = one batch of positives against ``negatives`` shared samples."""
 
-    def __init__(self, model: keras.Model, learning_rate: float, negatives: int) -> None:
+    def __init__(
+        self, model: keras.Model, learning_rate: float, negatives: int, embedding_l2: float = 0.0
+    ) -> None:
         self.users_table = model.get_layer(USER_EMBEDDING).embeddings
         self.artists_table = model.get_layer(ARTIST_EMBEDDING).embeddings
         hidden, output = model.get_layer(HIDDEN), model.get_layer(OUTPUT_LAYER)
@@ -33,6 +35,7 @@ class SampledSoftmax:
         self.dim = int(self.users_table.shape[1])
         self.n_artists = int(self.artists_table.shape[0])
         self.negatives = negatives
+        self.embedding_l2 = embedding_l2
         self.optimizer = keras.optimizers.Adam(learning_rate)
         self.optimizer.build(self.variables)
         self._step = tf.function(self._step_impl, jit_compile=True, reduce_retracing=True)
@@ -46,8 +49,10 @@ class SampledSoftmax:
 
     def _step_impl(self, users: tf.Tensor, positives: tf.Tensor, negatives: tf.Tensor):
         with tf.GradientTape() as tape:
-            user_half = tf.gather(self.users_table, users) @ self.kernel[: self.dim]
-            pos_half = tf.gather(self.artists_table, positives) @ self.kernel[self.dim :]
+            user_rows = tf.gather(self.users_table, users)
+            pos_rows = tf.gather(self.artists_table, positives)
+            user_half = user_rows @ self.kernel[: self.dim]
+            pos_half = pos_rows @ self.kernel[self.dim :]
             pos = tf.nn.relu(user_half + pos_half + self.bias) @ self.out_kernel
             pos = pos[:, 0] + self.out_bias[0]
             neg = self._logits(users, negatives)
@@ -55,6 +60,9 @@ class SampledSoftmax:
             neg = tf.where(negatives[None, :] == positives[:, None], -1e9, neg)
             logits = tf.concat([pos[:, None], neg], axis=1)
             loss = tf.reduce_mean(tf.reduce_logsumexp(logits, axis=1) - pos)
+            # L2 on the embedding rows this batch touches (the usual recommender weight decay).
+            penalty = tf.reduce_sum(user_rows**2, axis=1) + tf.reduce_sum(pos_rows**2, axis=1)
+            loss += self.embedding_l2 * tf.reduce_mean(penalty)
         grads = tape.gradient(loss, self.variables)
         self.optimizer.apply_gradients(zip(grads, self.variables, strict=True))
         return loss
