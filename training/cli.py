@@ -26,14 +26,15 @@ from training.split import SplitConfig
 
 console = Console()
 METRIC_COLUMNS = ("precision@10", "recall@10", "map@10", "ndcg@10", "hit@10", "coverage")
+_HEADERS = ("P@10", "R@10", "MAP@10", "NDCG@10", "HR@10", "coverage", "train s")
 
 
 def metrics_table(title: str, rows: dict[str, dict[str, float]]) -> Table:
     """A rich table with one row per model and the standard metric columns."""
     table = Table(title=title)
-    table.add_column("model")
-    for col in (*METRIC_COLUMNS, "train_seconds"):
-        table.add_column(col, justify="right")
+    table.add_column("model", no_wrap=True)
+    for col in _HEADERS:
+        table.add_column(col, justify="right", no_wrap=True)
     for name, m in rows.items():
         table.add_row(
             name,

@@ -57,16 +57,16 @@ class ALS(Recommender):
             np.float32
         )
         self.mean_length_ = float(np.asarray(train.sum(axis=1)).ravel()[active].mean())
-        self.model_ = AlternatingLeastSquares(
-            factors=self.factors,
-            regularization=self.regularization,
-            alpha=self.alpha,
-            iterations=self.iterations,
-            random_state=self.seed,
-            calculate_training_loss=False,
-        )
         self.weighted_ = self._weight(train)
         with threadpool_limits(1, "blas"):  # implicit runs its own threads; BLAS's would fight
+            self.model_ = AlternatingLeastSquares(
+                factors=self.factors,
+                regularization=self.regularization,
+                alpha=self.alpha,
+                iterations=self.iterations,
+                random_state=self.seed,
+                calculate_training_loss=False,
+            )
             self.model_.fit(self.weighted_, show_progress=False)
         return self
 

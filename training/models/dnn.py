@@ -64,13 +64,13 @@ class DNNConfig:
     hidden: int = 128
     loss: str = "softmax"
     max_epochs: int = 30
-    patience: int = 3
-    batch_size: int = 1024
+    patience: int = 4
+    batch_size: int = 256
     softmax_negatives: int = 256
     negatives: int = 4
     negative_power: float = 0.0  # 0 = uniform negatives; 0.75 = word2vec-style popularity
-    learning_rate: float = 1e-3
-    embedding_l2: float = 0.0
+    learning_rate: float = 3e-3
+    embedding_l2: float = 0.01
     neighbours: int = 10
     eval_k: int = 10
     steps_per_execution: int = 64  # fewer Python round trips per epoch
