@@ -51,6 +51,7 @@ def fit_model(model: Recommender, split: Split) -> float:
     t0 = time.perf_counter()
     if isinstance(model, DNNRecommender):
         model.fit(split.train, split.val)
+        model.use_known_plays(split.train_full)  # what the run saves and serving matches against
     else:
         model.fit(split.train_full)
     return time.perf_counter() - t0

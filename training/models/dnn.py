@@ -70,7 +70,7 @@ class DNNConfig:
     negatives: int = 4
     negative_power: float = 0.0  # 0 = uniform negatives; 0.75 = word2vec-style popularity
     learning_rate: float = 3e-3
-    embedding_l2: float = 0.01
+    embedding_l2: float = 0.01  # softmax only: L2 on the embedding rows each batch touches
     neighbours: int = 10
     eval_k: int = 10
     steps_per_execution: int = 64  # fewer Python round trips per epoch
@@ -103,6 +103,11 @@ class NetworkRecommender(Recommender):
 
     def fit(self, train: sp.csr_matrix) -> Self:
         raise NotImplementedError("use SeedRecommender or DNNRecommender to train a network")
+
+    def use_known_plays(self, plays: sp.csr_matrix) -> None:
+        """Set the known users' plays that new listeners are matched against (e.g. train plus
+        validation pairs after early stopping), as serving will."""
+        self.train_ = sp.csr_matrix(plays)
 
     def score_users(self, users: np.ndarray) -> np.ndarray:
         return self.scorer_.score_users(users)
@@ -263,8 +268,6 @@ class DNNRecommender(NetworkRecommender):
             train.shape[1],
             embedding_dim=cfg.embedding_dim,
             hidden=cfg.hidden,
-            # The softmax objective applies its own L2 to the rows each batch touches.
-            embedding_l2=cfg.embedding_l2 if cfg.loss == "bce" else 0.0,
             seed=cfg.seed,
         )
         epoch_step = self._epoch_trainer(model, users, artists, sample, rng)

@@ -27,20 +27,14 @@ def build_network(
     *,
     embedding_dim: int = 100,
     hidden: int = 128,
-    embedding_l2: float = 0.0,
     seed: int = 0,
 ) -> keras.Model:
     """The seed architecture. Inputs are int32 indices of shape ``(batch, 1)``."""
     keras.utils.set_random_seed(seed)
-    reg = keras.regularizers.L2(embedding_l2) if embedding_l2 > 0 else None
     user = keras.Input(shape=(1,), dtype="int32", name=USER_INPUT)
     artist = keras.Input(shape=(1,), dtype="int32", name=ARTIST_INPUT)
-    u = keras.layers.Embedding(
-        n_users, embedding_dim, embeddings_regularizer=reg, name=USER_EMBEDDING
-    )(user)
-    a = keras.layers.Embedding(
-        n_artists, embedding_dim, embeddings_regularizer=reg, name=ARTIST_EMBEDDING
-    )(artist)
+    u = keras.layers.Embedding(n_users, embedding_dim, name=USER_EMBEDDING)(user)
+    a = keras.layers.Embedding(n_artists, embedding_dim, name=ARTIST_EMBEDDING)(artist)
     x = keras.layers.Concatenate(name="concat")(
         [keras.layers.Flatten(name="user_flat")(u), keras.layers.Flatten(name="artist_flat")(a)]
     )
