@@ -82,9 +82,27 @@ class DNNConfig:
 
 
 class NetworkRecommender(Recommender):
-    """Shared scoring for networks of the seed architecture."""
+    """Shared configuration and scoring for networks of the seed architecture."""
 
-    neighbours: int = 10
+    def __init__(
+        self, config: SeedConfig | DNNConfig | None = None, progress: bool = False
+    ) -> None:
+        self.config = config if config is not None else self.default_config()
+        self.neighbours = self.config.neighbours
+        self.progress = progress
+
+    @staticmethod
+    def default_config() -> SeedConfig | DNNConfig:
+        return DNNConfig()
+
+    def params(self) -> dict[str, object]:
+        return asdict(self.config)
+
+    def _build(self, shape: tuple[int, int]) -> keras.Model:
+        cfg = self.config
+        return build_network(
+            shape[0], shape[1], embedding_dim=cfg.embedding_dim, hidden=cfg.hidden, seed=cfg.seed
+        )
 
     def _prepare(self, model: keras.Model, train: sp.csr_matrix) -> None:
         self.model_ = model
@@ -141,26 +159,18 @@ class SeedRecommender(NetworkRecommender):
 
     name = "seed"
 
-    def __init__(self, config: SeedConfig = SeedConfig(), progress: bool = False) -> None:
-        self.config = config
-        self.neighbours = config.neighbours
-        self.progress = progress
+    config: SeedConfig
 
-    def params(self) -> dict[str, object]:
-        return asdict(self.config)
+    @staticmethod
+    def default_config() -> SeedConfig:
+        return SeedConfig()
 
     def fit(self, train: sp.csr_matrix) -> Self:
         cfg = self.config
         users, artists, counts = _pairs(train)
         lo, hi = float(counts.min()), float(counts.max())
         labels = (counts - lo) / (hi - lo) if hi > lo else np.ones_like(counts)
-        model = build_network(
-            train.shape[0],
-            train.shape[1],
-            embedding_dim=cfg.embedding_dim,
-            hidden=cfg.hidden,
-            seed=cfg.seed,
-        )
+        model = self._build(train.shape)
         model.compile(optimizer=keras.optimizers.Adam(cfg.learning_rate), loss="mse")
         t0 = time.perf_counter()
         for _ in tqdm(range(cfg.epochs), desc="seed", unit="epoch", disable=not self.progress):
@@ -182,13 +192,11 @@ class DNNRecommender(NetworkRecommender):
 
     name = "dnn"
 
-    def __init__(self, config: DNNConfig = DNNConfig(), progress: bool = False) -> None:
-        self.config = config
-        self.neighbours = config.neighbours
-        self.progress = progress
+    config: DNNConfig
 
-    def params(self) -> dict[str, object]:
-        return asdict(self.config)
+    @staticmethod
+    def default_config() -> DNNConfig:
+        return DNNConfig()
 
     def _negative_sampler(
         self, train: sp.csr_matrix, rng: np.random.Generator
@@ -263,13 +271,7 @@ class DNNRecommender(NetworkRecommender):
         rng = np.random.default_rng(cfg.seed)
         users, artists, _ = _pairs(train)
         sample = self._negative_sampler(train, rng)
-        model = build_network(
-            train.shape[0],
-            train.shape[1],
-            embedding_dim=cfg.embedding_dim,
-            hidden=cfg.hidden,
-            seed=cfg.seed,
-        )
+        model = self._build(train.shape)
         epoch_step = self._epoch_trainer(model, users, artists, sample, rng)
         has_val = val is not None and val.nnz > 0
         best, best_weights, best_epoch, waited, rows = -1.0, None, 0, 0, 0
