@@ -63,13 +63,14 @@ class DNNConfig:
     embedding_dim: int = 100
     hidden: int = 128
     loss: str = "softmax"
-    max_epochs: int = 30
-    patience: int = 4
+    max_epochs: int = 20
+    patience: int = 5
     batch_size: int = 256
     softmax_negatives: int = 256
     negatives: int = 4
     negative_power: float = 0.0  # 0 = uniform negatives; 0.75 = word2vec-style popularity
     learning_rate: float = 3e-3
+    cosine_decay: bool = True  # learning rate follows a half cosine from its value to 0
     embedding_l2: float = 0.01  # softmax only: L2 on the embedding rows each batch touches
     neighbours: int = 10
     eval_k: int = 10
@@ -212,6 +213,12 @@ class DNNRecommender(NetworkRecommender):
             np.int32
         )
 
+    def _learning_rate(self, epoch: int) -> float:
+        cfg = self.config
+        if not cfg.cosine_decay:
+            return cfg.learning_rate
+        return cfg.learning_rate * 0.5 * (1 + np.cos(np.pi * (epoch - 1) / cfg.max_epochs))
+
     def _epoch_trainer(
         self,
         model: keras.Model,
@@ -219,15 +226,17 @@ class DNNRecommender(NetworkRecommender):
         artists: np.ndarray,
         sample: Callable[[int], np.ndarray],
         rng: np.random.Generator,
-    ) -> Callable[[], tuple[float, int]]:
-        """A callable running one epoch of the configured objective -> (mean loss, rows seen)."""
+    ) -> Callable[[float], tuple[float, int]]:
+        """A callable running one epoch of the configured objective at a given learning rate,
+        returning (mean loss, rows seen)."""
         cfg = self.config
         if cfg.loss == "softmax":
             objective = SampledSoftmax(
                 model, cfg.learning_rate, cfg.softmax_negatives, cfg.embedding_l2
             )
 
-            def softmax_epoch() -> tuple[float, int]:
+            def softmax_epoch(learning_rate: float) -> tuple[float, int]:
+                objective.optimizer.learning_rate.assign(learning_rate)
                 return objective.epoch(users, artists, cfg.batch_size, rng), len(users)
 
             return softmax_epoch
@@ -238,7 +247,8 @@ class DNNRecommender(NetworkRecommender):
             steps_per_execution=cfg.steps_per_execution,
         )
 
-        def bce_epoch() -> tuple[float, int]:
+        def bce_epoch(learning_rate: float) -> tuple[float, int]:
+            model.optimizer.learning_rate.assign(learning_rate)
             neg_users = np.repeat(users, cfg.negatives)
             u = np.concatenate([users, neg_users])
             a = np.concatenate([artists, sample(len(neg_users))])
@@ -280,7 +290,7 @@ class DNNRecommender(NetworkRecommender):
         epochs = range(1, cfg.max_epochs + 1)
         bar = tqdm(epochs, desc="dnn", unit="epoch", disable=not self.progress)
         for epoch in bar:
-            loss, seen = epoch_step()
+            loss, seen = epoch_step(self._learning_rate(epoch))
             rows += seen
             entry = {"epoch": epoch, "loss": loss}
             if has_val:
