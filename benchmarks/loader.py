@@ -19,7 +19,6 @@ import tempfile
 import time
 from pathlib import Path
 
-from rich.console import Console
 from rich.table import Table
 
 RESULTS = Path(__file__).parent / "results" / "loader.json"
@@ -35,6 +34,7 @@ print(json.dumps({"seconds": time.perf_counter() - t0, "summary": data.summary()
 
 
 def main(argv: list[str] | None = None) -> int:
+    from training.cli import console
     from training.data.generator import GeneratorConfig, generate_spotify_csv
 
     parser = argparse.ArgumentParser(
@@ -81,7 +81,7 @@ def main(argv: list[str] | None = None) -> int:
         f"{result['rows_per_second']:,.0f}", f"{peak_mb:,.0f}",
         str(loaded["report"]["malformed"]), f"{loaded['summary']['pairs']:,}",
     )  # fmt: skip
-    Console().print(table)
+    console.print(table)
     return 0
 
 

@@ -16,9 +16,7 @@ import sys
 import time
 from pathlib import Path
 
-from rich.console import Console
-
-from training.cli import metrics_table
+from training.cli import console, metrics_table
 from training.config import HETREC_DIR, DataConfig, TrainConfig
 from training.data import load_hetrec
 from training.evaluation import evaluate_known_users, evaluate_new_users
@@ -70,7 +68,7 @@ def run(models: list[str], data_dir: Path) -> dict:
             }
             if name == "dnn":
                 out["models"][name]["history"] = model.history_
-        Console().print(f"{name}: ndcg@10 {known['ndcg@10']:.4f} in {seconds:.1f}s")
+        console.print(f"{name}: ndcg@10 {known['ndcg@10']:.4f} in {seconds:.1f}s")
     return out
 
 
@@ -87,7 +85,6 @@ def main(argv: list[str] | None = None) -> int:
     result["total_seconds"] = time.perf_counter() - t0
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(result, indent=2))
-    console = Console()
     console.print(
         metrics_table("HetRec 2011 Last.fm — known users (per-user 20% holdout)", result["models"])
     )

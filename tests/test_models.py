@@ -80,3 +80,13 @@ def test_dnn_learns_the_communities(loss, matrix):
     new = split.new_users
     top_new = recommend_histories(model, split.new_user_history[new], k=5)
     assert (community(top_new) == (new % 3)[:, None]).mean() > 0.8
+
+
+def test_ease_caps_its_dense_catalogue_at_the_most_played(matrix):
+    model = EASE(min_item_users=1, max_items=10).fit(matrix)
+    played = np.diff(matrix.tocsc().indptr)
+    assert len(model.items_) == 10
+    assert played[model.items_].min() >= np.sort(played)[-10]
+    scores = model.score_users(np.arange(3))
+    outside = np.setdiff1d(np.arange(matrix.shape[1]), model.items_)
+    assert np.isneginf(scores[:, outside]).all()

@@ -24,7 +24,7 @@ from training.data.generator import GeneratorConfig, generate_spotify_csv
 from training.models import MODEL_NAMES, DNNConfig
 from training.split import SplitConfig
 
-console = Console()
+console = Console(width=max(Console().width, 110))
 METRIC_COLUMNS = ("precision@10", "recall@10", "map@10", "ndcg@10", "hit@10", "coverage")
 _HEADERS = ("P@10", "R@10", "MAP@10", "NDCG@10", "HR@10", "coverage", "train s")
 
