@@ -19,10 +19,16 @@ fi
 stamp=".venv/.installed-$(cat requirements.lock pyproject.toml | sha256sum | cut -c1-16)"
 if [ ! -f "$stamp" ]; then
   [ -x .venv/bin/python ] || "$PYTHON" -m venv .venv
-  .venv/bin/python -m pip install --quiet --upgrade pip
-  .venv/bin/python -m pip install --quiet -r requirements.lock
-  .venv/bin/python -m pip install --quiet --no-deps --no-build-isolation -e .
-  .venv/bin/python -m pip check
+  quietly() {  # show a step's output only when it fails
+    local log; log=$(mktemp)
+    if ! "$@" >"$log" 2>&1; then cat "$log" >&2; rm -f "$log"; exit 1; fi
+    rm -f "$log"
+  }
+  echo "setting up .venv (pinned stack from requirements.lock)..."
+  quietly .venv/bin/python -m pip install --upgrade pip
+  quietly .venv/bin/python -m pip install -r requirements.lock
+  quietly .venv/bin/python -m pip install --no-deps --no-build-isolation -e .
+  quietly .venv/bin/python -m pip check
   rm -f .venv/.installed-*
   touch "$stamp"
 fi

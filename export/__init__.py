@@ -1,0 +1,1 @@
+"""Export a trained run to the ONNX models Triton serves (the model repository comes next)."""

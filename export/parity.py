@@ -1,0 +1,89 @@
+"""Parity gates: an exported model must answer as the Keras network does, or export fails."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import keras
+import numpy as np
+import onnx
+import onnxruntime as ort
+
+from training.models.network import ARTIST_INPUT, USER_INPUT, CatalogueScorer
+
+
+class ParityError(RuntimeError):
+    """The exported model disagrees with the trained network."""
+
+
+@dataclass(frozen=True)
+class ParityReport:
+    pairs: int
+    max_abs_diff: float
+    groups: int = 0
+    topk_agreement: float = 1.0
+
+
+def session(model: onnx.ModelProto) -> ort.InferenceSession:
+    """An onnxruntime CPU session for an in-memory model."""
+    return ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+
+
+def check_pair_scorer(
+    keras_model: keras.Model,
+    onnx_model: onnx.ModelProto,
+    *,
+    pairs: int = 10_000,
+    tolerance: float = 1e-4,
+    seed: int = 0,
+) -> ParityReport:
+    """Compare Keras and onnxruntime on ``pairs`` random (user, artist) pairs."""
+    n_users = keras_model.get_layer("user_embedding").input_dim
+    n_artists = keras_model.get_layer("artist_embedding").input_dim
+    rng = np.random.default_rng(seed)
+    feed = {
+        USER_INPUT: rng.integers(0, n_users, (pairs, 1), dtype=np.int32),
+        ARTIST_INPUT: rng.integers(0, n_artists, (pairs, 1), dtype=np.int32),
+    }
+    expected = keras_model.predict(feed, batch_size=4096, verbose=0)
+    got = session(onnx_model).run(None, feed)[0]
+    diff = float(np.max(np.abs(expected - got)))
+    if not diff <= tolerance:  # also catches NaN
+        raise ParityError(f"pair_scorer differs from Keras by {diff:.3g} > {tolerance:g}")
+    return ParityReport(pairs=pairs, max_abs_diff=diff)
+
+
+def check_catalogue_scorer(
+    keras_model: keras.Model,
+    onnx_model: onnx.ModelProto,
+    *,
+    groups: int = 8,
+    group_size: int = 10,
+    k: int = 50,
+    tolerance: float = 1e-3,
+    seed: int = 0,
+) -> ParityReport:
+    """The top-K of the catalogue model must be the pairwise network's top-K, scores included."""
+    scorer = CatalogueScorer.from_model(keras_model)
+    n_users = scorer.weights.user_embedding.shape[0]
+    rng = np.random.default_rng(seed)
+    users = rng.integers(0, n_users, (groups, group_size))
+    weights = rng.random((groups, group_size)).astype(np.float32)
+    k = min(k, scorer.artist_half.shape[0])
+    artists, scores = session(onnx_model).run(
+        ["artists", "scores"],
+        {"users": users.astype(np.int64), "weights": weights,
+         "k": np.full((groups, 1), k, np.int64)},
+    )  # fmt: skip
+    reference = scorer.score_groups(users, weights)
+    expected = np.take_along_axis(reference, artists, axis=1)
+    diff = float(np.max(np.abs(expected - scores)))
+    kth = np.sort(reference, axis=1)[:, -k][:, None]
+    in_top = float(np.mean(np.take_along_axis(reference, artists, axis=1) >= kth - tolerance))
+    if not diff <= tolerance or in_top < 1.0:
+        raise ParityError(
+            f"catalogue_scorer disagrees with the network: score diff {diff:.3g}, "
+            f"{in_top:.1%} of its top-{k} in the pairwise top-{k}"
+        )
+    return ParityReport(pairs=groups * group_size * reference.shape[1], max_abs_diff=diff,
+                        groups=groups, topk_agreement=in_top)  # fmt: skip

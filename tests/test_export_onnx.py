@@ -1,0 +1,62 @@
+"""ONNX exports answer exactly as the Keras network: pairwise scores and whole-catalogue top-K."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from export.onnx_models import catalogue_scorer, pair_scorer
+from export.parity import ParityError, check_catalogue_scorer, check_pair_scorer, session
+from training.models.network import CatalogueScorer, NetworkWeights, build_network
+
+
+@pytest.fixture(scope="module")
+def network():
+    model = build_network(60, 2_000, seed=4)
+    rng = np.random.default_rng(1)
+    for w in model.weights:  # spread the weights so that ReLU cuts and rankings are non-trivial
+        w.assign(rng.normal(0, 0.3, w.shape).astype(np.float32))
+    return model
+
+
+def test_pair_scorer_matches_keras_on_10k_pairs(network):
+    proto = pair_scorer(network)
+    assert [i.name for i in proto.graph.input] == ["user", "artist"]
+    assert [o.name for o in proto.graph.output] == ["score"]
+    dims = proto.graph.input[0].type.tensor_type.shape.dim
+    assert not dims[0].HasField("dim_value")  # dynamic batch dimension
+    report = check_pair_scorer(network, proto, pairs=10_000)
+    assert report.max_abs_diff <= 1e-4
+
+
+def test_catalogue_top_k_is_the_pairwise_ranking(network):
+    proto = catalogue_scorer(NetworkWeights.from_model(network))
+    report = check_catalogue_scorer(network, proto, groups=6, group_size=10, k=100)
+    assert report.topk_agreement == 1.0
+    # A single user with weight 1 ranks exactly as that user's pairwise scores do.
+    artists, scores = session(proto).run(
+        ["artists", "scores"],
+        {"users": np.array([[7]]), "weights": np.ones((1, 1), np.float32),
+         "k": np.array([[20]])},
+    )  # fmt: skip
+    pairwise = CatalogueScorer.from_model(network).score_users(np.array([7]))[0]
+    assert artists[0].tolist() == np.argsort(-pairwise, kind="stable")[:20].tolist()
+    np.testing.assert_allclose(scores[0], pairwise[artists[0]], atol=1e-4)
+
+
+def test_catalogue_batch_uses_the_largest_k_and_caps_it_at_the_catalogue(network):
+    proto = catalogue_scorer(NetworkWeights.from_model(network))
+    artists, _ = session(proto).run(
+        ["artists", "scores"],
+        {"users": np.array([[1, 2], [3, 4]]), "weights": np.ones((2, 2), np.float32),
+         "k": np.array([[5], [50_000]])},
+    )  # fmt: skip
+    assert artists.shape == (2, 2_000)
+
+
+def test_parity_gate_rejects_a_model_that_disagrees(network):
+    other = build_network(60, 2_000, seed=99)
+    with pytest.raises(ParityError, match="differs from Keras"):
+        check_pair_scorer(network, pair_scorer(other), pairs=1_000)
+    with pytest.raises(ParityError, match="disagrees"):
+        check_catalogue_scorer(network, catalogue_scorer(NetworkWeights.from_model(other)))
