@@ -158,8 +158,10 @@ def _demo(args: argparse.Namespace) -> None:
     from training.recommend import RunRecommender
     from training.run import load_run, save_run
 
-    # Ten epochs keep the main job to a few minutes on two cores; `train` runs the full schedule.
-    cfg = TrainConfig(data=DataConfig(str(args.data)), dnn=DNNConfig(max_epochs=10))
+    # A shorter schedule keeps the main job to about two minutes on two cores; `train` runs
+    # the full one.
+    dnn = DNNConfig(max_epochs=10, softmax_negatives=256)
+    cfg = TrainConfig(data=DataConfig(str(args.data)), dnn=dnn)
     _ensure_generated(cfg.data.source, cfg.generator.seed)
     result = train_and_evaluate(cfg, progress=True)
     run_dir = save_run(DEFAULT_RUNS_DIR / f"demo-{time.strftime('%Y%m%d-%H%M%S')}", cfg, result)

@@ -63,10 +63,10 @@ class DNNConfig:
     embedding_dim: int = 100
     hidden: int = 128
     loss: str = "softmax"
-    max_epochs: int = 20
+    max_epochs: int = 15
     patience: int = 5
     batch_size: int = 256
-    softmax_negatives: int = 256
+    softmax_negatives: int = 512  # 256 -> 512 gained ~0.01 NDCG@10 on HetRec at 2x the time
     negatives: int = 4
     negative_power: float = 0.0  # 0 = uniform negatives; 0.75 = word2vec-style popularity
     learning_rate: float = 3e-3
