@@ -1,0 +1,1 @@
+"""Local serving: the real Triton Inference Server from the nvidia-pytriton wheel, on a CPU."""

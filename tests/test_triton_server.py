@@ -1,0 +1,45 @@
+"""The local launcher runs the real tritonserver binary: ready, clean stop, clear errors."""
+
+from __future__ import annotations
+
+import socket
+import subprocess
+import urllib.request
+
+import pytest
+
+from serving.triton_server import TritonConfig, TritonError, TritonServer, free_port
+
+
+def ports() -> tuple[int, int, int]:
+    return free_port(), free_port(), free_port()
+
+
+def test_starts_ready_serves_metrics_and_stops_without_orphans(tmp_path):
+    http, grpc, metrics = ports()
+    cfg = TritonConfig(tmp_path, http, grpc, metrics, log_file=tmp_path / "triton.log")
+    with TritonServer(cfg) as server:
+        pid = server.process.pid
+        with urllib.request.urlopen(f"http://127.0.0.1:{http}/v2/health/ready") as resp:
+            assert resp.status == 200
+        with urllib.request.urlopen(f"http://127.0.0.1:{metrics}/metrics") as resp:
+            assert resp.status == 200
+    assert server.process is None
+    left = subprocess.run(["pgrep", "-g", str(pid)], capture_output=True, text=True).stdout
+    assert left.strip() == ""
+    assert "Started GRPCInferenceService" in (tmp_path / "triton.log").read_text()
+
+
+def test_port_in_use_is_a_clear_error(tmp_path):
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        taken = busy.getsockname()[1]
+        _, grpc, metrics = ports()
+        with pytest.raises(TritonError, match=f"http port {taken} is already in use"):
+            TritonServer(TritonConfig(tmp_path, taken, grpc, metrics)).start()
+
+
+def test_missing_repository_is_a_clear_error(tmp_path):
+    with pytest.raises(TritonError, match="model repository not found"):
+        TritonServer(TritonConfig(tmp_path / "nope", *ports())).start()
