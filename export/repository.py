@@ -1,0 +1,181 @@
+"""Write a trained run into a Triton model repository as a new numbered version, atomically.
+
+Layout (one export = the same version number in both models)::
+
+    model_repository/<model>/config.pbtxt        production: onnxruntime_onnx on GPU instances
+    model_repository/<model>/configs/cpu.pbtxt   embedded: Python backend + onnxruntime, CPU
+    model_repository/<model>/<v>/model.onnx
+    model_repository/<model>/<v>/model.py        the Python-backend runner (serving/python_model.py)
+    model_repository/<model>/<v>/manifest.json   version, source run, fingerprints, metrics, tensors
+    model_repository/<model>/<v>/vocab/          users.json, artists.json (index <-> id/name)
+    model_repository/<model>/<v>/plays.npz       known users' plays, for the similar-user lookup
+
+Everything is built and parity-checked in a staging directory beside the repository and renamed
+into place only when complete; a failed export leaves the repository as it was. Version numbers
+only increase and an existing version is never overwritten.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import shutil
+import tempfile
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import onnx
+import scipy.sparse as sp
+from google.protobuf import text_format
+from tritonclient.grpc import model_config_pb2 as mc
+
+from export.onnx_models import (
+    CATALOGUE_INPUTS,
+    CATALOGUE_OUTPUTS,
+    PAIR_INPUTS,
+    PAIR_OUTPUTS,
+    TensorSpec,
+    catalogue_scorer,
+    pair_scorer,
+)
+from export.parity import ParityReport, check_catalogue_scorer, check_pair_scorer
+from training.models.network import NetworkWeights
+from training.run import load_run
+
+PAIR_SCORER = "pair_scorer"
+CATALOGUE_SCORER = "catalogue_scorer"
+SIGNATURES = {
+    PAIR_SCORER: (PAIR_INPUTS, PAIR_OUTPUTS, 65_536),
+    CATALOGUE_SCORER: (CATALOGUE_INPUTS, CATALOGUE_OUTPUTS, 64),
+}
+PYTHON_MODEL = Path(__file__).resolve().parent.parent / "serving" / "python_model.py"
+_TENSORRT_NOTE = """\
+# Optional on GPU hosts: run the ONNX graph through TensorRT inside the onnxruntime backend by
+# adding
+#   optimization { execution_accelerators { gpu_execution_accelerator: [
+#     { name: "tensorrt" parameters { key: "precision_mode" value: "FP16" } } ] } }
+# (first load builds the engine; check parity before enabling FP16).
+"""
+
+
+class ExportError(RuntimeError):
+    """The run could not be exported; the repository is unchanged."""
+
+
+@dataclass(frozen=True)
+class ExportResult:
+    version: int
+    pair_parity: ParityReport
+    catalogue_parity: ParityReport
+
+
+def _tensor(spec: TensorSpec, cls: type) -> object:
+    return cls(name=spec.name, data_type=mc.DataType.Value(spec.dtype), dims=list(spec.dims))
+
+
+def model_config(name: str, *, production: bool) -> mc.ModelConfig:
+    """``config.pbtxt`` (production, GPU) or ``configs/cpu.pbtxt`` (embedded, Python backend)."""
+    inputs, outputs, max_batch = SIGNATURES[name]
+    cfg = mc.ModelConfig(
+        name=name,
+        max_batch_size=max_batch,
+        input=[_tensor(s, mc.ModelInput) for s in inputs],
+        output=[_tensor(s, mc.ModelOutput) for s in outputs],
+        dynamic_batching=mc.ModelDynamicBatching(max_queue_delay_microseconds=500),
+        version_policy=mc.ModelVersionPolicy(latest=mc.ModelVersionPolicy.Latest(num_versions=1)),
+    )
+    if production:
+        cfg.platform = "onnxruntime_onnx"
+        cfg.instance_group.append(
+            mc.ModelInstanceGroup(kind=mc.ModelInstanceGroup.KIND_GPU, count=1)
+        )
+    else:
+        cfg.backend = "python"
+        cfg.instance_group.append(
+            mc.ModelInstanceGroup(kind=mc.ModelInstanceGroup.KIND_CPU, count=1)
+        )
+    return cfg
+
+
+def write_configs(model_dir: Path, name: str) -> None:
+    """(Re)write both configurations of one model."""
+    (model_dir / "configs").mkdir(parents=True, exist_ok=True)
+    prod = text_format.MessageToString(model_config(name, production=True))
+    (model_dir / "config.pbtxt").write_text(_TENSORRT_NOTE + prod)
+    cpu = text_format.MessageToString(model_config(name, production=False))
+    (model_dir / "configs" / "cpu.pbtxt").write_text(cpu)
+
+
+def versions(repository: Path, name: str) -> list[int]:
+    """Numbered versions present for one model, ascending."""
+    model_dir = Path(repository) / name
+    if not model_dir.is_dir():
+        return []
+    return sorted(int(p.name) for p in model_dir.iterdir() if p.is_dir() and p.name.isdigit())
+
+
+def next_version(repository: Path) -> int:
+    return 1 + max((v for n in SIGNATURES for v in versions(repository, n)), default=0)
+
+
+def _write_version(
+    directory: Path, proto: onnx.ModelProto, manifest: dict, run_path: Path, plays: sp.csr_matrix
+) -> None:
+    directory.mkdir(parents=True)
+    onnx.save(proto, directory / "model.onnx")
+    shutil.copy2(PYTHON_MODEL, directory / "model.py")
+    shutil.copytree(run_path / "vocab", directory / "vocab")
+    sp.save_npz(directory / "plays.npz", plays)
+    (directory / "manifest.json").write_text(json.dumps(manifest, indent=2))
+
+
+def export_run(run_dir: Path | str, repository: Path | str) -> ExportResult:
+    """Export a seed/dnn run as the next version of both models; raise :class:`ExportError`."""
+    repository = Path(repository)
+    try:
+        run = load_run(run_dir)
+        keras_model = run.load_model()
+    except (FileNotFoundError, ValueError, KeyError) as exc:
+        raise ExportError(f"cannot read run {run_dir}: {exc}") from exc
+    pair = pair_scorer(keras_model)
+    catalogue = catalogue_scorer(NetworkWeights.from_model(keras_model))
+    pair_report = check_pair_scorer(keras_model, pair)
+    catalogue_report = check_catalogue_scorer(keras_model, catalogue)
+
+    repository.mkdir(parents=True, exist_ok=True)
+    version = next_version(repository)
+    staging = Path(tempfile.mkdtemp(prefix=".export-", dir=repository.parent))
+    try:
+        for name, proto in ((PAIR_SCORER, pair), (CATALOGUE_SCORER, catalogue)):
+            inputs, outputs, _ = SIGNATURES[name]
+            manifest = {
+                "model": name,
+                "version": version,
+                "created": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
+                "source_run": str(Path(run.path).resolve()),
+                "data_fingerprint": run.data_info.get("fingerprint"),
+                "vocab_fingerprint": run.vocab.fingerprint(),
+                "users": run.vocab.n_users,
+                "artists": run.vocab.n_artists,
+                "metrics": {k: run.metrics.get(k) for k in ("known_users", "new_users")},
+                "inputs": [asdict(s) for s in inputs],
+                "outputs": [asdict(s) for s in outputs],
+                "parity": asdict(pair_report if name == PAIR_SCORER else catalogue_report),
+            }
+            _write_version(staging / name / str(version), proto, manifest, run.path, run.plays)
+        placed: list[Path] = []
+        try:
+            for name in SIGNATURES:
+                write_configs(repository / name, name)
+                target = repository / name / str(version)
+                if target.exists():
+                    raise ExportError(f"version {version} of {name} already exists")
+                (staging / name / str(version)).rename(target)
+                placed.append(target)
+        except BaseException:
+            for target in placed:
+                shutil.rmtree(target, ignore_errors=True)
+            raise
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return ExportResult(version, pair_report, catalogue_report)

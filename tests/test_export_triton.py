@@ -1,0 +1,165 @@
+"""Export a trained run into a model repository and serve it with the real Triton (CPU)."""
+
+from __future__ import annotations
+
+import concurrent.futures as cf
+import json
+import re
+import urllib.request
+
+import numpy as np
+import pytest
+import tritonclient.grpc as grpcclient
+from tritonclient.utils import InferenceServerException
+
+from export.repository import CATALOGUE_SCORER, PAIR_SCORER, ExportError, export_run, versions
+from serving.triton_server import TritonConfig, TritonServer, free_port
+from training.cli import main as musicrec
+from training.data.generator import GeneratorConfig, generate_spotify_csv
+from training.models.network import ARTIST_INPUT, USER_INPUT, CatalogueScorer
+from training.run import load_run
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def run_dir(tmp_path_factory):
+    root = tmp_path_factory.mktemp("export")
+    csv = generate_spotify_csv(
+        root / "plays.csv", GeneratorConfig(rows=20_000, users=200, artists=400, seed=5)
+    )
+    assert musicrec(["train", "--data", str(csv), "--run-dir", str(root / "run"),
+                     "--max-epochs", "2"]) == 0  # fmt: skip
+    return root / "run"
+
+
+@pytest.fixture(scope="module")
+def served(run_dir, tmp_path_factory):
+    repo = tmp_path_factory.mktemp("repo") / "model_repository"
+    result = export_run(run_dir, repo)
+    assert result.version == 1
+    cfg = TritonConfig(repo, free_port(), free_port(), free_port(),
+                       load_models=(PAIR_SCORER, CATALOGUE_SCORER),
+                       log_file=repo.parent / "triton.log")  # fmt: skip
+    with TritonServer(cfg) as server:
+        yield repo, server
+
+
+def test_version_directory_carries_what_serving_needs(served):
+    repo, _ = served
+    for name in (PAIR_SCORER, CATALOGUE_SCORER):
+        v = repo / name / "1"
+        for f in ("model.onnx", "model.py", "manifest.json", "plays.npz",
+                  "vocab/users.json", "vocab/artists.json"):  # fmt: skip
+            assert (v / f).is_file(), f
+        assert (repo / name / "config.pbtxt").read_text().count("onnxruntime_onnx") == 1
+        assert 'backend: "python"' in (repo / name / "configs" / "cpu.pbtxt").read_text()
+
+
+def test_triton_pairwise_scores_equal_keras(served, run_dir):
+    _, server = served
+    model = load_run(run_dir).load_model()
+    rng = np.random.default_rng(0)
+    n_users = model.get_layer("user_embedding").input_dim
+    n_artists = model.get_layer("artist_embedding").input_dim
+    users = rng.integers(0, n_users, (512, 1), dtype=np.int32)
+    artists = rng.integers(0, n_artists, (512, 1), dtype=np.int32)
+    client = grpcclient.InferenceServerClient(server.grpc_url)
+    inputs = [grpcclient.InferInput(USER_INPUT, [512, 1], "INT32"),
+              grpcclient.InferInput(ARTIST_INPUT, [512, 1], "INT32")]  # fmt: skip
+    inputs[0].set_data_from_numpy(users)
+    inputs[1].set_data_from_numpy(artists)
+    got = client.infer(PAIR_SCORER, inputs, client_timeout=30).as_numpy("score")
+    expected = model.predict({USER_INPUT: users, ARTIST_INPUT: artists}, verbose=0)
+    np.testing.assert_allclose(got, expected, atol=1e-4)
+
+
+def _catalogue(client, users: np.ndarray, weights: np.ndarray, k: int):
+    inputs = [grpcclient.InferInput("users", list(users.shape), "INT64"),
+              grpcclient.InferInput("weights", list(weights.shape), "FP32"),
+              grpcclient.InferInput("k", [users.shape[0], 1], "INT64")]  # fmt: skip
+    inputs[0].set_data_from_numpy(users.astype(np.int64))
+    inputs[1].set_data_from_numpy(weights.astype(np.float32))
+    inputs[2].set_data_from_numpy(np.full((users.shape[0], 1), k, np.int64))
+    result = client.infer(CATALOGUE_SCORER, inputs, client_timeout=30)
+    return result.as_numpy("artists"), result.as_numpy("scores")
+
+
+def test_triton_catalogue_top_k_is_the_pairwise_ranking_under_concurrency(served, run_dir):
+    _, server = served
+    scorer = CatalogueScorer.from_model(load_run(run_dir).load_model())
+    rng = np.random.default_rng(1)
+    jobs = []
+    for i in range(24):  # ragged groups and different k, sent at once so Triton batches them
+        size = 1 + i % 10
+        jobs.append((rng.integers(0, 200, (1, size)), rng.random((1, size)), 5 + i))
+
+    def call(job):
+        client = grpcclient.InferenceServerClient(server.grpc_url)
+        return _catalogue(client, *job)
+
+    with cf.ThreadPoolExecutor(8) as pool:
+        answers = list(pool.map(call, jobs))
+    for (users, weights, k), (artists, scores) in zip(jobs, answers, strict=True):
+        assert artists.shape == (1, k)
+        reference = scorer.score_groups(users, weights.astype(np.float32))[0]
+        assert artists[0].tolist() == np.argsort(-reference, kind="stable")[:k].tolist()
+        np.testing.assert_allclose(scores[0], reference[artists[0]], atol=1e-3)
+
+
+def test_dynamic_batching_joins_concurrent_small_requests(served):
+    """Triton's own metrics: 32 clients sending single pairs get fewer executions than requests."""
+    repo, server = served
+    manifest = json.loads((repo / PAIR_SCORER / "1" / "manifest.json").read_text())
+    n_users, n_artists = manifest["users"], manifest["artists"]
+
+    def client_loop(seed: int) -> None:
+        client = grpcclient.InferenceServerClient(server.grpc_url)
+        rng = np.random.default_rng(seed)
+        for _ in range(40):
+            inputs = [grpcclient.InferInput(USER_INPUT, [1, 1], "INT32"),
+                      grpcclient.InferInput(ARTIST_INPUT, [1, 1], "INT32")]  # fmt: skip
+            inputs[0].set_data_from_numpy(rng.integers(0, n_users, (1, 1), dtype=np.int32))
+            inputs[1].set_data_from_numpy(rng.integers(0, n_artists, (1, 1), dtype=np.int32))
+            client.infer(PAIR_SCORER, inputs, client_timeout=30)
+
+    with cf.ThreadPoolExecutor(32) as pool:
+        list(pool.map(client_loop, range(32)))
+    metrics = (
+        urllib.request.urlopen(f"http://127.0.0.1:{server.config.metrics_port}/metrics", timeout=10)
+        .read()
+        .decode()
+    )
+    requests = _metric(metrics, "nv_inference_request_success", PAIR_SCORER)
+    executions = _metric(metrics, "nv_inference_exec_count", PAIR_SCORER)
+    assert requests >= 32 * 40
+    assert executions < requests / 2, (executions, requests)
+
+
+def _metric(text: str, name: str, model: str = CATALOGUE_SCORER) -> float:
+    pattern = rf'^{name}{{model="{model}",version="1"}} ([0-9.e+]+)$'
+    return float(re.search(pattern, text, re.MULTILINE).group(1))
+
+
+def test_failed_export_leaves_the_repository_untouched(served, tmp_path):
+    repo, _ = served
+    before = sorted(p.relative_to(repo) for p in repo.rglob("*"))
+    with pytest.raises(ExportError, match="cannot read run"):
+        export_run(tmp_path / "no-such-run", repo)
+    assert sorted(p.relative_to(repo) for p in repo.rglob("*")) == before
+    assert versions(repo, PAIR_SCORER) == [1]
+    assert not list(repo.parent.glob(".export-*"))
+
+
+def test_a_bad_request_gets_its_own_error_and_the_server_keeps_serving(served, run_dir):
+    repo, server = served
+    n_artists = json.loads((repo / PAIR_SCORER / "1" / "manifest.json").read_text())["artists"]
+    client = grpcclient.InferenceServerClient(server.grpc_url)
+    inputs = [grpcclient.InferInput(USER_INPUT, [1, 1], "INT32"),
+              grpcclient.InferInput(ARTIST_INPUT, [1, 1], "INT32")]  # fmt: skip
+    inputs[0].set_data_from_numpy(np.zeros((1, 1), np.int32))
+    inputs[1].set_data_from_numpy(np.full((1, 1), n_artists + 5, np.int32))
+    with pytest.raises(InferenceServerException, match="invalid request"):
+        client.infer(PAIR_SCORER, inputs, client_timeout=30)
+    inputs[1].set_data_from_numpy(np.zeros((1, 1), np.int32))
+    assert client.infer(PAIR_SCORER, inputs, client_timeout=30).as_numpy("score").shape == (1, 1)
