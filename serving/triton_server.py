@@ -9,6 +9,7 @@ directory is in ``LD_LIBRARY_PATH`` (``PYTHONPATH`` is ignored); numpy must be <
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import os
 import shutil
 import signal
@@ -82,6 +83,12 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def _die_with_parent() -> None:  # pragma: no cover - runs in the child before exec
+    """Linux: have the kernel SIGTERM the server if the Python that started it dies."""
+    with contextlib.suppress(OSError, AttributeError):
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+
+
 def _environment() -> dict[str, str]:
     env = dict(os.environ)
     venv_bin = str(Path(sys.executable).parent)
@@ -141,6 +148,7 @@ class TritonServer:
         self.process = subprocess.Popen(
             self.command(home), env=_environment(), stdout=log, stderr=subprocess.STDOUT,
             start_new_session=True,  # one process group: stubs are stopped with the server
+            preexec_fn=_die_with_parent,
         )  # fmt: skip
         self._wait_ready()
         return self

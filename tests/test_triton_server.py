@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import socket
 import subprocess
+import sys
+import time
 import urllib.request
+from pathlib import Path
 
 import pytest
 
@@ -43,3 +46,22 @@ def test_port_in_use_is_a_clear_error(tmp_path):
 def test_missing_repository_is_a_clear_error(tmp_path):
     with pytest.raises(TritonError, match="model repository not found"):
         TritonServer(TritonConfig(tmp_path / "nope", *ports())).start()
+
+
+def test_server_does_not_outlive_a_killed_launcher(tmp_path):
+    http, grpc, metrics = ports()
+    script = (
+        "import os, signal, sys\n"
+        "from pathlib import Path\n"
+        "from serving.triton_server import TritonConfig, TritonServer\n"
+        f"cfg = TritonConfig(Path({str(tmp_path)!r}), {http}, {grpc}, {metrics})\n"
+        "s = TritonServer(cfg).start()\n"
+        "print(s.process.pid, flush=True)\n"
+        "os.kill(os.getpid(), signal.SIGKILL)\n"
+    )
+    child = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True)
+    pid = int(child.stdout.split()[0])
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline and Path(f"/proc/{pid}").exists():
+        time.sleep(0.2)
+    assert not Path(f"/proc/{pid}").exists() or "Z" in Path(f"/proc/{pid}/stat").read_text()

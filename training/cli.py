@@ -6,6 +6,7 @@ import argparse
 import dataclasses
 import json
 import logging
+import signal
 import sys
 import time
 from collections.abc import Sequence
@@ -16,6 +17,7 @@ from rich.table import Table
 
 from training.config import (
     DEFAULT_GENERATED_CSV,
+    DEFAULT_REPOSITORY,
     DEFAULT_RUNS_DIR,
     DataConfig,
     TrainConfig,
@@ -184,6 +186,41 @@ def _demo(args: argparse.Namespace) -> None:
     console.print(f"run saved to [bold]{run_dir}[/]")
 
 
+def _export(args: argparse.Namespace) -> None:
+    from export.repository import export_run
+
+    result = export_run(args.run_dir, args.repository)
+    console.print(
+        f"exported {args.run_dir} as version {result.version} of pair_scorer and "
+        f"catalogue_scorer in {args.repository} (parity: max |diff| "
+        f"{result.pair_parity.max_abs_diff:.1e} on {result.pair_parity.pairs:,} pairs)"
+    )
+
+
+def _triton(args: argparse.Namespace) -> None:
+    from export.repository import CATALOGUE_SCORER, PAIR_SCORER
+    from serving.triton_server import TritonConfig, TritonServer
+
+    cfg = TritonConfig(
+        args.repository, args.http_port, args.grpc_port, args.metrics_port,
+        load_models=(PAIR_SCORER, CATALOGUE_SCORER), log_file=args.log_file,
+    )  # fmt: skip
+
+    def stop_on_sigterm(*_: object) -> None:
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, stop_on_sigterm)  # leave through the context manager
+    with TritonServer(cfg) as server:
+        console.print(
+            f"Triton ready: gRPC {server.grpc_url}, HTTP {server.http_url}, "
+            f"metrics :{cfg.metrics_port}; logs in {cfg.log_file}. Ctrl-C stops it."
+        )
+        try:
+            server.process.wait()
+        except KeyboardInterrupt:
+            console.print("stopping Triton")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="musicrec", description=__doc__, formatter_class=argparse.ArgumentDefaultsHelpFormatter
@@ -237,12 +274,42 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("-k", type=int, default=10)
     r.set_defaults(func=_recommend)
 
+    x = sub.add_parser(
+        "export", help="export a seed/dnn run to the Triton model repository", formatter_class=fmt
+    )
+    x.add_argument("run_dir", type=Path)
+    x.add_argument("--repository", type=Path, default=DEFAULT_REPOSITORY)
+    x.set_defaults(func=_export)
+
+    s = sub.add_parser(
+        "triton", help="serve the model repository with the local Triton (CPU)",
+        formatter_class=fmt,
+    )  # fmt: skip
+    s.add_argument("--repository", type=Path, default=DEFAULT_REPOSITORY)
+    s.add_argument("--http-port", type=int, default=8000)
+    s.add_argument("--grpc-port", type=int, default=8001)
+    s.add_argument("--metrics-port", type=int, default=8002)
+    s.add_argument("--log-file", type=Path, default=DEFAULT_RUNS_DIR.parent / "triton.log")
+    s.set_defaults(func=_triton)
+
     d = sub.add_parser(
         "demo", help="generate data, train the dnn, evaluate, recommend", formatter_class=fmt
     )
     d.add_argument("-d", "--data", default=str(DEFAULT_GENERATED_CSV))
     d.set_defaults(func=_demo)
     return parser
+
+
+def _user_errors() -> tuple[type[BaseException], ...]:
+    from export.parity import ParityError
+    from export.repository import ExportError
+    from serving.triton_server import TritonError
+
+    return (ValueError, KeyError, FileNotFoundError, FileExistsError, ExportError,
+            ParityError, TritonError)  # fmt: skip
+
+
+USER_ERRORS = _user_errors()
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -254,7 +321,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     try:
         args.func(args)
-    except (ValueError, KeyError, FileNotFoundError, FileExistsError) as exc:
+    except USER_ERRORS as exc:
         msg = exc.args[0] if isinstance(exc, KeyError) and exc.args else exc
         console.print(f"[red]error:[/] {msg}", highlight=False)
         return 2

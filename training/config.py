@@ -17,6 +17,7 @@ SHARED_DATA = PROJECT_ROOT.parent / "shared" / "data"
 HETREC_DIR = SHARED_DATA / "hetrec2011-lastfm-2k"
 DEFAULT_GENERATED_CSV = PROJECT_ROOT / "data" / "generated" / "spotify_playlists.csv"
 DEFAULT_RUNS_DIR = PROJECT_ROOT / "runs"
+DEFAULT_REPOSITORY = PROJECT_ROOT / "model_repository"
 
 
 @dataclass(frozen=True)
