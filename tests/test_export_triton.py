@@ -5,6 +5,9 @@ from __future__ import annotations
 import concurrent.futures as cf
 import json
 import re
+import shutil
+import threading
+import time
 import urllib.request
 
 import numpy as np
@@ -163,3 +166,46 @@ def test_a_bad_request_gets_its_own_error_and_the_server_keeps_serving(served, r
         client.infer(PAIR_SCORER, inputs, client_timeout=30)
     inputs[1].set_data_from_numpy(np.zeros((1, 1), np.int32))
     assert client.infer(PAIR_SCORER, inputs, client_timeout=30).as_numpy("score").shape == (1, 1)
+
+
+def test_new_version_loads_under_traffic_and_a_corrupt_one_never_serves(served, run_dir):
+    repo, server = served
+    client = grpcclient.InferenceServerClient(server.grpc_url)
+    stop, failures, answered = threading.Event(), [], []
+
+    def traffic() -> None:
+        own = grpcclient.InferenceServerClient(server.grpc_url)
+        while not stop.is_set():
+            inputs = [grpcclient.InferInput(USER_INPUT, [1, 1], "INT32"),
+                      grpcclient.InferInput(ARTIST_INPUT, [1, 1], "INT32")]  # fmt: skip
+            inputs[0].set_data_from_numpy(np.zeros((1, 1), np.int32))
+            inputs[1].set_data_from_numpy(np.zeros((1, 1), np.int32))
+            try:
+                own.infer(PAIR_SCORER, inputs, client_timeout=30)
+                answered.append(1)
+            except InferenceServerException as exc:
+                failures.append(str(exc))
+
+    threads = [threading.Thread(target=traffic) for _ in range(4)]
+    for t in threads:
+        t.start()
+    try:
+        assert export_run(run_dir, repo).version == 2
+        client.load_model(PAIR_SCORER)  # explicit model control: pick up version 2
+        assert client.is_model_ready(PAIR_SCORER, "2")
+        assert not client.is_model_ready(PAIR_SCORER, "1")  # version policy: latest 1
+        # A corrupt version 3 fails to load; version 2 keeps serving.
+        broken = repo / PAIR_SCORER / "3"
+        shutil.copytree(repo / PAIR_SCORER / "2", broken)
+        (broken / "model.onnx").write_bytes(b"not an onnx model")
+        with pytest.raises(InferenceServerException):
+            client.load_model(PAIR_SCORER)
+        assert client.is_model_ready(PAIR_SCORER, "2")
+        time.sleep(1.0)
+    finally:
+        stop.set()
+        for t in threads:
+            t.join()
+        shutil.rmtree(repo / PAIR_SCORER / "3", ignore_errors=True)
+    assert failures == []
+    assert len(answered) > 50
