@@ -9,6 +9,7 @@ Layout (one export = the same version number in both models)::
     model_repository/<model>/<v>/manifest.json   version, source run, fingerprints, metrics, tensors
     model_repository/<model>/<v>/vocab/          users.json, artists.json (index <-> id/name)
     model_repository/<model>/<v>/plays.npz       known users' plays, for the similar-user lookup
+    model_repository/pair_scorer/<v>/model.savedmodel/   the same network for TF Serving users
 
 Everything is built and parity-checked in a staging directory beside the repository and renamed
 into place only when complete; a failed export leaves the repository as it was. Version numbers
@@ -163,6 +164,12 @@ def export_run(run_dir: Path | str, repository: Path | str) -> ExportResult:
                 "parity": asdict(pair_report if name == PAIR_SCORER else catalogue_report),
             }
             _write_version(staging / name / str(version), proto, manifest, run.path, run.plays)
+        # The same network as a SavedModel, for TF Serving and other TensorFlow tools.
+        keras_model.export(
+            staging / PAIR_SCORER / str(version) / "model.savedmodel",
+            format="tf_saved_model",
+            verbose=False,
+        )
         placed: list[Path] = []
         try:
             for name in SIGNATURES:

@@ -59,6 +59,19 @@ def test_version_directory_carries_what_serving_needs(served):
         assert 'backend: "python"' in (repo / name / "configs" / "cpu.pbtxt").read_text()
 
 
+def test_savedmodel_beside_the_onnx_answers_the_same(served, run_dir):
+    import tensorflow as tf
+
+    repo, _ = served
+    saved = tf.saved_model.load(str(repo / PAIR_SCORER / "1" / "model.savedmodel"))
+    model = load_run(run_dir).load_model()
+    users = np.arange(20, dtype=np.int32).reshape(-1, 1)
+    artists = np.arange(20, dtype=np.int32).reshape(-1, 1)
+    out = saved.signatures["serving_default"](user=tf.constant(users), artist=tf.constant(artists))
+    expected = model.predict({USER_INPUT: users, ARTIST_INPUT: artists}, verbose=0)
+    np.testing.assert_allclose(next(iter(out.values())).numpy(), expected, atol=1e-5)
+
+
 def test_triton_pairwise_scores_equal_keras(served, run_dir):
     _, server = served
     model = load_run(run_dir).load_model()
