@@ -100,11 +100,8 @@ def _train(args: argparse.Namespace) -> None:
         cfg.model: {**result.metrics, "train_seconds": result.train_seconds},
         f"{cfg.model} (new users)": result.new_user_metrics,
     }
-    console.print(
-        metrics_table(
-            f"{result.data.source} — {result.split.summary()['test_users']} " "test users", rows
-        )
-    )
+    test_users = result.split.summary()["test_users"]
+    console.print(metrics_table(f"{result.data.source} — {test_users} test users", rows))
     if "rows_per_second" in metrics:
         console.print(
             f"training throughput: {metrics['rows_per_second']:,.0f} rows/s over "
