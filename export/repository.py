@@ -25,6 +25,7 @@ import tempfile
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+import keras
 import onnx
 import scipy.sparse as sp
 from google.protobuf import text_format
@@ -120,24 +121,48 @@ def next_version(repository: Path) -> int:
 
 
 def _write_version(
-    directory: Path, proto: onnx.ModelProto, manifest: dict, run_path: Path, plays: sp.csr_matrix
+    directory: Path, proto: onnx.ModelProto, manifest: dict, vocab_dir: Path, plays: sp.csr_matrix
 ) -> None:
     directory.mkdir(parents=True)
     onnx.save(proto, directory / "model.onnx")
     shutil.copy2(PYTHON_MODEL, directory / "model.py")
-    shutil.copytree(run_path / "vocab", directory / "vocab")
+    shutil.copytree(vocab_dir, directory / "vocab")
     sp.save_npz(directory / "plays.npz", plays)
     (directory / "manifest.json").write_text(json.dumps(manifest, indent=2))
 
 
 def export_run(run_dir: Path | str, repository: Path | str) -> ExportResult:
     """Export a seed/dnn run as the next version of both models; raise :class:`ExportError`."""
-    repository = Path(repository)
     try:
         run = load_run(run_dir)
         keras_model = run.load_model()
     except (FileNotFoundError, ValueError, KeyError) as exc:
         raise ExportError(f"cannot read run {run_dir}: {exc}") from exc
+    provenance = {
+        "source_run": str(Path(run.path).resolve()),
+        "data_fingerprint": run.data_info.get("fingerprint"),
+        "vocab_fingerprint": run.vocab.fingerprint(),
+        "users": run.vocab.n_users,
+        "artists": run.vocab.n_artists,
+        "metrics": {k: run.metrics.get(k) for k in ("known_users", "new_users")},
+    }
+    return export_network(
+        keras_model, repository, vocab_dir=run.path / "vocab", plays=run.plays,
+        provenance=provenance,
+    )  # fmt: skip
+
+
+def export_network(
+    keras_model: keras.Model,
+    repository: Path | str,
+    *,
+    vocab_dir: Path,
+    plays: sp.csr_matrix,
+    provenance: dict,
+) -> ExportResult:
+    """Export a trained network with its vocabulary and known users' plays as the next version
+    of both models, after the parity gates; the repository is untouched on any failure."""
+    repository = Path(repository)
     pair = pair_scorer(keras_model)
     catalogue = catalogue_scorer(NetworkWeights.from_model(keras_model))
     pair_report = check_pair_scorer(keras_model, pair)
@@ -153,17 +178,12 @@ def export_run(run_dir: Path | str, repository: Path | str) -> ExportResult:
                 "model": name,
                 "version": version,
                 "created": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
-                "source_run": str(Path(run.path).resolve()),
-                "data_fingerprint": run.data_info.get("fingerprint"),
-                "vocab_fingerprint": run.vocab.fingerprint(),
-                "users": run.vocab.n_users,
-                "artists": run.vocab.n_artists,
-                "metrics": {k: run.metrics.get(k) for k in ("known_users", "new_users")},
+                **provenance,
                 "inputs": [asdict(s) for s in inputs],
                 "outputs": [asdict(s) for s in outputs],
                 "parity": asdict(pair_report if name == PAIR_SCORER else catalogue_report),
             }
-            _write_version(staging / name / str(version), proto, manifest, run.path, run.plays)
+            _write_version(staging / name / str(version), proto, manifest, vocab_dir, plays)
         # The same network as a SavedModel, for TF Serving and other TensorFlow tools.
         keras_model.export(
             staging / PAIR_SCORER / str(version) / "model.savedmodel",
