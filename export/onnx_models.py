@@ -5,11 +5,13 @@
 * ``catalogue_scorer``: scores a weighted group of users against the whole catalogue and returns
   the top K, all inside the graph. The first Dense layer is split into its user half (a table,
   users x hidden) and artist half (precomputed once, catalogue x hidden, bias included), so a
-  group member costs one add, ReLU and dot product per artist. A ``Scan`` walks the group
-  members one at a time, so memory stays at catalogue x hidden instead of group x catalogue x
-  hidden. Inputs ``users`` (int64 ``[batch, G]``), ``weights`` (float32 ``[batch, G]``) and
-  ``k`` (int64 ``[batch, 1]``; the largest k of a batch is used for all of it); outputs
-  ``artists`` (int64 ``[batch, K]``) and ``scores`` (float32 ``[batch, K]``), best first.
+  group member costs one add, ReLU and dot product per artist. A ``Scan`` walks the catalogue
+  in chunks of ``ARTIST_CHUNK`` artists, scoring every group member against a chunk at once, so
+  the intermediate stays cache-sized instead of group x catalogue x hidden (twice as fast on a
+  CPU as walking the group members over the whole catalogue). Inputs ``users`` (int64
+  ``[batch, G]``), ``weights`` (float32 ``[batch, G]``) and ``k``
+  (int64 ``[batch, 1]``; the largest k of a batch is used for all of it); outputs ``artists``
+  (int64 ``[batch, K]``) and ``scores`` (float32 ``[batch, K]``), best first.
 """
 
 from __future__ import annotations
@@ -25,6 +27,8 @@ from onnx import TensorProto, helper, numpy_helper
 from training.models.network import ARTIST_INPUT, SCORE_OUTPUT, USER_INPUT, NetworkWeights
 
 OPSET = 17
+# Artists per Scan step: [B*G, C, H] float32 stays cache-sized (1.3 MB for 10 users, H=128).
+ARTIST_CHUNK = 128
 
 
 @dataclass(frozen=True)
@@ -69,61 +73,62 @@ def pair_scorer(model: keras.Model) -> onnx.ModelProto:
     return proto
 
 
-def _scan_body(hidden: int) -> onnx.GraphProto:
-    """Per group member: its user half [H] -> scores of every artist [A] (artist half is an
-    outer-scope initializer)."""
+def _chunk_body(chunk: int, hidden: int) -> onnx.GraphProto:
+    """Per artist chunk [C, H]: every group member's scores [B*G, C]. ``members`` ([B*G, 1, H],
+    the users' halves) and ``out_kernel`` come from the outer scope."""
     return helper.make_graph(
         [
-            helper.make_node("Add", ["user_half", "artist_half"], ["pre"]),
+            helper.make_node("Add", ["members", "artist_chunk"], ["pre"]),  # [B*G, C, H]
             helper.make_node("Relu", ["pre"], ["act"]),
-            helper.make_node("MatMul", ["act", "out_kernel"], ["col"]),
-            helper.make_node("Squeeze", ["col", "axis_last"], ["member_scores"]),
+            helper.make_node("MatMul", ["act", "out_kernel"], ["col"]),  # [B*G, C, 1]
+            helper.make_node("Squeeze", ["col", "axis_last"], ["chunk_scores"]),
         ],
-        "member",
-        [helper.make_tensor_value_info("user_half", TensorProto.FLOAT, [hidden])],
-        [helper.make_tensor_value_info("member_scores", TensorProto.FLOAT, ["A"])],
+        "artist_chunk",
+        [helper.make_tensor_value_info("artist_chunk", TensorProto.FLOAT, [chunk, hidden])],
+        [helper.make_tensor_value_info("chunk_scores", TensorProto.FLOAT, ["BG", chunk])],
     )
 
 
-def catalogue_scorer(weights: NetworkWeights) -> onnx.ModelProto:
+def catalogue_scorer(weights: NetworkWeights, chunk: int = ARTIST_CHUNK) -> onnx.ModelProto:
     """Build the all-artists top-K model from the network's weights."""
     user_half = weights.user_embedding @ weights.hidden_kernel[: weights.dim]
-    artist_half = weights.artist_half()
-    hidden = artist_half.shape[1]
+    artist_half = weights.artist_half().astype(np.float32)
+    n_artists, hidden = artist_half.shape
+    padded = np.concatenate([artist_half, np.zeros(((-n_artists) % chunk, hidden), np.float32)])
     init = [
         numpy_helper.from_array(user_half.astype(np.float32), "user_half_table"),
-        numpy_helper.from_array(artist_half.astype(np.float32), "artist_half"),
+        numpy_helper.from_array(padded.reshape(-1, chunk, hidden), "artist_chunks"),
         numpy_helper.from_array(weights.output_kernel.astype(np.float32), "out_kernel"),
         numpy_helper.from_array(weights.output_bias.astype(np.float32), "out_bias"),
         numpy_helper.from_array(np.array([-1], np.int64), "axis_last"),
         numpy_helper.from_array(np.array([-1], np.int64), "flat_shape"),
         numpy_helper.from_array(np.array([1], np.int64), "axis_one"),
+        numpy_helper.from_array(np.array([2], np.int64), "axis_two"),
         numpy_helper.from_array(np.array([0], np.int64), "zero"),
+        numpy_helper.from_array(np.array([n_artists], np.int64), "n_artists"),
     ]
     nodes = [
         helper.make_node("Shape", ["users"], ["group_shape"]),  # [B, G]
         helper.make_node("Reshape", ["users", "flat_shape"], ["flat_users"]),  # [B*G]
-        helper.make_node("Gather", ["user_half_table", "flat_users"], ["members"], axis=0),
-        helper.make_node(
-            "Scan", ["members"], ["member_scores"], num_scan_inputs=1, body=_scan_body(hidden)
-        ),  # [B*G, A]
-        helper.make_node("Shape", ["artist_half"], ["catalogue_shape"]),
-        helper.make_node("Slice", ["catalogue_shape", "zero", "axis_one"], ["n_artists"]),
-        helper.make_node("Concat", ["group_shape", "n_artists"], ["grid_shape"], axis=0),
-        helper.make_node("Reshape", ["member_scores", "grid_shape"], ["grid"]),  # [B, G, A]
+        helper.make_node("Gather", ["user_half_table", "flat_users"], ["halves"], axis=0),
+        helper.make_node("Unsqueeze", ["halves", "axis_one"], ["members"]),  # [B*G, 1, H]
+        helper.make_node("Scan", ["artist_chunks"], ["stacked"], num_scan_inputs=1,
+                         body=_chunk_body(chunk, hidden)),  # [chunks, B*G, C]
+        helper.make_node("Transpose", ["stacked"], ["by_member"], perm=[1, 0, 2]),
+        helper.make_node("Concat", ["group_shape", "flat_shape"], ["grid_shape"], axis=0),
+        helper.make_node("Reshape", ["by_member", "grid_shape"], ["padded_grid"]),  # [B, G, A']
+        helper.make_node("Slice", ["padded_grid", "zero", "n_artists", "axis_two"], ["grid"]),
         helper.make_node("Add", ["grid", "out_bias"], ["grid_b"]),
         helper.make_node("Unsqueeze", ["weights", "axis_last"], ["w3"]),  # [B, G, 1]
         helper.make_node("Mul", ["grid_b", "w3"], ["weighted"]),
         helper.make_node("ReduceSum", ["weighted", "axis_one"], ["summed"], keepdims=0),
         helper.make_node("ReduceMax", ["k"], ["k_max"], keepdims=0),
+        helper.make_node("Squeeze", ["n_artists"], ["n_artists_scalar"]),
         helper.make_node("Min", ["k_max", "n_artists_scalar"], ["k_eff"]),
         helper.make_node("Reshape", ["k_eff", "axis_one"], ["k_vec"]),
         helper.make_node("TopK", ["summed", "k_vec"], ["scores", "artists"], axis=-1,
                          largest=1, sorted=1),
-        helper.make_node("Squeeze", ["n_artists"], ["n_artists_scalar"]),
     ]  # fmt: skip
-    # Squeeze must precede Min in topological order.
-    nodes.insert(nodes.index(next(n for n in nodes if n.op_type == "Min")), nodes.pop())
     graph = helper.make_graph(
         nodes,
         "catalogue_scorer",
