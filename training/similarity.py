@@ -1,11 +1,24 @@
-"""Cosine similarity between listeners' artist histories, without a dense user x user matrix."""
+"""Cosine similarity between listeners' artist histories, without a dense user x user matrix.
+
+One code path for offline evaluation and the gateway, on two array backends: SciPy/NumPy on a
+CPU, CuPy (``cupyx.scipy.sparse``) on a GPU. The known users' vectors are stored transposed
+(artists x users, CSR), so a query touches only the rows of the artists it plays.
+"""
 
 from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from types import ModuleType
+from typing import Any
 
 import numpy as np
 import scipy.sparse as sp
 
 from training.models.base import l2_normalize_rows, log_weights
+
+log = logging.getLogger(__name__)
+BACKENDS = ("auto", "cpu", "gpu")
 
 
 def user_vectors(plays: sp.csr_matrix) -> sp.csr_matrix:
@@ -13,34 +26,85 @@ def user_vectors(plays: sp.csr_matrix) -> sp.csr_matrix:
     return l2_normalize_rows(log_weights(plays))
 
 
-def top_similar_users(
-    queries: sp.csr_matrix,
-    known: sp.csr_matrix,
-    n: int = 10,
-    *,
-    exclude: np.ndarray | None = None,
-) -> tuple[np.ndarray, np.ndarray]:
-    """Top-``n`` most similar known users for each query row, best first.
+@dataclass(frozen=True)
+class ArrayBackend:
+    """Where the similarity product runs: ``xp`` (numpy/cupy) and its sparse module."""
 
-    ``queries`` and ``known`` are raw play-count rows over the same artists; both go through
-    :func:`user_vectors`. ``exclude[i]`` (optional) is a known-user index never returned for
-    query ``i`` (the user itself). Returns ``(indices, similarities)``, each ``(n_queries, n)``;
-    slots without a user of positive similarity hold index -1 and similarity 0.
-    """
-    q = user_vectors(queries)
-    sims = (q @ user_vectors(known).T).toarray()  # n_queries x n_known, sparse product
-    if exclude is not None:
-        sims[np.arange(len(exclude)), exclude] = 0.0
-    n = min(n, sims.shape[1])
-    idx = (
-        np.argpartition(-sims, n - 1, axis=1)[:, :n]
-        if n < sims.shape[1]
-        else (np.tile(np.arange(sims.shape[1]), (sims.shape[0], 1)))
-    )
-    top = np.take_along_axis(sims, idx, axis=1)
-    order = np.argsort(-top, axis=1, kind="stable")
-    idx = np.take_along_axis(idx, order, axis=1)
-    top = np.take_along_axis(top, order, axis=1)
-    idx[top <= 0] = -1
-    top[top <= 0] = 0.0
-    return idx, top.astype(np.float32)
+    name: str
+    xp: ModuleType
+    sparse: ModuleType
+
+    def to_device(self, m: sp.csr_matrix) -> Any:
+        return m if self.name == "cpu" else self.sparse.csr_matrix(m)
+
+    def to_host(self, a: Any) -> np.ndarray:
+        return a if self.name == "cpu" else self.xp.asnumpy(a)
+
+
+CPU = ArrayBackend("cpu", np, sp)
+
+
+def array_backend(name: str = "auto") -> ArrayBackend:
+    """``cpu``, ``gpu`` (CuPy; raises if unusable) or ``auto`` (GPU when CuPy sees a device)."""
+    if name not in BACKENDS:
+        raise ValueError(f"unknown backend {name!r}; choose one of {', '.join(BACKENDS)}")
+    if name == "cpu":
+        return CPU
+    try:
+        import cupy
+        import cupyx.scipy.sparse as cusparse
+
+        if cupy.cuda.runtime.getDeviceCount() < 1:
+            raise RuntimeError("no CUDA device")
+    except Exception as exc:  # ImportError, CUDA driver errors
+        if name == "gpu":
+            raise ValueError(f"the gpu backend needs CuPy and a CUDA device: {exc}") from exc
+        log.info("similarity on CPU (CuPy unavailable: %s)", exc)
+        return CPU
+    return ArrayBackend("gpu", cupy, cusparse)
+
+
+def _top_n(xp: ModuleType, sims: Any, n: int) -> tuple[Any, Any]:
+    """Per row, the ``n`` largest entries best first; ties go to the lower column index."""
+    n_cols = sims.shape[1]
+    n = min(n, n_cols)
+    if n < n_cols:
+        idx = xp.sort(xp.argpartition(-sims, n - 1, axis=1)[:, :n], axis=1)
+    else:
+        idx = xp.broadcast_to(xp.arange(n_cols), sims.shape).copy()
+    top = xp.take_along_axis(sims, idx, axis=1)
+    order = xp.argsort(-top, axis=1, kind="stable") if xp is np else xp.argsort(-top, axis=1)
+    return xp.take_along_axis(idx, order, axis=1), xp.take_along_axis(top, order, axis=1)
+
+
+class SimilarityIndex:
+    """Known users' play vectors, ready for top-N cosine queries on the chosen backend."""
+
+    def __init__(self, known_plays: sp.csr_matrix, backend: str | ArrayBackend = "cpu") -> None:
+        self.backend = backend if isinstance(backend, ArrayBackend) else array_backend(backend)
+        known = user_vectors(sp.csr_matrix(known_plays))
+        self.n_users, self.n_artists = known.shape
+        self._by_artist = self.backend.to_device(sp.csr_matrix(known.T))  # artists x users
+
+    def query(
+        self, histories: sp.csr_matrix, n: int = 10, *, exclude: np.ndarray | None = None
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """Top-``n`` most similar known users for each history row (raw play counts), best first.
+
+        ``exclude[i]`` (optional; -1 for none) is a known-user index never returned for row
+        ``i`` (the user itself). Returns ``(indices, similarities)``, each ``(rows, n)``; slots
+        without a user of positive similarity hold index -1 and similarity 0.
+        """
+        if histories.shape[1] != self.n_artists:
+            raise ValueError(f"histories have {histories.shape[1]} artists, not {self.n_artists}")
+        b, xp = self.backend, self.backend.xp
+        q = b.to_device(user_vectors(sp.csr_matrix(histories)))
+        sims = (q @ self._by_artist).toarray()  # rows x known users, from a sparse product
+        if exclude is not None:
+            rows = np.flatnonzero(exclude >= 0)
+            sims[xp.asarray(rows), xp.asarray(exclude[rows])] = 0.0
+        idx, top = (b.to_host(a) for a in _top_n(xp, sims, n))
+        idx, top = idx.astype(np.int64), top.astype(np.float32)
+        idx[top <= 0] = -1
+        top[top <= 0] = 0.0
+        return idx, top

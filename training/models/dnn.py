@@ -28,7 +28,7 @@ from training.models.network import (
 )
 from training.models.objectives import SampledSoftmax
 from training.ranking import top_k_excluding
-from training.similarity import top_similar_users
+from training.similarity import SimilarityIndex
 
 log = logging.getLogger(__name__)
 
@@ -107,7 +107,7 @@ class NetworkRecommender(Recommender):
 
     def _prepare(self, model: keras.Model, train: sp.csr_matrix) -> None:
         self.model_ = model
-        self.train_ = sp.csr_matrix(train)
+        self.use_known_plays(train)
         self.scorer_ = CatalogueScorer.from_model(model)
 
     @classmethod
@@ -127,13 +127,14 @@ class NetworkRecommender(Recommender):
         """Set the known users' plays that new listeners are matched against (e.g. train plus
         validation pairs after early stopping), as serving will."""
         self.train_ = sp.csr_matrix(plays)
+        self.index_ = SimilarityIndex(self.train_)
 
     def score_users(self, users: np.ndarray) -> np.ndarray:
         return self.scorer_.score_users(users)
 
     def similar_users(self, histories: sp.csr_matrix) -> tuple[np.ndarray, np.ndarray]:
         """Top-``neighbours`` known users for each history, with cosine similarities."""
-        return top_similar_users(sp.csr_matrix(histories), self.train_, self.neighbours)
+        return self.index_.query(sp.csr_matrix(histories), self.neighbours)
 
     def score_histories(self, histories: sp.csr_matrix) -> np.ndarray:
         groups, weights = self.similar_users(histories)

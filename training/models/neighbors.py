@@ -8,7 +8,7 @@ import numpy as np
 import scipy.sparse as sp
 
 from training.models.base import Recommender, l2_normalize_rows, log_weights
-from training.similarity import top_similar_users, user_vectors
+from training.similarity import SimilarityIndex, user_vectors
 
 _BATCH = 1024
 
@@ -39,13 +39,14 @@ class UserKNN(Recommender):
     def fit(self, train: sp.csr_matrix) -> Self:
         self.train_ = sp.csr_matrix(train)
         self.vectors_ = user_vectors(self.train_)
+        self.index_ = SimilarityIndex(self.train_)
         return self
 
     def _score(self, queries: sp.csr_matrix, exclude: np.ndarray | None) -> np.ndarray:
         out = []
         for s in range(0, queries.shape[0], _BATCH):
             ex = None if exclude is None else exclude[s : s + _BATCH]
-            idx, sims = top_similar_users(queries[s : s + _BATCH], self.train_, self.k, exclude=ex)
+            idx, sims = self.index_.query(queries[s : s + _BATCH], self.k, exclude=ex)
             out.append(neighbour_sum(idx, sims, self.vectors_))
         return np.vstack(out) if out else np.zeros((0, self.train_.shape[1]), np.float32)
 

@@ -1,0 +1,56 @@
+"""The similar-user lookup shared by offline evaluation and the gateway."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import scipy.sparse as sp
+
+from tests.conftest import community_matrix
+from training.similarity import SimilarityIndex, array_backend, user_vectors
+
+
+def _brute_force(queries: sp.csr_matrix, known: sp.csr_matrix) -> np.ndarray:
+    q = user_vectors(queries).toarray()
+    k = user_vectors(known).toarray()
+    return q @ k.T
+
+
+def test_query_matches_dense_cosine_and_orders_best_first():
+    known = community_matrix(n_users=90, n_artists=60, seed=3)
+    queries = community_matrix(n_users=12, n_artists=60, seed=4)
+    idx, sims = SimilarityIndex(known).query(queries, n=7)
+    dense = _brute_force(queries, known)
+    for row in range(queries.shape[0]):
+        expected = np.sort(dense[row])[::-1][:7]
+        np.testing.assert_allclose(sims[row], expected, rtol=1e-5)
+        np.testing.assert_allclose(dense[row, idx[row]], sims[row], rtol=1e-5)
+
+
+def test_ties_go_to_the_lower_user_index():
+    known = sp.csr_matrix(np.array([[1, 0, 0], [0, 1, 0], [1, 0, 0], [1, 0, 0]], np.float32))
+    idx, sims = SimilarityIndex(known).query(sp.csr_matrix(np.array([[3, 0, 0]], np.float32)), 2)
+    assert idx.tolist() == [[0, 2]]
+    np.testing.assert_allclose(sims, [[1.0, 1.0]])
+
+
+def test_no_shared_artist_gives_empty_slots_and_exclude_skips_the_user_itself():
+    known = sp.csr_matrix(np.array([[1, 0, 0], [1, 1, 0], [0, 0, 0]], np.float32))
+    index = SimilarityIndex(known)
+    idx, sims = index.query(sp.csr_matrix(np.array([[0, 0, 5]], np.float32)), 3)
+    assert idx.tolist() == [[-1, -1, -1]] and sims.tolist() == [[0, 0, 0]]
+    idx, _ = index.query(known[[0, 1]], 3, exclude=np.array([0, -1]))
+    assert idx[0].tolist() == [1, -1, -1]
+    assert idx[1].tolist()[:2] == [1, 0]
+
+
+def test_query_rejects_a_history_over_other_artists():
+    with pytest.raises(ValueError, match="artists"):
+        SimilarityIndex(sp.csr_matrix((3, 4), dtype=np.float32)).query(sp.csr_matrix((1, 5)), 2)
+
+
+def test_backend_choice():
+    assert array_backend("cpu").name == "cpu"
+    assert array_backend("auto").name in {"cpu", "gpu"}  # gpu only where CuPy sees a device
+    with pytest.raises(ValueError, match="unknown backend"):
+        array_backend("tpu")
