@@ -1,0 +1,122 @@
+"""One served model version's artifacts, loaded from its Triton version directory.
+
+Export writes, beside each version's ONNX file, the vocabulary and the known users' plays
+(``export/repository.py``). The gateway loads them for exactly the version Triton reports
+ready, so names, user ids and the similar-user index always match the weights that score.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import scipy.sparse as sp
+
+from export.repository import CATALOGUE_SCORER
+from training.data import Vocabulary
+from training.similarity import ArrayBackend, SimilarityIndex
+
+
+class ArtifactError(RuntimeError):
+    """A version directory is missing files or they disagree with its manifest."""
+
+
+@dataclass(frozen=True)
+class ArtistRef:
+    """An artist named by a caller: exactly one of ``id``/``name``, and a play count."""
+
+    id: str | None = None
+    name: str | None = None
+    plays: float = 1.0
+
+
+@dataclass(frozen=True)
+class ResolvedHistory:
+    """A caller's history mapped onto the model's artists (duplicates summed)."""
+
+    row: sp.csr_matrix  # 1 x artists play counts
+    unknown: tuple[str, ...]
+
+    @property
+    def artists(self) -> np.ndarray:
+        return self.row.indices
+
+
+@dataclass(frozen=True)
+class ModelVersion:
+    """Vocabulary, known plays and similarity index of one served version (immutable)."""
+
+    version: int
+    vocab: Vocabulary
+    plays: sp.csr_matrix
+    similarity: SimilarityIndex
+    manifest: dict
+    users: dict[str, int] = field(repr=False)
+    artists_by_id: dict[str, int] = field(repr=False)
+    artists_by_name: dict[str, int] = field(repr=False)
+    listeners: np.ndarray = field(repr=False)  # known users per artist
+    popular: np.ndarray = field(repr=False)  # artist indices, most listeners first
+
+    @classmethod
+    def load(cls, repository: Path, version: int, backend: str | ArrayBackend) -> ModelVersion:
+        """Read ``<repository>/catalogue_scorer/<version>/``; raise :class:`ArtifactError`."""
+        directory = Path(repository) / CATALOGUE_SCORER / str(version)
+        try:
+            manifest = json.loads((directory / "manifest.json").read_text())
+            vocab = Vocabulary.load(directory / "vocab")
+            plays = sp.load_npz(directory / "plays.npz").tocsr()
+        except (OSError, ValueError, KeyError) as exc:
+            raise ArtifactError(f"version {version} in {directory}: {exc}") from exc
+        if plays.shape != (vocab.n_users, vocab.n_artists):
+            raise ArtifactError(f"version {version}: plays {plays.shape} do not fit the vocabulary")
+        expected = manifest.get("vocab_fingerprint")
+        if expected and expected != vocab.fingerprint():
+            raise ArtifactError(f"version {version}: vocabulary does not match its manifest")
+        listeners = np.diff(plays.tocsc().indptr)
+        by_name: dict[str, int] = {}
+        for i, name in enumerate(vocab.artist_names):
+            by_name.setdefault(name.casefold(), i)
+        return cls(
+            version=version,
+            vocab=vocab,
+            plays=plays,
+            similarity=SimilarityIndex(plays, backend),
+            manifest=manifest,
+            users=vocab.user_index(),
+            artists_by_id=vocab.artist_index(),
+            artists_by_name=by_name,
+            listeners=listeners.astype(np.float32),
+            popular=np.argsort(-listeners, kind="stable"),
+        )
+
+    @property
+    def n_artists(self) -> int:
+        return self.vocab.n_artists
+
+    def user(self, user_id: str) -> int | None:
+        """Row of a known user who has plays, else None."""
+        u = self.users.get(user_id)
+        return u if u is not None and self.plays.indptr[u + 1] > self.plays.indptr[u] else None
+
+    def resolve(self, items: Sequence[ArtistRef]) -> ResolvedHistory:
+        """Map artist ids / names (case-insensitive) to columns; unknown ones are listed."""
+        cols, counts, unknown = [], [], []
+        for item in items:
+            if item.id is not None:
+                col = self.artists_by_id.get(item.id)
+            else:
+                col = self.artists_by_name.get((item.name or "").strip().casefold())
+            if col is None:
+                unknown.append(item.id if item.id is not None else item.name or "")
+            else:
+                cols.append(col)
+                counts.append(item.plays)
+        row = sp.csr_matrix(
+            (np.asarray(counts, np.float32), (np.zeros(len(cols), np.int64), cols)),
+            shape=(1, self.n_artists),
+        )
+        row.sum_duplicates()
+        return ResolvedHistory(row, tuple(unknown))

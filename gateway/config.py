@@ -1,0 +1,87 @@
+"""The gateway's settings, in one typed place (flags and ``MUSICREC_GATEWAY_*`` variables)."""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from training.config import DEFAULT_REPOSITORY
+from training.similarity import BACKENDS
+
+SCORING_MODES = ("all_artists", "pairwise")
+ENV_PREFIX = "MUSICREC_GATEWAY_"
+
+
+@dataclass(frozen=True)
+class GatewayConfig:
+    """How the gateway listens, where Triton and the model repository are, and its limits."""
+
+    host: str = "127.0.0.1"
+    port: int = 50051
+    metrics_port: int = 9101  # Prometheus /metrics over HTTP; 0 turns it off
+    triton_url: str = "127.0.0.1:8001"
+    repository: Path = DEFAULT_REPOSITORY  # read for each version's vocabulary and known plays
+    scoring: str = "all_artists"  # the default mode; a request may ask for the other
+    backend: str = "auto"  # similarity on "cpu" (SciPy), "gpu" (CuPy) or whichever is present
+    neighbours: int = 10  # similar users combined for a new listener, as in the seed
+    default_k: int = 10
+    max_k: int = 500
+    max_neighbours: int = 100
+    max_history: int = 10_000
+    triton_timeout_s: float = 10.0  # per request when the caller sets no deadline
+    poll_interval_s: float = 1.0  # how often Triton is asked which version is ready
+    max_message_bytes: int = 4 * 1024 * 1024
+    grace_s: float = 5.0  # in-flight requests get this long to finish on shutdown
+    log_json: bool = True
+
+    def __post_init__(self) -> None:
+        if self.scoring not in SCORING_MODES:
+            raise ValueError(f"scoring must be one of {', '.join(SCORING_MODES)}")
+        if self.backend not in BACKENDS:
+            raise ValueError(f"backend must be one of {', '.join(BACKENDS)}")
+        if not 1 <= self.neighbours <= self.max_neighbours:
+            raise ValueError(f"neighbours must be in 1..{self.max_neighbours}")
+        if not 1 <= self.default_k <= self.max_k:
+            raise ValueError(f"default_k must be in 1..{self.max_k}")
+        if self.triton_timeout_s <= 0 or self.poll_interval_s <= 0:
+            raise ValueError("timeouts and intervals must be positive")
+
+    @property
+    def address(self) -> str:
+        return f"{self.host}:{self.port}"
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """One flag per field; each defaults to ``MUSICREC_GATEWAY_<FIELD>`` or the field default."""
+    for f in dataclasses.fields(GatewayConfig):
+        env = os.environ.get(ENV_PREFIX + f.name.upper())
+        default = f.default if env is None else _parse(f.type, env)
+        flag = "--" + f.name.replace("_", "-")
+        help_text = f"env {ENV_PREFIX}{f.name.upper()}"
+        if f.type == "bool":
+            parser.add_argument(
+                flag, action=argparse.BooleanOptionalAction, default=default, help=help_text
+            )
+        else:
+            choices = {"scoring": SCORING_MODES, "backend": BACKENDS}.get(f.name)
+            parser.add_argument(flag, type=_converter(f.type), default=default, choices=choices,
+                                help=help_text)  # fmt: skip
+
+
+def from_arguments(args: argparse.Namespace) -> GatewayConfig:
+    names = [f.name for f in dataclasses.fields(GatewayConfig)]
+    return GatewayConfig(**{name: getattr(args, name) for name in names})
+
+
+def _converter(type_name: Any) -> Any:
+    return {"int": int, "float": float, "Path": Path}.get(type_name, str)
+
+
+def _parse(type_name: Any, raw: str) -> Any:
+    if type_name == "bool":
+        return raw.lower() in {"1", "true", "yes", "on"}
+    return _converter(type_name)(raw)

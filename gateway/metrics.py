@@ -1,0 +1,113 @@
+"""The gateway's Prometheus metrics and the interceptor that records every RPC.
+
+Exported on ``--metrics-port`` (``/metrics``), beside Triton's own ``:8002/metrics``:
+requests by method and status code, latency of the whole request, of the similarity step and
+of the Triton call (by scoring mode), popularity fallbacks, and the serving model version.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import grpc
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
+
+log = logging.getLogger("gateway.access")
+_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10)
+
+
+class GatewayMetrics:
+    """One registry per gateway (tests run several in one process)."""
+
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry()
+        r = self.registry
+        self.requests = Counter("musicrec_gateway_requests", "RPCs by method and status code",
+                                ["method", "code"], registry=r)  # fmt: skip
+        self.request_seconds = Histogram("musicrec_gateway_request_seconds",
+                                         "Whole-RPC latency", ["method"], buckets=_BUCKETS,
+                                         registry=r)  # fmt: skip
+        self.similarity_seconds = Histogram("musicrec_gateway_similarity_seconds",
+                                            "Similar-user lookup latency", buckets=_BUCKETS,
+                                            registry=r)  # fmt: skip
+        self.triton_seconds = Histogram("musicrec_gateway_triton_seconds",
+                                        "Triton scoring latency by mode", ["mode"],
+                                        buckets=_BUCKETS, registry=r)  # fmt: skip
+        self.fallbacks = Counter(
+            "musicrec_gateway_popularity_fallbacks",
+            "Histories answered with the popularity fallback",
+            registry=r,
+        )
+        self.model_version = Gauge(
+            "musicrec_gateway_model_version",
+            "Model version the gateway serves (0: none)",
+            registry=r,
+        )
+        self.triton_up = Gauge("musicrec_gateway_triton_up", "1 when Triton answers", registry=r)
+
+    def serve(self, port: int, host: str = "0.0.0.0") -> None:
+        """Expose ``/metrics`` over HTTP on ``port`` (a daemon thread)."""
+        start_http_server(port, addr=host, registry=self.registry)
+
+    def observe(self, method: str, code: grpc.StatusCode, seconds: float) -> None:
+        self.requests.labels(method, code.name).inc()
+        self.request_seconds.labels(method).observe(seconds)
+
+
+Handler = Callable[[Any, grpc.aio.ServicerContext], Awaitable[Any]]
+
+
+class ObservingInterceptor(grpc.aio.ServerInterceptor):
+    """Counts and times every unary RPC and writes one structured access-log line for it."""
+
+    def __init__(self, metrics: GatewayMetrics) -> None:
+        self.metrics = metrics
+
+    async def intercept_service(self, continuation, handler_call_details):
+        handler = await continuation(handler_call_details)
+        if handler is None or handler.unary_unary is None:
+            return handler
+        method = handler_call_details.method.rsplit("/", 1)[-1]
+        return grpc.unary_unary_rpc_method_handler(
+            self._observed(method, handler.unary_unary),
+            request_deserializer=handler.request_deserializer,
+            response_serializer=handler.response_serializer,
+        )
+
+    def _observed(self, method: str, behaviour: Handler) -> Handler:
+        async def observed(request: Any, context: grpc.aio.ServicerContext) -> Any:
+            start, code = time.perf_counter(), None
+            try:
+                return await behaviour(request, context)
+            except asyncio.CancelledError:
+                code = grpc.StatusCode.CANCELLED
+                raise
+            except BaseException:
+                code = _status(context.code()) or grpc.StatusCode.UNKNOWN  # abort() sets it
+                raise
+            finally:
+                code = code or _status(context.code()) or grpc.StatusCode.OK
+                seconds = time.perf_counter() - start
+                self.metrics.observe(method, code, seconds)
+                log.info(
+                    "rpc",
+                    extra={
+                        "method": method,
+                        "code": code.name,
+                        "ms": round(seconds * 1e3, 2),
+                        "peer": context.peer(),
+                    },
+                )
+
+        return observed
+
+
+def _status(code: grpc.StatusCode | int | None) -> grpc.StatusCode | None:
+    """``context.code()`` as a StatusCode (some grpcio versions hand back the raw value)."""
+    if code is None or isinstance(code, grpc.StatusCode):
+        return code
+    return next((c for c in grpc.StatusCode if c.value[0] == code), grpc.StatusCode.UNKNOWN)

@@ -1,0 +1,192 @@
+"""What the gateway does for one request, independent of gRPC.
+
+A known user (one the served model was trained on) is scored with their own embedding, a group
+of one. A new listener's history goes through the similar-user lookup: their ``neighbours``
+most similar known users, whose scores are summed weighted by similarity, as in the seed. A
+history with no artist the model knows gets the most-listened artists instead, flagged as a
+popularity fallback (or INVALID_ARGUMENT when the caller asked for ``strict``).
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+
+import numpy as np
+
+from gateway.artifacts import ArtistRef, ModelVersion
+from gateway.errors import DeadlineExceeded, InvalidArgument, NotFound, VersionRetired
+from gateway.metrics import GatewayMetrics
+from gateway.scoring import TritonScorer
+from gateway.versions import VersionTracker
+
+
+@dataclass(frozen=True)
+class Listener:
+    """Who a request is about: a known ``user_id`` or an artist ``history``."""
+
+    user_id: str | None = None
+    history: tuple[ArtistRef, ...] | None = None
+
+
+@dataclass(frozen=True)
+class Query:
+    listener: Listener
+    k: int = 10
+    exclude_played: bool = True
+    strict: bool = False
+    mode: str = "all_artists"
+    neighbours: int = 10
+
+
+@dataclass(frozen=True)
+class ScoredArtist:
+    id: str
+    name: str
+    score: float
+
+
+@dataclass(frozen=True)
+class SimilarUser:
+    user_id: str
+    similarity: float
+
+
+@dataclass(frozen=True)
+class Recommendations:
+    artists: list[ScoredArtist]
+    version: int
+    similar_users: list[SimilarUser]
+    fallback: bool
+    unknown_artists: tuple[str, ...]
+    mode: str
+
+
+@dataclass(frozen=True)
+class SimilarUsers:
+    users: list[SimilarUser]
+    version: int
+    unknown_artists: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class _Group:
+    """Known users to score for a listener, their weights, and what the listener plays."""
+
+    users: np.ndarray
+    weights: np.ndarray
+    played: np.ndarray
+    unknown: tuple[str, ...]
+
+
+class Deadline:
+    """Seconds left for downstream calls: the caller's deadline, else the configured default."""
+
+    def __init__(self, remaining_s: float | None, default_s: float) -> None:
+        self.until = time.monotonic() + (remaining_s if remaining_s is not None else default_s)
+
+    def left(self) -> float:
+        left = self.until - time.monotonic()
+        if left <= 0:
+            raise DeadlineExceeded("the deadline passed while the request was being served")
+        return left
+
+
+class RecommendationService:
+    """Resolve the listener, find similar users, score through Triton, rank and name."""
+
+    def __init__(
+        self, tracker: VersionTracker, scorer: TritonScorer, metrics: GatewayMetrics
+    ) -> None:
+        self.tracker = tracker
+        self.scorer = scorer
+        self.metrics = metrics
+
+    async def recommend(self, query: Query, deadline: Deadline) -> Recommendations:
+        """Top-``k`` artists; retried once on a fresh version if a swap retired the pinned one."""
+        try:
+            return await self._recommend(self.tracker.serving(), query, deadline)
+        except VersionRetired:
+            await self.tracker.refresh()
+            return await self._recommend(self.tracker.serving(), query, deadline)
+
+    def similar_users(self, listener: Listener, n: int) -> SimilarUsers:
+        """The ``n`` known users most similar to the listener, best first."""
+        mv = self.tracker.serving()
+        if listener.user_id is not None:
+            u = self._known_user(mv, listener.user_id)
+            idx, sims = self._lookup(mv, mv.plays[u], n, exclude=u)
+            return SimilarUsers(_similar(mv, idx, sims), mv.version, ())
+        resolved = mv.resolve(listener.history or ())
+        idx, sims = self._lookup(mv, resolved.row, n)
+        return SimilarUsers(_similar(mv, idx, sims), mv.version, resolved.unknown)
+
+    async def _recommend(self, mv: ModelVersion, q: Query, deadline: Deadline) -> Recommendations:
+        group = self._group(mv, q)
+        exclude = group.played if q.exclude_played else np.zeros(0, np.int64)
+        if len(group.users) == 0:
+            if q.strict:
+                raise InvalidArgument(_no_match_message(q, mv))
+            self.metrics.fallbacks.inc()
+            top = mv.popular[~np.isin(mv.popular, exclude)][: q.k]
+            return Recommendations(_named(mv, top, mv.listeners[top]), mv.version, [], True,
+                                   group.unknown, "popularity")  # fmt: skip
+        with self.metrics.triton_seconds.labels(q.mode).time():
+            ranked = await self.scorer.top_k(
+                q.mode, mv.version, mv.n_artists, group.users, group.weights, q.k, exclude,
+                deadline.left(),
+            )  # fmt: skip
+        similar = _similar(mv, group.users, group.weights)
+        return Recommendations(_named(mv, ranked.artists, ranked.scores), mv.version, similar,
+                               False, group.unknown, q.mode)  # fmt: skip
+
+    def _group(self, mv: ModelVersion, q: Query) -> _Group:
+        if q.listener.user_id is not None:
+            u = self._known_user(mv, q.listener.user_id)
+            played = mv.plays.indices[mv.plays.indptr[u] : mv.plays.indptr[u + 1]]
+            return _Group(np.array([u]), np.ones(1, np.float32), played.astype(np.int64), ())
+        resolved = mv.resolve(q.listener.history or ())
+        if resolved.row.nnz == 0:
+            return _Group(np.zeros(0, np.int64), np.zeros(0, np.float32),
+                          np.zeros(0, np.int64), resolved.unknown)  # fmt: skip
+        idx, sims = self._lookup(mv, resolved.row, q.neighbours)
+        keep = idx >= 0
+        return _Group(idx[keep], sims[keep], resolved.artists.astype(np.int64), resolved.unknown)
+
+    def _lookup(self, mv: ModelVersion, row, n: int, exclude: int | None = None):
+        with self.metrics.similarity_seconds.time():
+            ex = None if exclude is None else np.array([exclude])
+            idx, sims = mv.similarity.query(row, n, exclude=ex)
+        return idx[0], sims[0]
+
+    @staticmethod
+    def _known_user(mv: ModelVersion, user_id: str) -> int:
+        u = mv.user(user_id)
+        if u is None:
+            raise NotFound(f"user_id {user_id!r} is not a known user of model version "
+                           f"{mv.version}; send their artist history instead")  # fmt: skip
+        return u
+
+
+def _named(mv: ModelVersion, artists: np.ndarray, scores: np.ndarray) -> list[ScoredArtist]:
+    v = mv.vocab
+    return [
+        ScoredArtist(v.artist_ids[a], v.artist_names[a], float(s))
+        for a, s in zip(artists.tolist(), scores.tolist(), strict=True)
+    ]
+
+
+def _similar(mv: ModelVersion, idx: np.ndarray, sims: np.ndarray) -> list[SimilarUser]:
+    return [
+        SimilarUser(mv.vocab.user_ids[u], float(s))
+        for u, s in zip(idx.tolist(), sims.tolist(), strict=True)
+        if u >= 0
+    ]
+
+
+def _no_match_message(q: Query, mv: ModelVersion) -> str:
+    items = q.listener.history or ()
+    if not items:
+        return "history is empty (strict: no popularity fallback)"
+    return (f"history: none of its {len(items)} artists is known to model version {mv.version}, "
+            "or no known user plays them (strict: no popularity fallback)")  # fmt: skip

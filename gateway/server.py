@@ -1,0 +1,147 @@
+"""Run the gateway: ``musicrec-gateway`` (or ``python -m gateway``).
+
+An asyncio gRPC server with the Recommender service, standard health checking (SERVING only
+while Triton answers and a model version is loaded), server reflection, a Prometheus endpoint,
+and a graceful shutdown on SIGTERM/SIGINT that drains in-flight requests.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import logging
+import signal
+import sys
+from collections.abc import Sequence
+
+import grpc
+import tritonclient.grpc.aio as triton
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+
+from gateway import logs
+from gateway.config import GatewayConfig, add_arguments, from_arguments
+from gateway.metrics import GatewayMetrics, ObservingInterceptor
+from gateway.recommender import RecommendationService
+from gateway.scoring import TritonScorer
+from gateway.service import RecommenderServicer
+from gateway.versions import VersionTracker
+from musicrec.v1 import recommender_pb2 as pb
+from musicrec.v1 import recommender_pb2_grpc as pb_grpc
+from training.similarity import array_backend
+
+log = logging.getLogger("gateway")
+SERVICE_NAME = pb.DESCRIPTOR.services_by_name["Recommender"].full_name
+
+
+class Gateway:
+    """The gateway's parts wired together; ``start`` / ``stop`` inside one event loop."""
+
+    def __init__(self, config: GatewayConfig) -> None:
+        self.config = config
+        self.metrics = GatewayMetrics()
+        self.health = health.aio.HealthServicer()
+        options = [
+            ("grpc.max_send_message_length", config.max_message_bytes),
+            ("grpc.max_receive_message_length", config.max_message_bytes),
+        ]
+        self.server = grpc.aio.server(
+            interceptors=[ObservingInterceptor(self.metrics)], options=options
+        )
+        self.port = self.server.add_insecure_port(config.address)
+        if self.port == 0:
+            raise OSError(f"cannot listen on {config.address}")
+        self.triton = triton.InferenceServerClient(config.triton_url)
+        scorer = TritonScorer(self.triton, config.triton_url)
+        self.tracker = VersionTracker(
+            scorer, config.repository, array_backend(config.backend),
+            timeout_s=min(2.0, config.triton_timeout_s), on_change=self._on_change,
+        )  # fmt: skip
+        service = RecommendationService(self.tracker, scorer, self.metrics)
+        pb_grpc.add_RecommenderServicer_to_server(RecommenderServicer(service, config), self.server)
+        health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
+        reflection.enable_server_reflection(
+            (SERVICE_NAME, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
+             reflection.SERVICE_NAME), self.server,
+        )  # fmt: skip
+        self._poller: asyncio.Task | None = None
+
+    def _on_change(self, tracker: VersionTracker) -> None:
+        status = (
+            health_pb2.HealthCheckResponse.SERVING
+            if tracker.ready
+            else health_pb2.HealthCheckResponse.NOT_SERVING
+        )
+        for name in ("", SERVICE_NAME):
+            asyncio.get_running_loop().create_task(self.health.set(name, status))
+        self.metrics.model_version.set(tracker.current.version if tracker.current else 0)
+        self.metrics.triton_up.set(1 if tracker.triton_up else 0)
+        log.info(
+            "health",
+            extra={
+                "status": health_pb2.HealthCheckResponse.ServingStatus.Name(status),
+                "version": tracker.current.version if tracker.current else None,
+            },
+        )
+
+    async def start(self) -> None:
+        for name in ("", SERVICE_NAME):
+            await self.health.set(name, health_pb2.HealthCheckResponse.NOT_SERVING)
+        if self.config.metrics_port:
+            self.metrics.serve(self.config.metrics_port, self.config.host)
+        await self.tracker.refresh()
+        self._poller = asyncio.create_task(self.tracker.run(self.config.poll_interval_s))
+        await self.server.start()
+        log.info("listening", extra={"address": f"{self.config.host}:{self.port}",
+                                     "triton": self.config.triton_url,
+                                     "metrics_port": self.config.metrics_port})  # fmt: skip
+
+    async def stop(self) -> None:
+        """Report NOT_SERVING, let in-flight RPCs finish (up to ``grace_s``), then close."""
+        await self.health.enter_graceful_shutdown()
+        await self.server.stop(self.config.grace_s)
+        if self._poller:
+            self._poller.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._poller
+        await self.triton.close()
+
+
+async def serve(config: GatewayConfig) -> None:
+    """Run until SIGTERM or SIGINT, then shut down gracefully."""
+    gateway = Gateway(config)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    await gateway.start()
+    try:
+        await stop.wait()
+    finally:
+        log.info("shutting down", extra={"grace_s": config.grace_s})
+        await gateway.stop()
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="musicrec-gateway", description=__doc__,
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )  # fmt: skip
+    add_arguments(parser)
+    args = parser.parse_args(argv)
+    try:
+        config = from_arguments(args)
+    except ValueError as exc:
+        parser.error(str(exc))
+    logs.configure(config.log_json)
+    try:
+        asyncio.run(serve(config))
+    except OSError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

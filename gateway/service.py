@@ -1,0 +1,137 @@
+"""The ``musicrec.v1.Recommender`` servicer: validate, call the service, translate errors.
+
+Every bad field is an INVALID_ARGUMENT naming the field; no bad input reaches INTERNAL.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+
+import grpc
+
+from gateway.artifacts import ArtistRef
+from gateway.config import GatewayConfig
+from gateway.errors import GatewayError, InvalidArgument
+from gateway.recommender import (
+    Deadline,
+    Listener,
+    Query,
+    Recommendations,
+    RecommendationService,
+    SimilarUser,
+)
+from musicrec.v1 import recommender_pb2 as pb
+from musicrec.v1 import recommender_pb2_grpc as pb_grpc
+
+log = logging.getLogger(__name__)
+MODES = {pb.SCORING_MODE_ALL_ARTISTS: "all_artists", pb.SCORING_MODE_PAIRWISE: "pairwise"}
+MODE_ENUMS = {name: value for value, name in MODES.items()}
+MAX_ID_LENGTH = 1024
+
+
+def _in_range(field: str, value: int, default: int, limit: int) -> int:
+    if value == 0:
+        return default
+    if not 1 <= value <= limit:
+        raise InvalidArgument(f"{field} must be in 1..{limit}, got {value}")
+    return value
+
+
+def _text(field: str, value: str) -> str:
+    if not value.strip():
+        raise InvalidArgument(f"{field} must not be empty")
+    if len(value) > MAX_ID_LENGTH:
+        raise InvalidArgument(f"{field} is longer than {MAX_ID_LENGTH} characters")
+    return value
+
+
+def parse_listener(request: pb.RecommendRequest | pb.SimilarUsersRequest, max_history: int):
+    """The request's ``user_id`` or ``history`` as a :class:`Listener`."""
+    which = request.WhichOneof("listener")
+    if which is None:
+        raise InvalidArgument("set user_id or history")
+    if which == "user_id":
+        return Listener(user_id=_text("user_id", request.user_id))
+    items = request.history.items
+    if len(items) > max_history:
+        raise InvalidArgument(f"history has {len(items)} items; at most {max_history} allowed")
+    refs = []
+    for i, item in enumerate(items):
+        key = item.WhichOneof("artist")
+        if key is None:
+            raise InvalidArgument(f"history.items[{i}]: set id or name")
+        plays = item.plays
+        if not math.isfinite(plays) or plays < 0:
+            raise InvalidArgument(f"history.items[{i}].plays must be finite and >= 0, got {plays}")
+        value = _text(f"history.items[{i}].{key}", getattr(item, key))
+        refs.append(ArtistRef(**{key: value}, plays=plays or 1.0))
+    return Listener(history=tuple(refs))
+
+
+def parse_recommend(request: pb.RecommendRequest, cfg: GatewayConfig) -> Query:
+    """Validate a ``RecommendRequest`` into a :class:`Query`."""
+    if request.scoring not in (pb.SCORING_MODE_UNSPECIFIED, *MODES):
+        raise InvalidArgument(f"scoring: unknown mode {request.scoring}")
+    return Query(
+        listener=parse_listener(request, cfg.max_history),
+        k=_in_range("k", request.k, cfg.default_k, cfg.max_k),
+        exclude_played=request.exclude_played if request.HasField("exclude_played") else True,
+        strict=request.strict,
+        mode=MODES.get(request.scoring, cfg.scoring),
+        neighbours=_in_range("neighbours", request.neighbours, cfg.neighbours, cfg.max_neighbours),
+    )
+
+
+def _users(users: list[SimilarUser]) -> list[pb.SimilarUser]:
+    return [pb.SimilarUser(user_id=u.user_id, similarity=u.similarity) for u in users]
+
+
+def to_response(result: Recommendations) -> pb.RecommendResponse:
+    return pb.RecommendResponse(
+        artists=[pb.ScoredArtist(id=a.id, name=a.name, score=a.score) for a in result.artists],
+        model_version=result.version,
+        similar_users=_users(result.similar_users),
+        fallback=pb.FALLBACK_POPULARITY if result.fallback else pb.FALLBACK_NONE,
+        unknown_artists=list(result.unknown_artists),
+        scoring=MODE_ENUMS.get(result.mode, pb.SCORING_MODE_UNSPECIFIED),
+    )
+
+
+class RecommenderServicer(pb_grpc.RecommenderServicer):
+    """gRPC face of :class:`RecommendationService`."""
+
+    def __init__(self, service: RecommendationService, config: GatewayConfig) -> None:
+        self.service = service
+        self.config = config
+
+    async def Recommend(  # gRPC method name
+        self, request: pb.RecommendRequest, context: grpc.aio.ServicerContext
+    ) -> pb.RecommendResponse:
+        try:
+            query = parse_recommend(request, self.config)
+            deadline = Deadline(context.time_remaining(), self.config.triton_timeout_s)
+            return to_response(await self.service.recommend(query, deadline))
+        except GatewayError as exc:
+            await context.abort(exc.code, str(exc))
+        except Exception:
+            log.exception("Recommend failed")
+            await context.abort(grpc.StatusCode.INTERNAL, "internal error; see the gateway log")
+
+    async def SimilarUsers(  # gRPC method name
+        self, request: pb.SimilarUsersRequest, context: grpc.aio.ServicerContext
+    ) -> pb.SimilarUsersResponse:
+        try:
+            listener = parse_listener(request, self.config.max_history)
+            n = _in_range("n", request.n, self.config.neighbours, self.config.max_neighbours)
+            result = self.service.similar_users(listener, n)
+        except GatewayError as exc:
+            await context.abort(exc.code, str(exc))
+        except Exception:
+            log.exception("SimilarUsers failed")
+            await context.abort(grpc.StatusCode.INTERNAL, "internal error; see the gateway log")
+        return pb.SimilarUsersResponse(
+            users=_users(result.users),
+            model_version=result.version,
+            unknown_artists=list(result.unknown_artists),
+        )

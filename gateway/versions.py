@@ -1,0 +1,94 @@
+"""Follow the model version Triton serves and keep that version's artifacts loaded.
+
+The tracker asks Triton (explicit model control) which version is READY for every served model,
+loads that version's vocabulary and known plays off the event loop, then swaps one immutable
+:class:`ModelVersion` reference, so each request sees one whole version. A version whose
+artifacts cannot be read is reported once and skipped; the previous one keeps serving.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable
+from pathlib import Path
+
+from gateway.artifacts import ArtifactError, ModelVersion
+from gateway.errors import GatewayError, Unavailable
+from gateway.scoring import TritonScorer
+from training.similarity import ArrayBackend
+
+log = logging.getLogger(__name__)
+
+
+class VersionTracker:
+    """The served :class:`ModelVersion` (or None) and whether Triton answers."""
+
+    def __init__(
+        self,
+        scorer: TritonScorer,
+        repository: Path,
+        backend: ArrayBackend,
+        *,
+        timeout_s: float = 2.0,
+        on_change: Callable[[VersionTracker], None] = lambda _: None,
+    ) -> None:
+        self.scorer = scorer
+        self.repository = Path(repository)
+        self.backend = backend
+        self.timeout_s = timeout_s
+        self.on_change = on_change
+        self.current: ModelVersion | None = None
+        self.triton_up = False
+        self._broken: set[int] = set()
+        self._lock = asyncio.Lock()
+
+    @property
+    def ready(self) -> bool:
+        return self.triton_up and self.current is not None
+
+    def serving(self) -> ModelVersion:
+        """The version to answer with; :class:`Unavailable` when there is none."""
+        if not self.triton_up:
+            raise Unavailable(f"Triton at {self.scorer.url} is not reachable")
+        if self.current is None:
+            raise Unavailable("no model version is ready in Triton yet")
+        return self.current
+
+    async def refresh(self) -> None:
+        """Ask Triton once and switch to its ready version if that changed."""
+        async with self._lock:
+            before = (self.triton_up, self.current.version if self.current else None)
+            try:
+                ready = await self.scorer.ready_version(self.timeout_s)
+                self.triton_up = True
+            except GatewayError as exc:
+                if self.triton_up:
+                    log.warning("Triton unreachable: %s", exc)
+                self.triton_up = False
+                ready = None if not self.current else self.current.version
+            if ready is None:
+                self.current = None
+            elif ready not in self._broken and (not self.current or self.current.version != ready):
+                await self._load(ready)
+            if before != (self.triton_up, self.current.version if self.current else None):
+                self.on_change(self)
+
+    async def _load(self, version: int) -> None:
+        try:
+            loaded = await asyncio.to_thread(
+                ModelVersion.load, self.repository, version, self.backend
+            )
+        except ArtifactError as exc:
+            log.error("cannot serve version %d, keeping the previous one: %s", version, exc)
+            self._broken.add(version)
+            return
+        log.info("serving model version %d (%d users, %d artists)", version,
+                 loaded.vocab.n_users, loaded.n_artists)  # fmt: skip
+        self.current = loaded
+
+    async def run(self, interval_s: float) -> None:
+        """Refresh forever (cancel the task to stop)."""
+        while True:
+            await self.refresh()
+            await asyncio.sleep(interval_s)

@@ -1,0 +1,112 @@
+from google.protobuf.internal import containers as _containers
+from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
+from google.protobuf import descriptor as _descriptor
+from google.protobuf import message as _message
+from collections.abc import Iterable as _Iterable, Mapping as _Mapping
+from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
+
+DESCRIPTOR: _descriptor.FileDescriptor
+
+class ScoringMode(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    SCORING_MODE_UNSPECIFIED: _ClassVar[ScoringMode]
+    SCORING_MODE_ALL_ARTISTS: _ClassVar[ScoringMode]
+    SCORING_MODE_PAIRWISE: _ClassVar[ScoringMode]
+
+class Fallback(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    FALLBACK_NONE: _ClassVar[Fallback]
+    FALLBACK_POPULARITY: _ClassVar[Fallback]
+SCORING_MODE_UNSPECIFIED: ScoringMode
+SCORING_MODE_ALL_ARTISTS: ScoringMode
+SCORING_MODE_PAIRWISE: ScoringMode
+FALLBACK_NONE: Fallback
+FALLBACK_POPULARITY: Fallback
+
+class ArtistPlay(_message.Message):
+    __slots__ = ("id", "name", "plays")
+    ID_FIELD_NUMBER: _ClassVar[int]
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    PLAYS_FIELD_NUMBER: _ClassVar[int]
+    id: str
+    name: str
+    plays: float
+    def __init__(self, id: _Optional[str] = ..., name: _Optional[str] = ..., plays: _Optional[float] = ...) -> None: ...
+
+class History(_message.Message):
+    __slots__ = ("items",)
+    ITEMS_FIELD_NUMBER: _ClassVar[int]
+    items: _containers.RepeatedCompositeFieldContainer[ArtistPlay]
+    def __init__(self, items: _Optional[_Iterable[_Union[ArtistPlay, _Mapping]]] = ...) -> None: ...
+
+class RecommendRequest(_message.Message):
+    __slots__ = ("user_id", "history", "k", "exclude_played", "strict", "scoring", "neighbours")
+    USER_ID_FIELD_NUMBER: _ClassVar[int]
+    HISTORY_FIELD_NUMBER: _ClassVar[int]
+    K_FIELD_NUMBER: _ClassVar[int]
+    EXCLUDE_PLAYED_FIELD_NUMBER: _ClassVar[int]
+    STRICT_FIELD_NUMBER: _ClassVar[int]
+    SCORING_FIELD_NUMBER: _ClassVar[int]
+    NEIGHBOURS_FIELD_NUMBER: _ClassVar[int]
+    user_id: str
+    history: History
+    k: int
+    exclude_played: bool
+    strict: bool
+    scoring: ScoringMode
+    neighbours: int
+    def __init__(self, user_id: _Optional[str] = ..., history: _Optional[_Union[History, _Mapping]] = ..., k: _Optional[int] = ..., exclude_played: _Optional[bool] = ..., strict: _Optional[bool] = ..., scoring: _Optional[_Union[ScoringMode, str]] = ..., neighbours: _Optional[int] = ...) -> None: ...
+
+class ScoredArtist(_message.Message):
+    __slots__ = ("id", "name", "score")
+    ID_FIELD_NUMBER: _ClassVar[int]
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    SCORE_FIELD_NUMBER: _ClassVar[int]
+    id: str
+    name: str
+    score: float
+    def __init__(self, id: _Optional[str] = ..., name: _Optional[str] = ..., score: _Optional[float] = ...) -> None: ...
+
+class SimilarUser(_message.Message):
+    __slots__ = ("user_id", "similarity")
+    USER_ID_FIELD_NUMBER: _ClassVar[int]
+    SIMILARITY_FIELD_NUMBER: _ClassVar[int]
+    user_id: str
+    similarity: float
+    def __init__(self, user_id: _Optional[str] = ..., similarity: _Optional[float] = ...) -> None: ...
+
+class RecommendResponse(_message.Message):
+    __slots__ = ("artists", "model_version", "similar_users", "fallback", "unknown_artists", "scoring")
+    ARTISTS_FIELD_NUMBER: _ClassVar[int]
+    MODEL_VERSION_FIELD_NUMBER: _ClassVar[int]
+    SIMILAR_USERS_FIELD_NUMBER: _ClassVar[int]
+    FALLBACK_FIELD_NUMBER: _ClassVar[int]
+    UNKNOWN_ARTISTS_FIELD_NUMBER: _ClassVar[int]
+    SCORING_FIELD_NUMBER: _ClassVar[int]
+    artists: _containers.RepeatedCompositeFieldContainer[ScoredArtist]
+    model_version: int
+    similar_users: _containers.RepeatedCompositeFieldContainer[SimilarUser]
+    fallback: Fallback
+    unknown_artists: _containers.RepeatedScalarFieldContainer[str]
+    scoring: ScoringMode
+    def __init__(self, artists: _Optional[_Iterable[_Union[ScoredArtist, _Mapping]]] = ..., model_version: _Optional[int] = ..., similar_users: _Optional[_Iterable[_Union[SimilarUser, _Mapping]]] = ..., fallback: _Optional[_Union[Fallback, str]] = ..., unknown_artists: _Optional[_Iterable[str]] = ..., scoring: _Optional[_Union[ScoringMode, str]] = ...) -> None: ...
+
+class SimilarUsersRequest(_message.Message):
+    __slots__ = ("user_id", "history", "n")
+    USER_ID_FIELD_NUMBER: _ClassVar[int]
+    HISTORY_FIELD_NUMBER: _ClassVar[int]
+    N_FIELD_NUMBER: _ClassVar[int]
+    user_id: str
+    history: History
+    n: int
+    def __init__(self, user_id: _Optional[str] = ..., history: _Optional[_Union[History, _Mapping]] = ..., n: _Optional[int] = ...) -> None: ...
+
+class SimilarUsersResponse(_message.Message):
+    __slots__ = ("users", "model_version", "unknown_artists")
+    USERS_FIELD_NUMBER: _ClassVar[int]
+    MODEL_VERSION_FIELD_NUMBER: _ClassVar[int]
+    UNKNOWN_ARTISTS_FIELD_NUMBER: _ClassVar[int]
+    users: _containers.RepeatedCompositeFieldContainer[SimilarUser]
+    model_version: int
+    unknown_artists: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, users: _Optional[_Iterable[_Union[SimilarUser, _Mapping]]] = ..., model_version: _Optional[int] = ..., unknown_artists: _Optional[_Iterable[str]] = ...) -> None: ...
