@@ -16,44 +16,18 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import keras
 import numpy as np
 import onnx
 import tensorflow as tf
 from onnx import TensorProto, helper, numpy_helper
 
-from training.models.network import ARTIST_INPUT, SCORE_OUTPUT, USER_INPUT, NetworkWeights
+from export.contract import ARTIST_INPUT, SCORE_OUTPUT, USER_INPUT
+from training.models.network import NetworkWeights
 
 OPSET = 17
 # Artists per Scan step: [B*G, C, H] float32 stays cache-sized (1.3 MB for 10 users, H=128).
 ARTIST_CHUNK = 128
-
-
-@dataclass(frozen=True)
-class TensorSpec:
-    """One input or output of a served model, as Triton's config.pbtxt needs it."""
-
-    name: str
-    dtype: str  # Triton data type, e.g. "TYPE_INT64"
-    dims: tuple[int, ...]  # without the batch dimension
-
-
-PAIR_INPUTS = (
-    TensorSpec(USER_INPUT, "TYPE_INT32", (1,)),
-    TensorSpec(ARTIST_INPUT, "TYPE_INT32", (1,)),
-)
-PAIR_OUTPUTS = (TensorSpec(SCORE_OUTPUT, "TYPE_FP32", (1,)),)
-CATALOGUE_INPUTS = (
-    TensorSpec("users", "TYPE_INT64", (-1,)),
-    TensorSpec("weights", "TYPE_FP32", (-1,)),
-    TensorSpec("k", "TYPE_INT64", (1,)),
-)
-CATALOGUE_OUTPUTS = (
-    TensorSpec("artists", "TYPE_INT64", (-1,)),
-    TensorSpec("scores", "TYPE_FP32", (-1,)),
-)
 
 
 def pair_scorer(model: keras.Model) -> onnx.ModelProto:

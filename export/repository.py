@@ -31,25 +31,12 @@ import scipy.sparse as sp
 from google.protobuf import text_format
 from tritonclient.grpc import model_config_pb2 as mc
 
-from export.onnx_models import (
-    CATALOGUE_INPUTS,
-    CATALOGUE_OUTPUTS,
-    PAIR_INPUTS,
-    PAIR_OUTPUTS,
-    TensorSpec,
-    catalogue_scorer,
-    pair_scorer,
-)
+from export.contract import CATALOGUE_SCORER, PAIR_SCORER, SIGNATURES, TensorSpec
+from export.onnx_models import catalogue_scorer, pair_scorer
 from export.parity import ParityReport, check_catalogue_scorer, check_pair_scorer
 from training.models.network import NetworkWeights
 from training.run import load_run
 
-PAIR_SCORER = "pair_scorer"
-CATALOGUE_SCORER = "catalogue_scorer"
-SIGNATURES = {
-    PAIR_SCORER: (PAIR_INPUTS, PAIR_OUTPUTS, 65_536),
-    CATALOGUE_SCORER: (CATALOGUE_INPUTS, CATALOGUE_OUTPUTS, 64),
-}
 PYTHON_MODEL = Path(__file__).resolve().parent.parent / "serving" / "python_model.py"
 _TENSORRT_NOTE = """\
 # Optional on GPU hosts: run the ONNX graph through TensorRT inside the onnxruntime backend by

@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 import scipy.sparse as sp
 
-from export.repository import CATALOGUE_SCORER
+from export.contract import CATALOGUE_SCORER, MANIFEST, PLAYS, VOCAB_DIR
 from training.data import Vocabulary
 from training.similarity import ArrayBackend, SimilarityIndex
 
@@ -65,9 +65,9 @@ class ModelVersion:
         """Read ``<repository>/catalogue_scorer/<version>/``; raise :class:`ArtifactError`."""
         directory = Path(repository) / CATALOGUE_SCORER / str(version)
         try:
-            manifest = json.loads((directory / "manifest.json").read_text())
-            vocab = Vocabulary.load(directory / "vocab")
-            plays = sp.load_npz(directory / "plays.npz").tocsr()
+            manifest = json.loads((directory / MANIFEST).read_text())
+            vocab = Vocabulary.load(directory / VOCAB_DIR)
+            plays = sp.load_npz(directory / PLAYS).tocsr()
         except (OSError, ValueError, KeyError) as exc:
             raise ArtifactError(f"version {version} in {directory}: {exc}") from exc
         if plays.shape != (vocab.n_users, vocab.n_artists):

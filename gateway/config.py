@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from training.config import DEFAULT_REPOSITORY
+from training.paths import DEFAULT_REPOSITORY
 from training.similarity import BACKENDS
 
 SCORING_MODES = ("all_artists", "pairwise")

@@ -15,7 +15,13 @@ from dataclasses import dataclass
 import numpy as np
 
 from gateway.artifacts import ArtistRef, ModelVersion
-from gateway.errors import DeadlineExceeded, InvalidArgument, NotFound, VersionRetired
+from gateway.errors import (
+    DeadlineExceeded,
+    InvalidArgument,
+    NotFound,
+    Unavailable,
+    VersionRetired,
+)
 from gateway.metrics import GatewayMetrics
 from gateway.scoring import TritonScorer
 from gateway.versions import VersionTracker
@@ -80,16 +86,24 @@ class _Group:
 
 
 class Deadline:
-    """Seconds left for downstream calls: the caller's deadline, else the configured default."""
+    """The time a Triton call may take: what is left of the caller's deadline (if any), capped
+    at the gateway's own ``triton_timeout_s``."""
 
-    def __init__(self, remaining_s: float | None, default_s: float) -> None:
-        self.until = time.monotonic() + (remaining_s if remaining_s is not None else default_s)
+    def __init__(self, remaining_s: float | None, cap_s: float) -> None:
+        now = time.monotonic()
+        self.caller_until = None if remaining_s is None else now + remaining_s
+        self.cap_s = cap_s
+
+    def expired(self) -> bool:
+        return self.caller_until is not None and time.monotonic() >= self.caller_until
 
     def left(self) -> float:
-        left = self.until - time.monotonic()
+        if self.caller_until is None:
+            return self.cap_s
+        left = self.caller_until - time.monotonic()
         if left <= 0:
             raise DeadlineExceeded("the deadline passed while the request was being served")
-        return left
+        return min(left, self.cap_s)
 
 
 class RecommendationService:
@@ -103,12 +117,19 @@ class RecommendationService:
         self.metrics = metrics
 
     async def recommend(self, query: Query, deadline: Deadline) -> Recommendations:
-        """Top-``k`` artists; retried once on a fresh version if a swap retired the pinned one."""
+        """Top-``k`` artists; retried once on a fresh version if a swap retired the pinned one.
+        Triton timing out before the caller's deadline is UNAVAILABLE (worth a retry), after
+        it DEADLINE_EXCEEDED."""
         try:
-            return await self._recommend(self.tracker.serving(), query, deadline)
-        except VersionRetired:
-            await self.tracker.refresh()
-            return await self._recommend(self.tracker.serving(), query, deadline)
+            try:
+                return await self._recommend(self.tracker.serving(), query, deadline)
+            except VersionRetired:
+                await self.tracker.refresh()
+                return await self._recommend(self.tracker.serving(), query, deadline)
+        except DeadlineExceeded:
+            if deadline.expired():
+                raise
+            raise Unavailable(f"Triton did not answer within {deadline.cap_s:g} s") from None
 
     def similar_users(self, listener: Listener, n: int) -> SimilarUsers:
         """The ``n`` known users most similar to the listener, best first."""

@@ -20,12 +20,18 @@ import scipy.sparse as sp
 import tritonclient.grpc.aio as triton
 from tritonclient.utils import InferenceServerException
 
-from export.repository import CATALOGUE_SCORER, PAIR_SCORER, SIGNATURES
+from export.contract import (
+    ARTIST_INPUT,
+    CATALOGUE_SCORER,
+    PAIR_SCORER,
+    SCORE_OUTPUT,
+    SERVED_MODELS,
+    SIGNATURES,
+    USER_INPUT,
+)
 from gateway.errors import DeadlineExceeded, GatewayError, Unavailable, VersionRetired
-from training.models.network import ARTIST_INPUT, SCORE_OUTPUT, USER_INPUT
 from training.ranking import top_k_excluding
 
-SERVED_MODELS = (CATALOGUE_SCORER, PAIR_SCORER)
 PAIRS_PER_REQUEST = SIGNATURES[PAIR_SCORER][2]
 
 

@@ -9,11 +9,8 @@ directory is in ``LD_LIBRARY_PATH`` (``PYTHONPATH`` is ignored); numpy must be <
 from __future__ import annotations
 
 import contextlib
-import ctypes
 import os
 import shutil
-import signal
-import socket
 import subprocess
 import sys
 import sysconfig
@@ -22,6 +19,10 @@ import urllib.error
 import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
+
+from serving.processes import free_port, port_free, spawn, stop_group
+
+__all__ = ["TritonConfig", "TritonError", "TritonServer", "free_port"]
 
 
 class TritonError(RuntimeError):
@@ -64,29 +65,6 @@ def install_python_stub(home: Path) -> None:
     target = home / "backends" / "python" / stub.name
     if not target.is_file() or target.stat().st_size != stub.stat().st_size:
         shutil.copy2(stub, target)
-
-
-def _port_free(port: int) -> bool:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        try:
-            s.bind(("127.0.0.1", port))
-        except OSError:
-            return False
-    return True
-
-
-def free_port() -> int:
-    """A port that is free now (for tests)."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _die_with_parent() -> None:  # pragma: no cover - runs in the child before exec
-    """Linux: have the kernel SIGTERM the server if the Python that started it dies."""
-    with contextlib.suppress(OSError, AttributeError):
-        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
 
 
 def _environment() -> dict[str, str]:
@@ -140,16 +118,11 @@ class TritonServer:
             raise TritonError(f"model repository not found: {cfg.repository}")
         for name, port in (("http", cfg.http_port), ("grpc", cfg.grpc_port),
                            ("metrics", cfg.metrics_port)):  # fmt: skip
-            if not _port_free(port):
+            if not port_free(port):
                 raise TritonError(f"{name} port {port} is already in use")
         home = triton_home()
         install_python_stub(home)
-        log = open(cfg.log_file, "ab") if cfg.log_file else subprocess.DEVNULL  # noqa: SIM115
-        self.process = subprocess.Popen(
-            self.command(home), env=_environment(), stdout=log, stderr=subprocess.STDOUT,
-            start_new_session=True,  # one process group: stubs are stopped with the server
-            preexec_fn=_die_with_parent,
-        )  # fmt: skip
+        self.process = spawn(self.command(home), _environment(), cfg.log_file)
         self._wait_ready()
         return self
 
@@ -175,18 +148,7 @@ class TritonServer:
     def stop(self, timeout_s: float = 20.0) -> None:
         """Stop the server and its Python-backend stubs (SIGTERM, then SIGKILL)."""
         proc, self.process = self.process, None
-        if proc is None or proc.poll() is not None:
-            return
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(proc.pid, signal.SIGTERM)
-        try:
-            proc.wait(timeout=timeout_s)
-        except subprocess.TimeoutExpired:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
-        with contextlib.suppress(ProcessLookupError):  # stray stubs of the group
-            os.killpg(proc.pid, signal.SIGKILL)
+        stop_group(proc, timeout_s)
 
     def __enter__(self) -> TritonServer:
         return self.start()

@@ -50,3 +50,19 @@ def tiny_csv(tmp_path: Path):
         return path
 
     return write
+
+
+@pytest.fixture(scope="session")
+def run_dir(tmp_path_factory):
+    """A dnn run trained briefly (2 epochs) on generated Spotify-format data: 200 users,
+    400 artists. Shared by the export, Triton and gateway tests."""
+    from training.cli import main as musicrec
+    from training.data.generator import GeneratorConfig, generate_spotify_csv
+
+    root = tmp_path_factory.mktemp("trained")
+    csv = generate_spotify_csv(
+        root / "plays.csv", GeneratorConfig(rows=20_000, users=200, artists=400, seed=5)
+    )
+    assert musicrec(["train", "--data", str(csv), "--run-dir", str(root / "run"),
+                     "--max-epochs", "2"]) == 0  # fmt: skip
+    return root / "run"

@@ -17,23 +17,10 @@ from tritonclient.utils import InferenceServerException
 
 from export.repository import CATALOGUE_SCORER, PAIR_SCORER, ExportError, export_run, versions
 from serving.triton_server import TritonConfig, TritonServer, free_port
-from training.cli import main as musicrec
-from training.data.generator import GeneratorConfig, generate_spotify_csv
 from training.models.network import ARTIST_INPUT, USER_INPUT, CatalogueScorer
 from training.run import load_run
 
 pytestmark = pytest.mark.slow
-
-
-@pytest.fixture(scope="module")
-def run_dir(tmp_path_factory):
-    root = tmp_path_factory.mktemp("export")
-    csv = generate_spotify_csv(
-        root / "plays.csv", GeneratorConfig(rows=20_000, users=200, artists=400, seed=5)
-    )
-    assert musicrec(["train", "--data", str(csv), "--run-dir", str(root / "run"),
-                     "--max-epochs", "2"]) == 0  # fmt: skip
-    return root / "run"
 
 
 @pytest.fixture(scope="module")

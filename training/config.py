@@ -10,14 +10,15 @@ from typing import Any
 
 from training.data.generator import GeneratorConfig
 from training.models import MODEL_NAMES, DNNConfig, SeedConfig
+from training.paths import (  # noqa: F401 - re-exported for callers of training.config
+    DEFAULT_GENERATED_CSV,
+    DEFAULT_REPOSITORY,
+    DEFAULT_RUNS_DIR,
+    HETREC_DIR,
+    PROJECT_ROOT,
+    SHARED_DATA,
+)
 from training.split import SplitConfig
-
-PROJECT_ROOT = Path(__file__).resolve().parent.parent
-SHARED_DATA = PROJECT_ROOT.parent / "shared" / "data"
-HETREC_DIR = SHARED_DATA / "hetrec2011-lastfm-2k"
-DEFAULT_GENERATED_CSV = PROJECT_ROOT / "data" / "generated" / "spotify_playlists.csv"
-DEFAULT_RUNS_DIR = PROJECT_ROOT / "runs"
-DEFAULT_REPOSITORY = PROJECT_ROOT / "model_repository"
 
 
 @dataclass(frozen=True)

@@ -15,10 +15,23 @@ from typing import Any
 import numpy as np
 import scipy.sparse as sp
 
-from training.models.base import l2_normalize_rows, log_weights
-
 log = logging.getLogger(__name__)
 BACKENDS = ("auto", "cpu", "gpu")
+
+
+def log_weights(m: sp.csr_matrix) -> sp.csr_matrix:
+    """``log1p`` of play counts: tames heavy listeners without discarding intensity."""
+    out = sp.csr_matrix(m, dtype=np.float32, copy=True)
+    out.data = np.log1p(out.data)
+    return out
+
+
+def l2_normalize_rows(m: sp.csr_matrix) -> sp.csr_matrix:
+    """Rows scaled to unit L2 norm (empty rows stay empty)."""
+    m = sp.csr_matrix(m, dtype=np.float32)
+    norms = np.sqrt(np.asarray(m.multiply(m).sum(axis=1)).ravel())
+    inv = np.divide(1.0, norms, out=np.zeros_like(norms), where=norms > 0)
+    return sp.csr_matrix(sp.diags(inv.astype(np.float32)) @ m)
 
 
 def user_vectors(plays: sp.csr_matrix) -> sp.csr_matrix:

@@ -34,18 +34,3 @@ class Recommender(abc.ABC):
     def params(self) -> dict[str, object]:
         """Hyper-parameters worth recording with results."""
         return {}
-
-
-def log_weights(m: sp.csr_matrix) -> sp.csr_matrix:
-    """``log1p`` of play counts: tames heavy listeners without discarding intensity."""
-    out = sp.csr_matrix(m, dtype=np.float32, copy=True)
-    out.data = np.log1p(out.data)
-    return out
-
-
-def l2_normalize_rows(m: sp.csr_matrix) -> sp.csr_matrix:
-    """Rows scaled to unit L2 norm (empty rows stay empty)."""
-    m = sp.csr_matrix(m, dtype=np.float32)
-    norms = np.sqrt(np.asarray(m.multiply(m).sum(axis=1)).ravel())
-    inv = np.divide(1.0, norms, out=np.zeros_like(norms), where=norms > 0)
-    return sp.csr_matrix(sp.diags(inv.astype(np.float32)) @ m)

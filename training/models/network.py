@@ -12,9 +12,8 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-USER_INPUT = "user"
-ARTIST_INPUT = "artist"
-SCORE_OUTPUT = "score"
+from export.contract import ARTIST_INPUT, USER_INPUT  # served by these names
+
 USER_EMBEDDING = "user_embedding"
 ARTIST_EMBEDDING = "artist_embedding"
 HIDDEN = "hidden"

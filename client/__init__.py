@@ -1,0 +1,19 @@
+"""Python client for the musicrec gateway: sync and asyncio, typed results, one error type.
+
+from client import RecommenderClient
+with RecommenderClient("127.0.0.1:50051") as rec:
+    print(rec.recommend(artists=["Radiohead", "Coldplay"], k=5).names())
+"""
+
+from client._client import AsyncRecommenderClient, RecommenderClient
+from client.types import Artist, Recommendation, RecommenderError, SimilarUser, SimilarUsers
+
+__all__ = [
+    "Artist",
+    "AsyncRecommenderClient",
+    "Recommendation",
+    "RecommenderClient",
+    "RecommenderError",
+    "SimilarUser",
+    "SimilarUsers",
+]

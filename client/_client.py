@@ -1,0 +1,179 @@
+"""Sync and asyncio clients with the same methods; requests are checked before they are sent.
+
+Calls carry a deadline (``timeout_s``) and are retried by gRPC itself on UNAVAILABLE (a gateway
+restarting, a redeploy), with exponential backoff, through the channel's service config.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping, Sequence
+
+import grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+from client.types import Recommendation, RecommenderError, SimilarUsers
+from musicrec.v1 import recommender_pb2 as pb
+from musicrec.v1 import recommender_pb2_grpc as pb_grpc
+
+DEFAULT_ADDRESS = "127.0.0.1:50051"
+SCORING = {None: pb.SCORING_MODE_UNSPECIFIED, "all_artists": pb.SCORING_MODE_ALL_ARTISTS,
+           "pairwise": pb.SCORING_MODE_PAIRWISE}  # fmt: skip
+_RETRY = {
+    "methodConfig": [{
+        "name": [{"service": "musicrec.v1.Recommender"}, {"service": "grpc.health.v1.Health"}],
+        "retryPolicy": {"maxAttempts": 4, "initialBackoff": "0.1s", "maxBackoff": "1s",
+                        "backoffMultiplier": 2, "retryableStatusCodes": ["UNAVAILABLE"]},
+    }]
+}  # fmt: skip
+CHANNEL_OPTIONS = [("grpc.enable_retries", 1), ("grpc.service_config", json.dumps(_RETRY))]
+
+Artists = Sequence[str] | Mapping[str, float] | None
+
+
+def _history(artists: Artists, artist_ids: Artists) -> pb.History:
+    items = []
+    for key, given in (("name", artists), ("id", artist_ids)):
+        plays = given if isinstance(given, Mapping) else dict.fromkeys(given or (), 0.0)
+        for value, count in plays.items():
+            items.append(pb.ArtistPlay(**{key: value}, plays=count))
+    return pb.History(items=items)
+
+
+def _listener(user_id: str | None, artists: Artists, artist_ids: Artists) -> dict:
+    if (user_id is None) == (artists is None and artist_ids is None):
+        raise ValueError("give either user_id or artists/artist_ids")
+    return {"user_id": user_id} if user_id is not None else {
+        "history": _history(artists, artist_ids)}  # fmt: skip
+
+
+def recommend_request(
+    user_id: str | None = None,
+    artists: Artists = None,
+    *,
+    artist_ids: Artists = None,
+    k: int = 10,
+    exclude_played: bool = True,
+    strict: bool = False,
+    scoring: str | None = None,
+    neighbours: int = 0,
+) -> pb.RecommendRequest:
+    """Build and check a request: ``artists`` are names (optionally ``{name: plays}``)."""
+    if not 1 <= k <= 500:
+        raise ValueError(f"k must be in 1..500, got {k}")
+    if scoring not in SCORING:
+        raise ValueError(f"scoring must be all_artists or pairwise, got {scoring!r}")
+    return pb.RecommendRequest(
+        **_listener(user_id, artists, artist_ids), k=k, exclude_played=exclude_played,
+        strict=strict, scoring=SCORING[scoring], neighbours=neighbours,
+    )  # fmt: skip
+
+
+def similar_users_request(
+    user_id: str | None = None, artists: Artists = None, *, artist_ids: Artists = None, n: int = 10
+) -> pb.SimilarUsersRequest:
+    if not 1 <= n <= 100:
+        raise ValueError(f"n must be in 1..100, got {n}")
+    return pb.SimilarUsersRequest(**_listener(user_id, artists, artist_ids), n=n)
+
+
+def _status_name(reply: health_pb2.HealthCheckResponse) -> str:
+    return health_pb2.HealthCheckResponse.ServingStatus.Name(reply.status)
+
+
+class RecommenderClient:
+    """Blocking client; use as a context manager or call :meth:`close`."""
+
+    def __init__(self, address: str = DEFAULT_ADDRESS, *, timeout_s: float = 5.0) -> None:
+        self.timeout_s = timeout_s
+        self._channel = grpc.insecure_channel(address, options=CHANNEL_OPTIONS)
+        self._stub = pb_grpc.RecommenderStub(self._channel)
+        self._health = health_pb2_grpc.HealthStub(self._channel)
+
+    def recommend(self, user_id: str | None = None, artists: Artists = None, *,
+                  timeout_s: float | None = None, **options) -> Recommendation:  # fmt: skip
+        """Top-k artists for a known ``user_id`` or a new listener's ``artists`` (names) /
+        ``artist_ids``; options: ``k``, ``exclude_played``, ``strict``, ``scoring``,
+        ``neighbours``. Raises :class:`RecommenderError` or ``ValueError``."""
+        request = recommend_request(user_id, artists, **options)
+        try:
+            reply = self._stub.Recommend(request, timeout=timeout_s or self.timeout_s)
+        except grpc.RpcError as exc:
+            raise RecommenderError.from_rpc(exc) from None
+        return Recommendation.from_proto(reply)
+
+    def similar_users(self, user_id: str | None = None, artists: Artists = None, *,
+                      timeout_s: float | None = None, **options) -> SimilarUsers:  # fmt: skip
+        """The known users most similar to a user or a history (``n``, ``artist_ids``)."""
+        request = similar_users_request(user_id, artists, **options)
+        try:
+            reply = self._stub.SimilarUsers(request, timeout=timeout_s or self.timeout_s)
+        except grpc.RpcError as exc:
+            raise RecommenderError.from_rpc(exc) from None
+        return SimilarUsers.from_proto(reply)
+
+    def health(self, timeout_s: float | None = None) -> str:
+        """``SERVING``, ``NOT_SERVING``... from the standard gRPC health service."""
+        try:
+            reply = self._health.Check(health_pb2.HealthCheckRequest(),
+                                       timeout=timeout_s or self.timeout_s)  # fmt: skip
+        except grpc.RpcError as exc:
+            raise RecommenderError.from_rpc(exc) from None
+        return _status_name(reply)
+
+    def close(self) -> None:
+        self._channel.close()
+
+    def __enter__(self) -> RecommenderClient:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+class AsyncRecommenderClient:
+    """asyncio client with the methods of :class:`RecommenderClient` (see there)."""
+
+    def __init__(self, address: str = DEFAULT_ADDRESS, *, timeout_s: float = 5.0) -> None:
+        self.timeout_s = timeout_s
+        self._channel = grpc.aio.insecure_channel(address, options=CHANNEL_OPTIONS)
+        self._stub = pb_grpc.RecommenderStub(self._channel)
+        self._health = health_pb2_grpc.HealthStub(self._channel)
+
+    async def recommend(self, user_id: str | None = None, artists: Artists = None, *,
+                        timeout_s: float | None = None, **options) -> Recommendation:  # fmt: skip
+        """See :meth:`RecommenderClient.recommend`."""
+        request = recommend_request(user_id, artists, **options)
+        try:
+            reply = await self._stub.Recommend(request, timeout=timeout_s or self.timeout_s)
+        except grpc.RpcError as exc:
+            raise RecommenderError.from_rpc(exc) from None
+        return Recommendation.from_proto(reply)
+
+    async def similar_users(self, user_id: str | None = None, artists: Artists = None, *,
+                            timeout_s: float | None = None, **options) -> SimilarUsers:  # fmt: skip
+        """See :meth:`RecommenderClient.similar_users`."""
+        request = similar_users_request(user_id, artists, **options)
+        try:
+            reply = await self._stub.SimilarUsers(request, timeout=timeout_s or self.timeout_s)
+        except grpc.RpcError as exc:
+            raise RecommenderError.from_rpc(exc) from None
+        return SimilarUsers.from_proto(reply)
+
+    async def health(self, timeout_s: float | None = None) -> str:
+        """See :meth:`RecommenderClient.health`."""
+        try:
+            reply = await self._health.Check(health_pb2.HealthCheckRequest(),
+                                             timeout=timeout_s or self.timeout_s)  # fmt: skip
+        except grpc.RpcError as exc:
+            raise RecommenderError.from_rpc(exc) from None
+        return _status_name(reply)
+
+    async def close(self) -> None:
+        await self._channel.close()
+
+    async def __aenter__(self) -> AsyncRecommenderClient:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()

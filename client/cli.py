@@ -1,0 +1,138 @@
+"""``musicrec-client``: ask a running gateway from the shell.
+
+musicrec-client recommend --artists "Radiohead, Coldplay" -k 5
+musicrec-client recommend --user 2
+musicrec-client similar-users --user 2 -n 5
+musicrec-client health          # exit 0 only when SERVING (usable as a health check)
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from collections.abc import Sequence
+from dataclasses import asdict
+
+from rich.console import Console
+from rich.table import Table
+
+from client._client import DEFAULT_ADDRESS, RecommenderClient
+from client.types import Recommendation, RecommenderError, SimilarUsers
+
+console = Console()
+
+
+def _names(text: str | None) -> list[str] | None:
+    return None if text is None else [a.strip() for a in text.split(",") if a.strip()]
+
+
+def _who(args: argparse.Namespace) -> dict:
+    return {"user_id": args.user, "artists": _names(args.artists),
+            "artist_ids": _names(args.artist_ids)}  # fmt: skip
+
+
+def _recommendation_table(rec: Recommendation, title: str) -> Table:
+    table = Table(title=f"{title} (model version {rec.model_version}, {rec.scoring})")
+    for col in ("#", "artist", "id", "score"):
+        table.add_column(col, justify="right" if col in {"#", "score"} else "left")
+    for i, a in enumerate(rec.artists, 1):
+        table.add_row(str(i), a.name, a.id, f"{a.score:.3f}")
+    return table
+
+
+def _recommend(client: RecommenderClient, args: argparse.Namespace) -> int:
+    rec = client.recommend(**_who(args), k=args.k, scoring=args.scoring, strict=args.strict,
+                           exclude_played=not args.include_played)  # fmt: skip
+    if args.json:
+        print(json.dumps(asdict(rec), indent=2))
+        return 0
+    who = f"user {args.user}" if args.user else "a listener of " + (args.artists or args.artist_ids)
+    console.print(_recommendation_table(rec, f"Top {len(rec.artists)} for {who}"))
+    if rec.popularity_fallback:
+        console.print("[yellow]no known artist in the history: most-listened artists shown[/]")
+    if rec.unknown_artists:
+        console.print(f"unknown to the model (ignored): {', '.join(rec.unknown_artists)}")
+    return 0
+
+
+def _similar(client: RecommenderClient, args: argparse.Namespace) -> int:
+    result: SimilarUsers = client.similar_users(**_who(args), n=args.n)
+    if args.json:
+        print(json.dumps(asdict(result), indent=2))
+        return 0
+    table = Table(title=f"Similar users (model version {result.model_version})")
+    table.add_column("user")
+    table.add_column("similarity", justify="right")
+    for u in result.users:
+        table.add_row(u.user_id, f"{u.similarity:.3f}")
+    console.print(table)
+    return 0
+
+
+def _health(client: RecommenderClient, args: argparse.Namespace) -> int:
+    status = client.health()
+    print(status)
+    return 0 if status == "SERVING" else 1
+
+
+def build_parser() -> argparse.ArgumentParser:
+    fmt = argparse.ArgumentDefaultsHelpFormatter
+    parser = argparse.ArgumentParser(
+        prog="musicrec-client",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument(
+        "-a",
+        "--address",
+        default=os.environ.get("MUSICREC_GATEWAY", DEFAULT_ADDRESS),
+        help="gateway host:port (env MUSICREC_GATEWAY)",
+    )
+    parser.add_argument("-t", "--timeout", type=float, default=10.0, help="deadline, seconds")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    def listener(p: argparse.ArgumentParser) -> None:
+        who = p.add_mutually_exclusive_group(required=True)
+        who.add_argument("-u", "--user", help="a known user id")
+        who.add_argument("-A", "--artists", help="comma-separated artist names")
+        who.add_argument("-I", "--artist-ids", help="comma-separated artist ids")
+        p.add_argument("--json", action="store_true", help="print JSON instead of a table")
+
+    r = sub.add_parser("recommend", help="top-k artists for a user or a history",
+                       formatter_class=fmt)  # fmt: skip
+    listener(r)
+    r.add_argument("-k", type=int, default=10, help="how many artists (1..500)")
+    r.add_argument("-s", "--scoring", choices=["all_artists", "pairwise"], help="server default")
+    r.add_argument("--strict", action="store_true", help="error instead of popularity fallback")
+    r.add_argument("--include-played", action="store_true", help="keep already-played artists")
+    r.set_defaults(func=_recommend)
+
+    s = sub.add_parser("similar-users", help="most similar known users", formatter_class=fmt)
+    listener(s)
+    s.add_argument("-n", type=int, default=10, help="how many users (1..100)")
+    s.set_defaults(func=_similar)
+
+    h = sub.add_parser("health", help="print the gateway's health; exit 0 when SERVING")
+    h.set_defaults(func=_health)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Exit 0 on success, 1 when the gateway answers with an error or is unhealthy, 2 on usage
+    errors; messages are one line, never a traceback."""
+    args = build_parser().parse_args(argv)
+    try:
+        with RecommenderClient(args.address, timeout_s=args.timeout) as client:
+            return args.func(client, args)
+    except ValueError as exc:
+        console.print(f"[red]error:[/] {exc}", highlight=False)
+        return 2
+    except RecommenderError as exc:
+        console.print(f"[red]error:[/] {exc}", highlight=False)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

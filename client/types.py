@@ -1,0 +1,78 @@
+"""What the client returns and raises."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import grpc
+
+from musicrec.v1 import recommender_pb2 as pb
+
+_MODES = {pb.SCORING_MODE_ALL_ARTISTS: "all_artists", pb.SCORING_MODE_PAIRWISE: "pairwise"}
+
+
+class RecommenderError(Exception):
+    """A failed call: ``code`` is the gRPC status (e.g. NOT_FOUND), ``details`` the reason."""
+
+    def __init__(self, code: grpc.StatusCode, details: str) -> None:
+        super().__init__(f"{code.name}: {details}")
+        self.code = code
+        self.details = details
+
+    @classmethod
+    def from_rpc(cls, error: grpc.RpcError) -> RecommenderError:
+        return cls(error.code(), error.details() or "")
+
+
+@dataclass(frozen=True)
+class Artist:
+    id: str
+    name: str
+    score: float
+
+
+@dataclass(frozen=True)
+class SimilarUser:
+    user_id: str
+    similarity: float
+
+
+@dataclass(frozen=True)
+class Recommendation:
+    """Ranked artists, the model version that scored them and why (similar users)."""
+
+    artists: list[Artist]
+    model_version: int
+    similar_users: list[SimilarUser]
+    popularity_fallback: bool
+    unknown_artists: list[str]
+    scoring: str
+
+    def names(self) -> list[str]:
+        return [a.name for a in self.artists]
+
+    @classmethod
+    def from_proto(cls, r: pb.RecommendResponse) -> Recommendation:
+        return cls(
+            artists=[Artist(a.id, a.name, a.score) for a in r.artists],
+            model_version=r.model_version,
+            similar_users=[SimilarUser(u.user_id, u.similarity) for u in r.similar_users],
+            popularity_fallback=r.fallback == pb.FALLBACK_POPULARITY,
+            unknown_artists=list(r.unknown_artists),
+            scoring=_MODES.get(r.scoring, "popularity"),
+        )
+
+
+@dataclass(frozen=True)
+class SimilarUsers:
+    users: list[SimilarUser]
+    model_version: int
+    unknown_artists: list[str]
+
+    @classmethod
+    def from_proto(cls, r: pb.SimilarUsersResponse) -> SimilarUsers:
+        return cls(
+            [SimilarUser(u.user_id, u.similarity) for u in r.users],
+            r.model_version,
+            list(r.unknown_artists),
+        )

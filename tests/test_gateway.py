@@ -1,0 +1,346 @@
+"""End to end: the real Triton, the real gateway process and the client, on an exported run."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+import time
+import urllib.request
+from dataclasses import dataclass
+from pathlib import Path
+
+import grpc
+import numpy as np
+import pytest
+from grpc_reflection.v1alpha.proto_reflection_descriptor_database import (
+    ProtoReflectionDescriptorDatabase,
+)
+
+from client import AsyncRecommenderClient, RecommenderClient, RecommenderError
+from client.cli import main as client_cli
+from export.contract import SERVED_MODELS
+from export.repository import export_run
+from gateway.config import GatewayConfig
+from gateway.process import GatewayProcess, health_status
+from musicrec.v1 import recommender_pb2 as pb
+from musicrec.v1 import recommender_pb2_grpc as pb_grpc
+from serving.triton_server import TritonConfig, TritonServer, free_port
+from training.recommend import RunRecommender
+from training.run import load_run
+from training.similarity import SimilarityIndex
+
+pytestmark = pytest.mark.slow
+
+
+@dataclass
+class Stack:
+    triton: TritonServer
+    gateway: GatewayProcess
+    root: Path
+
+    @property
+    def address(self) -> str:
+        return self.gateway.address
+
+
+@pytest.fixture(scope="module")
+def stack(run_dir, tmp_path_factory):
+    root = tmp_path_factory.mktemp("gateway")
+    repo = root / "model_repository"
+    export_run(run_dir, repo)
+    triton = TritonServer(TritonConfig(repo, free_port(), free_port(), free_port(),
+                                       load_models=SERVED_MODELS,
+                                       log_file=root / "triton.log"))  # fmt: skip
+    triton.start()
+    config = GatewayConfig(
+        port=free_port(), metrics_port=free_port(), triton_url=triton.grpc_url, repository=repo,
+        backend="cpu", triton_timeout_s=3.0, poll_interval_s=0.3, grace_s=10.0,
+    )  # fmt: skip
+    gateway = GatewayProcess(config, log_file=root / "gateway.log")
+    try:
+        gateway.start()
+        yield Stack(triton, gateway, root)
+    finally:
+        gateway.stop()
+        triton.stop()
+
+
+@pytest.fixture(scope="module")
+def offline(run_dir):
+    return RunRecommender(load_run(run_dir))
+
+
+_USERS: list[str] = []
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _known_users(run_dir):
+    run = load_run(run_dir)  # users the model was trained on (held-out users have no plays)
+    _USERS[:] = [u for i, u in enumerate(run.vocab.user_ids) if run.plays[i].nnz]
+
+
+@pytest.fixture
+def stub(stack):
+    with grpc.insecure_channel(stack.address) as channel:
+        yield pb_grpc.RecommenderStub(channel)
+
+
+def _assert_same_ranking(got: list[tuple[str, float]], expected: list[tuple[str, float]]):
+    """Same artists in the same order; a swap is allowed only between near-equal scores
+    (float32 sums in a different order)."""
+    assert len(got) == len(expected)
+    np.testing.assert_allclose([s for _, s in got], [s for _, s in expected], atol=2e-3)
+    for (g_id, g_score), (e_id, _) in zip(got, expected, strict=True):
+        if g_id != e_id:
+            partner = dict(expected).get(g_id)
+            assert partner is not None and abs(partner - g_score) < 2e-3, (got, expected)
+
+
+def _history(names: list[str]) -> pb.History:
+    return pb.History(items=[pb.ArtistPlay(name=n) for n in names])
+
+
+def test_health_is_serving_and_reflection_lists_the_service(stack):
+    assert health_status(stack.address) == "SERVING"
+    with grpc.insecure_channel(stack.address) as channel:
+        services = ProtoReflectionDescriptorDatabase(channel).get_services()
+    assert "musicrec.v1.Recommender" in services
+    assert "grpc.health.v1.Health" in services
+
+
+def test_known_user_gets_the_offline_ranking_without_played_artists(stack, offline):
+    run = offline.run
+    user = run.vocab.user_ids[3]
+    with RecommenderClient(stack.address) as client:
+        rec = client.recommend(user, k=10)
+    expected = offline.for_user(user, 10)
+    _assert_same_ranking([(a.id, a.score) for a in rec.artists],
+                         [(r.artist_id, r.score) for r in expected])  # fmt: skip
+    played = {run.vocab.artist_ids[i] for i in run.plays[3].indices}
+    assert played and not played & {a.id for a in rec.artists}
+    assert rec.model_version == 1 and not rec.popularity_fallback
+    assert [(u.user_id, u.similarity) for u in rec.similar_users] == [(user, 1.0)]
+
+
+def test_new_listener_gets_the_offline_ranking_through_similar_users(stack, offline):
+    vocab = offline.vocab
+    names = [vocab.artist_names[i] for i in (5, 17, 40, 41)]
+    with RecommenderClient(stack.address) as client:
+        rec = client.recommend(artists=[*names, "Nobody Plays This Band"], k=15)
+    expected = offline.for_history(names, 15)
+    _assert_same_ranking([(a.name, a.score) for a in rec.artists],
+                         [(r.name, r.score) for r in expected])  # fmt: skip
+    assert rec.unknown_artists == ["Nobody Plays This Band"]
+    assert not set(names) & set(rec.names())
+    assert 1 <= len(rec.similar_users) <= 10
+    sims = [u.similarity for u in rec.similar_users]
+    assert sims == sorted(sims, reverse=True) and sims[0] > 0
+
+
+def test_both_scoring_modes_rank_the_same(stack, offline):
+    vocab = offline.vocab
+    with RecommenderClient(stack.address) as client:
+        for who in ({"user_id": vocab.user_ids[7]},
+                    {"artist_ids": [vocab.artist_ids[i] for i in (2, 3, 90)]}):  # fmt: skip
+            a = client.recommend(**who, k=20, scoring="all_artists")
+            p = client.recommend(**who, k=20, scoring="pairwise")
+            assert (a.scoring, p.scoring) == ("all_artists", "pairwise")
+            _assert_same_ranking([(x.id, x.score) for x in p.artists],
+                                 [(x.id, x.score) for x in a.artists])  # fmt: skip
+
+
+def test_similar_users_match_the_offline_index(stack, offline):
+    run = offline.run
+    index = SimilarityIndex(run.plays)
+    idx, sims = index.query(run.plays[[11]], 5, exclude=np.array([11]))
+    with RecommenderClient(stack.address) as client:
+        got = client.similar_users(run.vocab.user_ids[11], n=5)
+    assert [u.user_id for u in got.users] == [run.vocab.user_ids[i] for i in idx[0] if i >= 0]
+    np.testing.assert_allclose([u.similarity for u in got.users], sims[0][: len(got.users)],
+                               rtol=1e-5)  # fmt: skip
+
+
+def test_history_without_known_artists_falls_back_to_popularity_unless_strict(stack, offline):
+    plays = offline.run.plays
+    listeners = np.diff(plays.tocsc().indptr)
+    with RecommenderClient(stack.address) as client:
+        rec = client.recommend(artists=["Nobody", "Neither"], k=5)
+        assert rec.popularity_fallback and rec.scoring == "popularity"
+        assert rec.unknown_artists == ["Nobody", "Neither"]
+        assert [a.score for a in rec.artists] == sorted(listeners, reverse=True)[:5]
+        assert client.recommend(artists=[], k=5).popularity_fallback
+        with pytest.raises(RecommenderError) as err:
+            client.recommend(artists=["Nobody"], strict=True)
+    assert err.value.code == grpc.StatusCode.INVALID_ARGUMENT
+    assert "history" in err.value.details
+
+
+@pytest.mark.parametrize(
+    ("request_fields", "field"),
+    [
+        ({}, "user_id or history"),
+        ({"user_id": "  "}, "user_id"),
+        ({"user_id": "x" * 2000}, "user_id"),
+        ({"user_id": "u", "k": 501}, "k"),
+        ({"user_id": "u", "neighbours": 101}, "neighbours"),
+        ({"user_id": "u", "scoring": 9}, "scoring"),
+        ({"history": pb.History(items=[pb.ArtistPlay()])}, "history.items[0]"),
+        ({"history": pb.History(items=[pb.ArtistPlay(name="a"), pb.ArtistPlay(id="")])},
+         "history.items[1].id"),
+        ({"history": pb.History(items=[pb.ArtistPlay(name="a", plays=float("nan"))])},
+         "history.items[0].plays"),
+        ({"history": pb.History(items=[pb.ArtistPlay(name="a", plays=-2)])},
+         "history.items[0].plays"),
+        ({"history": _history(["a"] * 10_001)}, "history has 10001 items"),
+    ],
+)  # fmt: skip
+def test_bad_input_is_invalid_argument_naming_the_field(stub, request_fields, field):
+    with pytest.raises(grpc.RpcError) as err:
+        stub.Recommend(pb.RecommendRequest(**request_fields), timeout=10)
+    assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert field in err.value.details()
+
+
+def test_similar_users_bad_input_and_unknown_user(stub):
+    with pytest.raises(grpc.RpcError) as err:
+        stub.SimilarUsers(pb.SimilarUsersRequest(user_id="u", n=101), timeout=10)
+    assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT and "n must" in err.value.details()
+    with pytest.raises(grpc.RpcError) as err:
+        stub.SimilarUsers(pb.SimilarUsersRequest(user_id="nobody-at-all"), timeout=10)
+    assert err.value.code() == grpc.StatusCode.NOT_FOUND
+
+
+def test_unknown_user_is_not_found(stack):
+    with RecommenderClient(stack.address) as client, pytest.raises(RecommenderError) as err:
+        client.recommend("no-such-user")
+    assert err.value.code == grpc.StatusCode.NOT_FOUND
+    assert "no-such-user" in err.value.details
+
+
+def test_a_message_over_the_size_limit_is_refused(stub):
+    huge = _history(["x" * 1000] * 5000)  # ~5 MB > the 4 MiB limit
+    with pytest.raises(grpc.RpcError) as err:
+        stub.Recommend(pb.RecommendRequest(history=huge), timeout=10)
+    assert err.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+
+
+def test_prometheus_endpoint_counts_requests_by_code_and_shows_the_version(stack):
+    with RecommenderClient(stack.address) as client:
+        client.recommend(_USERS[0])
+    url = f"http://127.0.0.1:{stack.gateway.config.metrics_port}/metrics"
+    text = urllib.request.urlopen(url, timeout=5).read().decode()
+    assert 'musicrec_gateway_requests_total{code="OK",method="Recommend"}' in text
+    assert 'musicrec_gateway_requests_total{code="NOT_FOUND",method="Recommend"}' in text
+    assert 'musicrec_gateway_requests_total{code="INVALID_ARGUMENT",method="Recommend"}' in text
+    assert "musicrec_gateway_model_version 1.0" in text
+    assert 'musicrec_gateway_triton_seconds_count{mode="all_artists"}' in text
+    assert "musicrec_gateway_similarity_seconds_count" in text
+    assert 'musicrec_gateway_request_seconds_bucket{le="0.005",method="Recommend"}' in text
+
+
+def test_client_cli_prints_tables_and_exits_non_zero_on_errors(stack, capsys):
+    base = ["--address", stack.address]
+    assert client_cli([*base, "health"]) == 0
+    assert capsys.readouterr().out.strip() == "SERVING"
+    assert client_cli([*base, "recommend", "--user", _USERS[0], "-k", "3"]) == 0
+    assert "Top 3 for user" in capsys.readouterr().out
+    assert client_cli([*base, "recommend", "--user", _USERS[0], "-k", "3", "--json"]) == 0
+    assert len(json.loads(capsys.readouterr().out)["artists"]) == 3
+    assert client_cli([*base, "similar-users", "--user", _USERS[0], "-n", "2"]) == 0
+    assert "Similar users" in capsys.readouterr().out
+    assert client_cli([*base, "recommend", "--user", "nobody"]) == 1
+    out = capsys.readouterr().out
+    assert "NOT_FOUND" in out and "Traceback" not in out
+    assert client_cli([*base, "recommend", "--user", "x", "-k", "0"]) == 2
+
+
+def test_async_client_serves_concurrent_requests(stack):
+    async def main():
+        async with AsyncRecommenderClient(stack.address) as client:
+            assert await client.health() == "SERVING"
+            return await asyncio.gather(*[client.recommend(u, k=5) for u in _USERS[:16]])
+
+    answers = asyncio.run(main())
+    assert all(len(a.artists) == 5 and a.model_version == 1 for a in answers)
+
+
+def test_a_stalled_triton_gives_a_deadline_error_not_a_hang(stack):
+    os.killpg(stack.triton.process.pid, signal.SIGSTOP)
+    try:
+        with RecommenderClient(stack.address, timeout_s=30) as client:
+            start = time.monotonic()
+            with pytest.raises(RecommenderError) as err:
+                client.recommend(_USERS[0], timeout_s=1.5)  # the caller's deadline
+            assert time.monotonic() - start < 3
+            assert err.value.code in {grpc.StatusCode.DEADLINE_EXCEEDED,
+                                      grpc.StatusCode.UNAVAILABLE}  # fmt: skip
+            start = time.monotonic()
+            with pytest.raises(RecommenderError) as err:  # a loose caller deadline: the
+                client.recommend(_USERS[1])  # gateway's own triton_timeout_s (3 s) bounds it
+            assert time.monotonic() - start < 8  # (the client retries UNAVAILABLE 3 times)
+            assert err.value.code in {grpc.StatusCode.DEADLINE_EXCEEDED,
+                                      grpc.StatusCode.UNAVAILABLE}  # fmt: skip
+    finally:
+        os.killpg(stack.triton.process.pid, signal.SIGCONT)
+    _wait_until_answered(stack)
+
+
+def _wait_until_answered(stack, timeout_s: float = 60) -> float:
+    deadline = time.monotonic() + timeout_s
+    with RecommenderClient(stack.address, timeout_s=5) as client:
+        while time.monotonic() < deadline:
+            try:
+                client.recommend(_USERS[0])
+                return time.monotonic()
+            except RecommenderError:
+                time.sleep(0.2)
+    raise AssertionError("the gateway did not recover")
+
+
+def test_triton_restart_gives_unavailable_then_the_gateway_recovers_alone(stack):
+    stack.triton.stop()
+    time.sleep(1.0)  # a few version polls
+    with RecommenderClient(stack.address) as client:
+        with pytest.raises(RecommenderError) as err:
+            client.recommend(_USERS[0], timeout_s=5)
+        assert err.value.code == grpc.StatusCode.UNAVAILABLE
+        assert health_status(stack.address) == "NOT_SERVING"
+    stack.triton.start()
+    _wait_until_answered(stack)
+    assert health_status(stack.address) == "SERVING"
+
+
+def test_health_is_not_serving_while_triton_is_unreachable(tmp_path, stack):
+    config = GatewayConfig(port=free_port(), metrics_port=0, triton_url=f"127.0.0.1:{free_port()}",
+                           repository=stack.root / "model_repository", backend="cpu",
+                           poll_interval_s=0.3)  # fmt: skip
+    gw = GatewayProcess(config, log_file=tmp_path / "gw.log").start(wait_for="ANY")
+    try:
+        assert health_status(gw.address) == "NOT_SERVING"
+        with pytest.raises(grpc.RpcError) as err, grpc.insecure_channel(gw.address) as channel:
+            pb_grpc.RecommenderStub(channel).Recommend(pb.RecommendRequest(user_id="u"), timeout=5)
+        assert err.value.code() == grpc.StatusCode.UNAVAILABLE
+    finally:
+        gw.stop()
+
+
+def test_shutdown_drains_in_flight_requests(stack):
+    os.killpg(stack.triton.process.pid, signal.SIGSTOP)  # hold requests in flight
+
+    async def in_flight():
+        async with AsyncRecommenderClient(stack.address, timeout_s=20) as client:
+            calls = [asyncio.ensure_future(client.recommend(u, k=3)) for u in _USERS[:4]]
+            await asyncio.sleep(0.5)
+            stack.gateway.process.send_signal(signal.SIGTERM)  # graceful stop begins
+            await asyncio.sleep(0.5)
+            os.killpg(stack.triton.process.pid, signal.SIGCONT)
+            return await asyncio.gather(*calls, return_exceptions=True)
+
+    try:
+        answers = asyncio.run(in_flight())
+    finally:
+        os.killpg(stack.triton.process.pid, signal.SIGCONT)
+    assert all(not isinstance(a, BaseException) and len(a.artists) == 3 for a in answers), answers
+    assert stack.gateway.process.wait(timeout=20) == 0
