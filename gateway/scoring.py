@@ -126,6 +126,15 @@ class TritonScorer:
         top = top[top >= 0]
         return Ranked(top.astype(np.int64), summed[top])
 
+    async def is_ready(self, version: int, timeout_s: float) -> bool:
+        """Whether the default model still serves ``version`` (true mid-swap)."""
+        try:
+            return await self.client.is_model_ready(
+                CATALOGUE_SCORER, str(version), client_timeout=timeout_s
+            )
+        except InferenceServerException as exc:
+            raise translate(exc, self.url) from None
+
     async def ready_version(self, timeout_s: float) -> int | None:
         """The newest version Triton reports READY for every served model, or None."""
         try:

@@ -67,12 +67,19 @@ class VersionTracker:
                     log.warning("Triton unreachable: %s", exc)
                 self.triton_up = False
                 ready = None if not self.current else self.current.version
-            if ready is None:
-                self.current = None
+            if ready is None:  # mid-swap (models on different versions) or nothing loaded
+                if self.triton_up and self.current and not await self._still_ready():
+                    self.current = None
             elif ready not in self._broken and (not self.current or self.current.version != ready):
                 await self._load(ready)
             if before != (self.triton_up, self.current.version if self.current else None):
                 self.on_change(self)
+
+    async def _still_ready(self) -> bool:
+        try:
+            return await self.scorer.is_ready(self.current.version, self.timeout_s)
+        except GatewayError:
+            return False
 
     async def _load(self, version: int) -> None:
         try:

@@ -6,6 +6,7 @@ import asyncio
 import json
 import os
 import signal
+import threading
 import time
 import urllib.request
 from dataclasses import dataclass
@@ -14,19 +15,22 @@ from pathlib import Path
 import grpc
 import numpy as np
 import pytest
+import tritonclient.grpc
 from grpc_reflection.v1alpha.proto_reflection_descriptor_database import (
     ProtoReflectionDescriptorDatabase,
 )
 
 from client import AsyncRecommenderClient, RecommenderClient, RecommenderError
 from client.cli import main as client_cli
-from export.contract import SERVED_MODELS
+from export.contract import CATALOGUE_SCORER, PAIR_SCORER, SERVED_MODELS
 from export.repository import export_run
 from gateway.config import GatewayConfig
 from gateway.process import GatewayProcess, health_status
 from musicrec.v1 import recommender_pb2 as pb
 from musicrec.v1 import recommender_pb2_grpc as pb_grpc
 from serving.triton_server import TritonConfig, TritonServer, free_port
+from training.cli import main as musicrec
+from training.data.generator import GeneratorConfig, generate_spotify_csv
 from training.recommend import RunRecommender
 from training.run import load_run
 from training.similarity import SimilarityIndex
@@ -73,10 +77,12 @@ def offline(run_dir):
 
 
 _USERS: list[str] = []
+_RUN: list[Path] = []
 
 
 @pytest.fixture(scope="module", autouse=True)
 def _known_users(run_dir):
+    _RUN[:] = [run_dir]
     run = load_run(run_dir)  # users the model was trained on (held-out users have no plays)
     _USERS[:] = [u for i, u in enumerate(run.vocab.user_ids) if run.plays[i].nnz]
 
@@ -264,6 +270,53 @@ def test_async_client_serves_concurrent_requests(stack):
 
     answers = asyncio.run(main())
     assert all(len(a.artists) == 5 and a.model_version == 1 for a in answers)
+
+
+def test_a_new_version_switches_vocabulary_and_version_together(stack, tmp_path_factory):
+    """Version 2 (another catalogue) is loaded while a client keeps asking: every answer
+    is whole (names from its own version's vocabulary), none fails, and the gateway ends on 2."""
+    root = tmp_path_factory.mktemp("second")
+    csv = generate_spotify_csv(
+        root / "plays.csv", GeneratorConfig(rows=6_000, users=80, artists=150, seed=9)
+    )
+    assert musicrec(["train", "--data", str(csv), "--run-dir", str(root / "run"),
+                     "--max-epochs", "1"]) == 0  # fmt: skip
+    repo = stack.root / "model_repository"
+    vocabs = {1: set(load_run(_RUN[0]).vocab.artist_names),
+              2: set(load_run(root / "run").vocab.artist_names)}  # fmt: skip
+    shared = sorted(vocabs[1] & vocabs[2])[:3] or sorted(vocabs[2])[:3]
+    assert export_run(root / "run", repo).version == 2
+    answers, errors, stop = [], [], threading.Event()
+
+    def traffic():
+        with RecommenderClient(stack.address, timeout_s=10) as client:
+            while not stop.is_set():
+                try:
+                    answers.append(client.recommend(artists=shared, k=5))
+                except RecommenderError as exc:
+                    errors.append(exc)
+
+    worker = threading.Thread(target=traffic)
+    worker.start()
+    try:
+        time.sleep(0.5)
+        triton = tritonclient.grpc.InferenceServerClient(stack.triton.grpc_url)
+        for model in (PAIR_SCORER, CATALOGUE_SCORER):  # the default mode's model last
+            triton.load_model(model)
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline and not any(a.model_version == 2 for a in answers):
+            time.sleep(0.2)
+        time.sleep(0.5)
+    finally:
+        stop.set()
+        worker.join()
+    assert not errors, errors[:3]
+    assert {a.model_version for a in answers} == {1, 2}
+    for a in answers:
+        assert set(a.names()) <= vocabs[a.model_version]
+    assert answers[-1].model_version == 2
+    second = load_run(root / "run")  # later tests ask for users the served version knows
+    _USERS[:] = [u for i, u in enumerate(second.vocab.user_ids) if second.plays[i].nnz]
 
 
 def test_a_stalled_triton_gives_a_deadline_error_not_a_hang(stack):

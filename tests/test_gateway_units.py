@@ -1,0 +1,81 @@
+"""Gateway and client pieces that need no server: configuration, validation, logs."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+
+import pytest
+
+from client._client import recommend_request, similar_users_request
+from gateway.config import GatewayConfig, add_arguments, from_arguments
+from gateway.errors import InvalidArgument
+from gateway.logs import JsonFormatter
+from gateway.process import command
+from gateway.service import parse_recommend
+from musicrec.v1 import recommender_pb2 as pb
+
+
+def _config_from(argv: list[str]) -> GatewayConfig:
+    parser = argparse.ArgumentParser()
+    add_arguments(parser)
+    return from_arguments(parser.parse_args(argv))
+
+
+def test_flags_and_environment_configure_the_gateway(monkeypatch):
+    monkeypatch.setenv("MUSICREC_GATEWAY_TRITON_URL", "triton:8001")
+    monkeypatch.setenv("MUSICREC_GATEWAY_LOG_JSON", "false")
+    cfg = _config_from(["--port", "6000", "--scoring", "pairwise"])
+    assert (cfg.port, cfg.scoring, cfg.triton_url, cfg.log_json) == (
+        6000, "pairwise", "triton:8001", False)  # fmt: skip
+    with pytest.raises(ValueError, match="neighbours"):
+        GatewayConfig(neighbours=0)
+
+
+def test_process_command_round_trips_through_the_flags():
+    cfg = GatewayConfig(port=7000, metrics_port=0, log_json=False, neighbours=5)
+    assert _config_from(command(cfg)[3:]) == cfg
+
+
+def test_request_defaults_and_field_errors():
+    cfg = GatewayConfig()
+    q = parse_recommend(pb.RecommendRequest(user_id="7"), cfg)
+    assert (q.k, q.exclude_played, q.mode, q.neighbours, q.strict) == (
+        10, True, "all_artists", 10, False)  # fmt: skip
+    q = parse_recommend(
+        pb.RecommendRequest(
+            history=pb.History(items=[pb.ArtistPlay(name="A"), pb.ArtistPlay(id="9", plays=3)]),
+            exclude_played=False, scoring=pb.SCORING_MODE_PAIRWISE, k=500,
+        ), cfg,
+    )  # fmt: skip
+    assert [(r.name, r.id, r.plays) for r in q.listener.history] == [
+        ("A", None, 1.0), (None, "9", 3.0)]  # fmt: skip
+    assert (q.exclude_played, q.mode, q.k) == (False, "pairwise", 500)
+    with pytest.raises(InvalidArgument, match=r"history.items\[1\]: set id or name"):
+        parse_recommend(pb.RecommendRequest(history=pb.History(
+            items=[pb.ArtistPlay(name="A"), pb.ArtistPlay(plays=2)])), cfg)  # fmt: skip
+
+
+def test_client_checks_requests_before_sending():
+    r = recommend_request(artists={"Radiohead": 12.0}, artist_ids=["89"], k=3)
+    assert [(i.name, i.id, i.plays) for i in r.history.items] == [("Radiohead", "", 12.0),
+                                                                  ("", "89", 0.0)]  # fmt: skip
+    with pytest.raises(ValueError, match="either user_id or artists"):
+        recommend_request()
+    with pytest.raises(ValueError, match="either user_id or artists"):
+        recommend_request("u", ["a"])
+    with pytest.raises(ValueError, match="k must be"):
+        recommend_request("u", k=0)
+    with pytest.raises(ValueError, match="scoring"):
+        recommend_request("u", scoring="fast")
+    with pytest.raises(ValueError, match="n must be"):
+        similar_users_request("u", n=101)
+
+
+def test_json_log_lines_carry_extra_fields():
+    record = logging.LogRecord("gateway.access", logging.INFO, __file__, 1, "rpc", None, None)
+    record.method, record.code = "Recommend", "OK"
+    entry = json.loads(JsonFormatter().format(record))
+    assert entry["msg"] == "rpc" and entry["method"] == "Recommend" and entry["code"] == "OK"
+    assert entry["level"] == "info" and entry["ts"].endswith("Z")
