@@ -12,6 +12,7 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
+import numpy as np
 from rich.console import Console
 from rich.table import Table
 
@@ -152,35 +153,88 @@ def _recommend(args: argparse.Namespace) -> None:
     console.print(table)
 
 
-def _demo(args: argparse.Namespace) -> None:
+def _train_demo_run(data: str) -> Path:
+    """Train the dnn on the demo data with a short schedule, print its offline metrics."""
     from training.pipeline import train_and_evaluate
-    from training.recommend import RunRecommender
-    from training.run import load_run, save_run
+    from training.run import save_run
 
     # A shorter schedule keeps the main job to about two minutes on two cores; `train` runs
     # the full one.
     dnn = DNNConfig(max_epochs=10, softmax_negatives=256)
-    cfg = TrainConfig(data=DataConfig(str(args.data)), dnn=dnn)
+    cfg = TrainConfig(data=DataConfig(data), dnn=dnn)
     _ensure_generated(cfg.data.source, cfg.generator.seed)
     result = train_and_evaluate(cfg, progress=True)
     run_dir = save_run(DEFAULT_RUNS_DIR / f"demo-{time.strftime('%Y%m%d-%H%M%S')}", cfg, result)
     console.print(
         metrics_table(
-            "offline evaluation (generated data)",
+            "offline evaluation",
             {
                 "dnn": {**result.metrics, "train_seconds": result.train_seconds},
                 "dnn (new users)": result.new_user_metrics,
             },
         )
     )
-    rec = RunRecommender(load_run(run_dir))
-    sample_user = int(result.split.new_users[0])
-    history_idx = result.split.new_user_history[sample_user].indices[:5]
-    history = [result.data.vocab.artist_names[i] for i in history_idx]
-    console.print(f"new listener of: {', '.join(history)}")
-    for i, r in enumerate(rec.for_history(history, 10), 1):
-        console.print(f"  {i:2d}. {r.name}  ({r.score:.3f})")
     console.print(f"run saved to [bold]{run_dir}[/]")
+    return run_dir
+
+
+def _sample_listener(run_dir: Path) -> list[str]:
+    """The five artists a known listener plays most, sent by name as a new listener's history."""
+    from training.run import load_run
+
+    run = load_run(run_dir)
+    user = int(np.flatnonzero(np.diff(run.plays.indptr) >= 5)[0])
+    row = run.plays[user]
+    top = row.indices[np.argsort(-row.data, kind="stable")[:5]]
+    return [run.vocab.artist_names[i] for i in top]
+
+
+def _raise_keyboard_interrupt(*_: object) -> None:
+    """SIGTERM handler: leave through the context managers, which stop the servers."""
+    raise KeyboardInterrupt
+
+
+def _demo(args: argparse.Namespace) -> None:
+    from client import RecommenderClient
+    from client.cli import _recommendation_table
+    from export.repository import export_run
+    from gateway.config import GatewayConfig
+    from serving.stack import StackConfig, serving_stack
+
+    run_dir = args.run or _train_demo_run(str(args.data))
+    exported = export_run(run_dir, args.repository)
+    console.print(f"exported as version {exported.version} of {args.repository} "
+                  f"(parity max |diff| {exported.pair_parity.max_abs_diff:.1e})")  # fmt: skip
+    stack_cfg = StackConfig(
+        args.repository, *args.triton_ports,
+        gateway=GatewayConfig(port=args.gateway_port, metrics_port=args.metrics_port),
+        log_dir=DEFAULT_RUNS_DIR.parent / "logs",
+    )  # fmt: skip
+    signal.signal(signal.SIGTERM, _raise_keyboard_interrupt)
+    with serving_stack(stack_cfg) as stack:
+        console.print(
+            f"Triton on {stack.triton.grpc_url}, gateway on {stack.gateway.address} "
+            f"(metrics :{args.metrics_port}/metrics, logs in {stack_cfg.log_dir})"
+        )
+        history = _sample_listener(run_dir)
+        with RecommenderClient(stack.gateway.address, timeout_s=30) as client:
+            rec = client.recommend(artists=history, k=10)
+        console.print(f"a new listener of: [bold]{', '.join(history)}[/]")
+        console.print(_recommendation_table(rec, "Top 10 through the gateway"))
+        console.print(
+            "similar users combined: "
+            + ", ".join(f"{u.user_id[:8]} ({u.similarity:.2f})" for u in rec.similar_users)
+        )
+        if args.once:
+            return
+        console.print(
+            f"serving; try: .venv/bin/musicrec-client -a {stack.gateway.address} "
+            f'recommend --artists "{history[0]}"   (Ctrl-C stops)'
+        )
+        try:
+            stack.triton.process.wait()
+        except KeyboardInterrupt:
+            console.print("stopping the gateway and Triton")
 
 
 def _export(args: argparse.Namespace) -> None:
@@ -203,10 +257,7 @@ def _triton(args: argparse.Namespace) -> None:
         load_models=(PAIR_SCORER, CATALOGUE_SCORER), log_file=args.log_file,
     )  # fmt: skip
 
-    def stop_on_sigterm(*_: object) -> None:
-        raise KeyboardInterrupt
-
-    signal.signal(signal.SIGTERM, stop_on_sigterm)  # leave through the context manager
+    signal.signal(signal.SIGTERM, _raise_keyboard_interrupt)
     with TritonServer(cfg) as server:
         console.print(
             f"Triton ready: gRPC {server.grpc_url}, HTTP {server.http_url}, "
@@ -290,20 +341,30 @@ def build_parser() -> argparse.ArgumentParser:
     s.set_defaults(func=_triton)
 
     d = sub.add_parser(
-        "demo", help="generate data, train the dnn, evaluate, recommend", formatter_class=fmt
-    )
+        "demo", formatter_class=fmt,
+        help="the main job: train, export, serve with Triton + gateway, recommend via the client",
+    )  # fmt: skip
     d.add_argument("-d", "--data", default=str(DEFAULT_GENERATED_CSV))
+    d.add_argument("--run", type=Path, help="serve this trained run instead of training one")
+    d.add_argument("--repository", type=Path, default=DEFAULT_REPOSITORY)
+    d.add_argument("--once", action="store_true", help="exit after the first recommendation")
+    d.add_argument("--gateway-port", type=int, default=50051)
+    d.add_argument("--metrics-port", type=int, default=9101, help="gateway /metrics")
+    d.add_argument("--triton-ports", type=int, nargs=3, default=(8000, 8001, 8002),
+                   metavar=("HTTP", "GRPC", "METRICS"))  # fmt: skip
     d.set_defaults(func=_demo)
     return parser
 
 
 def _user_errors() -> tuple[type[BaseException], ...]:
+    from client import RecommenderError
     from export.parity import ParityError
     from export.repository import ExportError
+    from gateway.process import GatewayStartError
     from serving.triton_server import TritonError
 
     return (ValueError, KeyError, FileNotFoundError, FileExistsError, ExportError,
-            ParityError, TritonError)  # fmt: skip
+            ParityError, TritonError, GatewayStartError, RecommenderError)  # fmt: skip
 
 
 USER_ERRORS = _user_errors()
