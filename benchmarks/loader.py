@@ -1,7 +1,7 @@
 """Full-scale load test of the Spotify Playlists loader: time and peak memory.
 
-    .venv/bin/python benchmarks/loader.py                 # 12.9M rows, the real file's scale
-    .venv/bin/python benchmarks/loader.py --csv /path/to/spotify_dataset.csv
+    .venv/bin/python -m benchmarks.loader                 # 12.9M rows, the real file's scale
+    .venv/bin/python -m benchmarks.loader --csv /path/to/spotify_dataset.csv
 
 Generates a file of the real data set's shape (15,918 users, 290k artists, 12.9M rows, a few
 malformed rows) unless ``--csv`` is given, then loads it in a child process so that the peak

@@ -1,7 +1,7 @@
 """Train and evaluate every model on HetRec 2011 Last.fm; write benchmarks/results/quality.json.
 
-    .venv/bin/python benchmarks/quality.py            # all models (~10 min on 2 cores)
-    .venv/bin/python benchmarks/quality.py -m ease dnn
+    .venv/bin/python -m benchmarks.quality            # all models (~10 min on 2 cores)
+    .venv/bin/python -m benchmarks.quality -m ease dnn
 
 Known users are evaluated on a per-user holdout; ``dnn_new_user`` (and the ``new_user`` block)
 on held-out users recommended from their history alone. See training/split.py for the protocol.

@@ -1,7 +1,7 @@
 """Requests/s and latency of the two Triton models on the local (CPU) Triton.
 
-    .venv/bin/python benchmarks/triton_models.py            # HetRec and 290k-artist catalogues
-    .venv/bin/python benchmarks/triton_models.py --quick    # fewer requests
+    .venv/bin/python -m benchmarks.triton_models            # HetRec and 290k-artist catalogues
+    .venv/bin/python -m benchmarks.triton_models --quick    # fewer requests
 
 For each catalogue (HetRec's 17,632 artists; 290,000 artists, the full Spotify scale) a network
 of the seed architecture with random weights is exported and served, then measured:
@@ -29,24 +29,17 @@ import tritonclient.grpc as grpcclient
 from google.protobuf import json_format
 from rich.table import Table
 
+from benchmarks.common import random_network, summary
 from export.repository import CATALOGUE_SCORER, PAIR_SCORER, export_network, model_config
 from serving.triton_server import TritonConfig, TritonServer, free_port
 from training.cli import console
 from training.data import Vocabulary
-from training.models.network import ARTIST_INPUT, USER_INPUT, build_network
+from training.models.network import ARTIST_INPUT, USER_INPUT
 
 RESULTS = Path(__file__).parent / "results" / "triton_models.json"
 N_USERS = 1_892
 GROUP = 10
 PAIR_CHUNK = 65_536
-
-
-def _random_network(n_artists: int, seed: int = 0):
-    model = build_network(N_USERS, n_artists, seed=seed)
-    rng = np.random.default_rng(seed)
-    for w in model.weights:
-        w.assign(rng.normal(0, 0.1, w.shape).astype(np.float32))
-    return model
 
 
 def _export(n_artists: int, root: Path) -> Path:
@@ -58,7 +51,7 @@ def _export(n_artists: int, root: Path) -> Path:
     vocab.save(root / "vocab")
     repo = root / "model_repository"
     export_network(
-        _random_network(n_artists), repo, vocab_dir=root / "vocab",
+        random_network(N_USERS, n_artists), repo, vocab_dir=root / "vocab",
         plays=sp.csr_matrix((N_USERS, n_artists), dtype=np.float32),
         provenance={"source_run": "benchmark", "users": N_USERS, "artists": n_artists},
     )  # fmt: skip
@@ -117,14 +110,7 @@ def measure(server: TritonServer, call, n_artists: int, concurrency: int, reques
     t0 = time.perf_counter()
     with cf.ThreadPoolExecutor(concurrency) as pool:
         latencies = np.concatenate([np.array(x) for x in pool.map(worker, range(concurrency))])
-    wall = time.perf_counter() - t0
-    return {
-        "concurrency": concurrency,
-        "requests": len(latencies),
-        "rps": len(latencies) / wall,
-        "p50_ms": float(np.percentile(latencies, 50) * 1e3),
-        "p99_ms": float(np.percentile(latencies, 99) * 1e3),
-    }
+    return summary(latencies, time.perf_counter() - t0, concurrency)
 
 
 def _set_batching(server: TritonServer, enabled: bool) -> None:

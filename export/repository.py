@@ -31,7 +31,13 @@ import scipy.sparse as sp
 from google.protobuf import text_format
 from tritonclient.grpc import model_config_pb2 as mc
 
-from export.contract import CATALOGUE_SCORER, PAIR_SCORER, SIGNATURES, TensorSpec
+from export.contract import (
+    CATALOGUE_SCORER,
+    CPU_MAX_BATCH,
+    PAIR_SCORER,
+    SIGNATURES,
+    TensorSpec,
+)
 from export.onnx_models import catalogue_scorer, pair_scorer
 from export.parity import ParityReport, check_catalogue_scorer, check_pair_scorer
 from training.models.network import NetworkWeights
@@ -65,6 +71,8 @@ def _tensor(spec: TensorSpec, cls: type) -> object:
 def model_config(name: str, *, production: bool) -> mc.ModelConfig:
     """``config.pbtxt`` (production, GPU) or ``configs/cpu.pbtxt`` (embedded, Python backend)."""
     inputs, outputs, max_batch = SIGNATURES[name]
+    if not production:
+        max_batch = CPU_MAX_BATCH.get(name, max_batch)
     cfg = mc.ModelConfig(
         name=name,
         max_batch_size=max_batch,
