@@ -90,36 +90,30 @@ class RecommenderClient:
         self._stub = pb_grpc.RecommenderStub(self._channel)
         self._health = health_pb2_grpc.HealthStub(self._channel)
 
+    def _call(self, method, request, timeout_s: float | None):
+        try:
+            return method(request, timeout=timeout_s or self.timeout_s)
+        except grpc.RpcError as exc:
+            raise RecommenderError.from_rpc(exc) from None
+
     def recommend(self, user_id: str | None = None, artists: Artists = None, *,
                   timeout_s: float | None = None, **options) -> Recommendation:  # fmt: skip
         """Top-k artists for a known ``user_id`` or a new listener's ``artists`` (names) /
         ``artist_ids``; options: ``k``, ``exclude_played``, ``strict``, ``scoring``,
         ``neighbours``. Raises :class:`RecommenderError` or ``ValueError``."""
         request = recommend_request(user_id, artists, **options)
-        try:
-            reply = self._stub.Recommend(request, timeout=timeout_s or self.timeout_s)
-        except grpc.RpcError as exc:
-            raise RecommenderError.from_rpc(exc) from None
-        return Recommendation.from_proto(reply)
+        return Recommendation.from_proto(self._call(self._stub.Recommend, request, timeout_s))
 
     def similar_users(self, user_id: str | None = None, artists: Artists = None, *,
                       timeout_s: float | None = None, **options) -> SimilarUsers:  # fmt: skip
         """The known users most similar to a user or a history (``n``, ``artist_ids``)."""
         request = similar_users_request(user_id, artists, **options)
-        try:
-            reply = self._stub.SimilarUsers(request, timeout=timeout_s or self.timeout_s)
-        except grpc.RpcError as exc:
-            raise RecommenderError.from_rpc(exc) from None
-        return SimilarUsers.from_proto(reply)
+        return SimilarUsers.from_proto(self._call(self._stub.SimilarUsers, request, timeout_s))
 
     def health(self, timeout_s: float | None = None) -> str:
         """``SERVING``, ``NOT_SERVING``... from the standard gRPC health service."""
-        try:
-            reply = self._health.Check(health_pb2.HealthCheckRequest(),
-                                       timeout=timeout_s or self.timeout_s)  # fmt: skip
-        except grpc.RpcError as exc:
-            raise RecommenderError.from_rpc(exc) from None
-        return _status_name(reply)
+        request = health_pb2.HealthCheckRequest()
+        return _status_name(self._call(self._health.Check, request, timeout_s))
 
     def close(self) -> None:
         self._channel.close()
@@ -140,34 +134,30 @@ class AsyncRecommenderClient:
         self._stub = pb_grpc.RecommenderStub(self._channel)
         self._health = health_pb2_grpc.HealthStub(self._channel)
 
+    async def _call(self, method, request, timeout_s: float | None):
+        try:
+            return await method(request, timeout=timeout_s or self.timeout_s)
+        except grpc.RpcError as exc:
+            raise RecommenderError.from_rpc(exc) from None
+
     async def recommend(self, user_id: str | None = None, artists: Artists = None, *,
                         timeout_s: float | None = None, **options) -> Recommendation:  # fmt: skip
         """See :meth:`RecommenderClient.recommend`."""
         request = recommend_request(user_id, artists, **options)
-        try:
-            reply = await self._stub.Recommend(request, timeout=timeout_s or self.timeout_s)
-        except grpc.RpcError as exc:
-            raise RecommenderError.from_rpc(exc) from None
+        reply = await self._call(self._stub.Recommend, request, timeout_s)
         return Recommendation.from_proto(reply)
 
     async def similar_users(self, user_id: str | None = None, artists: Artists = None, *,
                             timeout_s: float | None = None, **options) -> SimilarUsers:  # fmt: skip
         """See :meth:`RecommenderClient.similar_users`."""
         request = similar_users_request(user_id, artists, **options)
-        try:
-            reply = await self._stub.SimilarUsers(request, timeout=timeout_s or self.timeout_s)
-        except grpc.RpcError as exc:
-            raise RecommenderError.from_rpc(exc) from None
+        reply = await self._call(self._stub.SimilarUsers, request, timeout_s)
         return SimilarUsers.from_proto(reply)
 
     async def health(self, timeout_s: float | None = None) -> str:
         """See :meth:`RecommenderClient.health`."""
-        try:
-            reply = await self._health.Check(health_pb2.HealthCheckRequest(),
-                                             timeout=timeout_s or self.timeout_s)  # fmt: skip
-        except grpc.RpcError as exc:
-            raise RecommenderError.from_rpc(exc) from None
-        return _status_name(reply)
+        request = health_pb2.HealthCheckRequest()
+        return _status_name(await self._call(self._health.Check, request, timeout_s))
 
     async def close(self) -> None:
         await self._channel.close()
