@@ -6,7 +6,14 @@ with RecommenderClient("127.0.0.1:50051") as rec:
 """
 
 from client._client import AsyncRecommenderClient, RecommenderClient
-from client.types import Artist, Recommendation, RecommenderError, SimilarUser, SimilarUsers
+from client.types import (
+    Artist,
+    Recommendation,
+    RecommenderError,
+    ServingInfo,
+    SimilarUser,
+    SimilarUsers,
+)
 
 __all__ = [
     "Artist",
@@ -14,6 +21,7 @@ __all__ = [
     "Recommendation",
     "RecommenderClient",
     "RecommenderError",
+    "ServingInfo",
     "SimilarUser",
     "SimilarUsers",
 ]

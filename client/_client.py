@@ -12,7 +12,7 @@ from collections.abc import Mapping, Sequence
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from client.types import Recommendation, RecommenderError, SimilarUsers
+from client.types import Recommendation, RecommenderError, ServingInfo, SimilarUsers
 from musicrec.v1 import recommender_pb2 as pb
 from musicrec.v1 import recommender_pb2_grpc as pb_grpc
 
@@ -110,6 +110,11 @@ class RecommenderClient:
         request = similar_users_request(user_id, artists, **options)
         return SimilarUsers.from_proto(self._call(self._stub.SimilarUsers, request, timeout_s))
 
+    def serving_info(self, timeout_s: float | None = None) -> ServingInfo:
+        """The model version the gateway answers with now (0: none yet)."""
+        reply = self._call(self._stub.ServingInfo, pb.ServingInfoRequest(), timeout_s)
+        return ServingInfo.from_proto(reply)
+
     def health(self, timeout_s: float | None = None) -> str:
         """``SERVING``, ``NOT_SERVING``... from the standard gRPC health service."""
         request = health_pb2.HealthCheckRequest()
@@ -153,6 +158,11 @@ class AsyncRecommenderClient:
         request = similar_users_request(user_id, artists, **options)
         reply = await self._call(self._stub.SimilarUsers, request, timeout_s)
         return SimilarUsers.from_proto(reply)
+
+    async def serving_info(self, timeout_s: float | None = None) -> ServingInfo:
+        """See :meth:`RecommenderClient.serving_info`."""
+        reply = await self._call(self._stub.ServingInfo, pb.ServingInfoRequest(), timeout_s)
+        return ServingInfo.from_proto(reply)
 
     async def health(self, timeout_s: float | None = None) -> str:
         """See :meth:`RecommenderClient.health`."""

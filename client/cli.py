@@ -4,6 +4,7 @@ musicrec-client recommend --artists "Radiohead, Coldplay" -k 5
 musicrec-client recommend --user 2
 musicrec-client similar-users --user 2 -n 5
 musicrec-client health          # exit 0 only when SERVING (usable as a health check)
+musicrec-client info            # the model version it serves, as JSON
 """
 
 from __future__ import annotations
@@ -71,6 +72,12 @@ def _similar(client: RecommenderClient, args: argparse.Namespace) -> int:
     return 0
 
 
+def _info(client: RecommenderClient, args: argparse.Namespace) -> int:
+    info = client.serving_info()
+    print(json.dumps(asdict(info), indent=2))
+    return 0 if info.model_version else 1
+
+
 def _health(client: RecommenderClient, args: argparse.Namespace) -> int:
     status = client.health()
     print(status)
@@ -113,6 +120,9 @@ def build_parser() -> argparse.ArgumentParser:
     listener(s)
     s.add_argument("-n", type=int, default=10, help="how many users (1..100)")
     s.set_defaults(func=_similar)
+
+    i = sub.add_parser("info", help="the model version the gateway serves; exit 1 if none")
+    i.set_defaults(func=_info)
 
     h = sub.add_parser("health", help="print the gateway's health; exit 0 when SERVING")
     h.set_defaults(func=_health)

@@ -64,6 +64,24 @@ class Recommendation:
 
 
 @dataclass(frozen=True)
+class ServingInfo:
+    """The version the gateway serves (0: none yet) and where it came from."""
+
+    model_version: int
+    triton_up: bool
+    users: int
+    artists: int
+    created: str
+    source_run: str
+    default_scoring: str
+
+    @classmethod
+    def from_proto(cls, r: pb.ServingInfoResponse) -> ServingInfo:
+        return cls(r.model_version, r.triton_up, r.users, r.artists, r.created, r.source_run,
+                   _MODES.get(r.default_scoring, "all_artists"))  # fmt: skip
+
+
+@dataclass(frozen=True)
 class SimilarUsers:
     users: list[SimilarUser]
     model_version: int

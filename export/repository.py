@@ -20,8 +20,10 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import os
 import shutil
 import tempfile
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -68,8 +70,18 @@ def _tensor(spec: TensorSpec, cls: type) -> object:
     return cls(name=spec.name, data_type=mc.DataType.Value(spec.dtype), dims=list(spec.dims))
 
 
-def model_config(name: str, *, production: bool) -> mc.ModelConfig:
-    """``config.pbtxt`` (production, GPU) or ``configs/cpu.pbtxt`` (embedded, Python backend)."""
+def _policy(serving: Sequence[int] | None) -> mc.ModelVersionPolicy:
+    if serving:
+        return mc.ModelVersionPolicy(specific=mc.ModelVersionPolicy.Specific(versions=serving))
+    return mc.ModelVersionPolicy(latest=mc.ModelVersionPolicy.Latest(num_versions=1))
+
+
+def model_config(
+    name: str, *, production: bool, serving: Sequence[int] | None = None
+) -> mc.ModelConfig:
+    """``config.pbtxt`` (production, GPU) or ``configs/cpu.pbtxt`` (embedded, Python backend).
+
+    ``serving``: the versions Triton loads (set by ``deploy``); None means the newest one."""
     inputs, outputs, max_batch = SIGNATURES[name]
     if not production:
         max_batch = CPU_MAX_BATCH.get(name, max_batch)
@@ -79,7 +91,7 @@ def model_config(name: str, *, production: bool) -> mc.ModelConfig:
         input=[_tensor(s, mc.ModelInput) for s in inputs],
         output=[_tensor(s, mc.ModelOutput) for s in outputs],
         dynamic_batching=mc.ModelDynamicBatching(max_queue_delay_microseconds=500),
-        version_policy=mc.ModelVersionPolicy(latest=mc.ModelVersionPolicy.Latest(num_versions=1)),
+        version_policy=_policy(serving),
     )
     if production:
         cfg.platform = "onnxruntime_onnx"
@@ -94,13 +106,30 @@ def model_config(name: str, *, production: bool) -> mc.ModelConfig:
     return cfg
 
 
-def write_configs(model_dir: Path, name: str) -> None:
-    """(Re)write both configurations of one model."""
+def _write_atomically(path: Path, text: str) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
+def serving_policy(model_dir: Path) -> list[int] | None:
+    """The versions a model's configuration pins (``deploy``), or None (newest serves)."""
+    path = model_dir / "configs" / "cpu.pbtxt"
+    if not path.is_file():
+        return None
+    cfg = text_format.Parse(path.read_text(), mc.ModelConfig())
+    return list(cfg.version_policy.specific.versions) or None
+
+
+def write_configs(model_dir: Path, name: str, serving: Sequence[int] | None = None) -> None:
+    """(Re)write both configurations of one model, each file atomically; ``serving`` pins
+    versions, and without it the pinned versions already configured (if any) are kept."""
     (model_dir / "configs").mkdir(parents=True, exist_ok=True)
-    prod = text_format.MessageToString(model_config(name, production=True))
-    (model_dir / "config.pbtxt").write_text(_TENSORRT_NOTE + prod)
-    cpu = text_format.MessageToString(model_config(name, production=False))
-    (model_dir / "configs" / "cpu.pbtxt").write_text(cpu)
+    serving = serving if serving is not None else serving_policy(model_dir)
+    prod = text_format.MessageToString(model_config(name, production=True, serving=serving))
+    cpu = text_format.MessageToString(model_config(name, production=False, serving=serving))
+    _write_atomically(model_dir / "configs" / "cpu.pbtxt", cpu)
+    _write_atomically(model_dir / "config.pbtxt", _TENSORRT_NOTE + prod)
 
 
 def versions(repository: Path, name: str) -> list[int]:

@@ -135,8 +135,8 @@ class TritonScorer:
         except InferenceServerException as exc:
             raise translate(exc, self.url) from None
 
-    async def ready_version(self, timeout_s: float) -> int | None:
-        """The newest version Triton reports READY for every served model, or None."""
+    async def ready_versions(self, timeout_s: float) -> set[int]:
+        """The versions Triton reports READY for every served model."""
         try:
             index = await self.client.get_model_repository_index(client_timeout=timeout_s)
         except InferenceServerException as exc:
@@ -145,5 +145,4 @@ class TritonScorer:
         for model in index.models:
             if model.name in ready and model.state == "READY" and model.version.isdigit():
                 ready[model.name].add(int(model.version))
-        common = set.intersection(*ready.values())
-        return max(common) if common else None
+        return set.intersection(*ready.values())

@@ -118,6 +118,22 @@ class RecommenderServicer(pb_grpc.RecommenderServicer):
             log.exception("Recommend failed")
             await context.abort(grpc.StatusCode.INTERNAL, "internal error; see the gateway log")
 
+    async def ServingInfo(  # gRPC method name
+        self, request: pb.ServingInfoRequest, context: grpc.aio.ServicerContext
+    ) -> pb.ServingInfoResponse:
+        tracker = self.service.tracker
+        mv = tracker.current
+        info = pb.ServingInfoResponse(
+            triton_up=tracker.triton_up,
+            default_scoring=MODE_ENUMS[self.config.scoring],
+        )
+        if mv is not None:
+            info.model_version = mv.version
+            info.users, info.artists = mv.vocab.n_users, mv.n_artists
+            info.created = str(mv.manifest.get("created", ""))
+            info.source_run = str(mv.manifest.get("source_run", ""))
+        return info
+
     async def SimilarUsers(  # gRPC method name
         self, request: pb.SimilarUsersRequest, context: grpc.aio.ServicerContext
     ) -> pb.SimilarUsersResponse:

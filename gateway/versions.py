@@ -1,9 +1,11 @@
 """Follow the model version Triton serves and keep that version's artifacts loaded.
 
-The tracker asks Triton (explicit model control) which version is READY for every served model,
-loads that version's vocabulary and known plays off the event loop, then swaps one immutable
-:class:`ModelVersion` reference, so each request sees one whole version. A version whose
-artifacts cannot be read is reported once and skipped; the previous one keeps serving.
+The tracker asks Triton (explicit model control) which versions are READY in every served model,
+loads each one's vocabulary and known plays off the event loop, and serves the newest by swapping
+one immutable :class:`ModelVersion` reference, so each request sees one whole version. During a
+deploy both versions are ready, so a switch (or a rollback, once the newer one is unloaded)
+needs no loading. A version whose artifacts cannot be read is reported once and skipped; the
+previous one keeps serving.
 """
 
 from __future__ import annotations
@@ -41,6 +43,7 @@ class VersionTracker:
         self.current: ModelVersion | None = None
         self.triton_up = False
         self._broken: set[int] = set()
+        self._loaded: dict[int, ModelVersion] = {}
         self._lock = asyncio.Lock()
 
     @property
@@ -56,24 +59,31 @@ class VersionTracker:
         return self.current
 
     async def refresh(self) -> None:
-        """Ask Triton once and switch to its ready version if that changed."""
+        """Ask Triton once; load newly ready versions and serve the newest of them."""
         async with self._lock:
             before = (self.triton_up, self.current.version if self.current else None)
             try:
-                ready = await self.scorer.ready_version(self.timeout_s)
+                ready = await self.scorer.ready_versions(self.timeout_s)
                 self.triton_up = True
             except GatewayError as exc:
                 if self.triton_up:
                     log.warning("Triton unreachable: %s", exc)
                 self.triton_up = False
-                ready = None if not self.current else self.current.version
-            if ready is None:  # mid-swap (models on different versions) or nothing loaded
-                if self.triton_up and self.current and not await self._still_ready():
-                    self.current = None
-            elif ready not in self._broken and (not self.current or self.current.version != ready):
-                await self._load(ready)
+            else:
+                await self._follow(ready)
             if before != (self.triton_up, self.current.version if self.current else None):
                 self.on_change(self)
+
+    async def _follow(self, ready: set[int]) -> None:
+        if not ready:  # mid-swap (the models on different versions) or nothing loaded
+            if self.current and not await self._still_ready():
+                self.current = None
+            return
+        for version in sorted(ready - self._loaded.keys() - self._broken):
+            await self._load(version)  # preloaded, so a swap or rollback switches at once
+        self._loaded = {v: m for v, m in self._loaded.items() if v in ready}
+        if self._loaded:
+            self.current = self._loaded[max(self._loaded)]
 
     async def _still_ready(self) -> bool:
         try:
@@ -90,9 +100,9 @@ class VersionTracker:
             log.error("cannot serve version %d, keeping the previous one: %s", version, exc)
             self._broken.add(version)
             return
-        log.info("serving model version %d (%d users, %d artists)", version,
+        log.info("loaded model version %d (%d users, %d artists)", version,
                  loaded.vocab.n_users, loaded.n_artists)  # fmt: skip
-        self.current = loaded
+        self._loaded[version] = loaded
 
     async def run(self, interval_s: float) -> None:
         """Refresh forever (cancel the task to stop)."""

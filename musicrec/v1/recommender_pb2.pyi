@@ -110,3 +110,25 @@ class SimilarUsersResponse(_message.Message):
     model_version: int
     unknown_artists: _containers.RepeatedScalarFieldContainer[str]
     def __init__(self, users: _Optional[_Iterable[_Union[SimilarUser, _Mapping]]] = ..., model_version: _Optional[int] = ..., unknown_artists: _Optional[_Iterable[str]] = ...) -> None: ...
+
+class ServingInfoRequest(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class ServingInfoResponse(_message.Message):
+    __slots__ = ("model_version", "triton_up", "users", "artists", "created", "source_run", "default_scoring")
+    MODEL_VERSION_FIELD_NUMBER: _ClassVar[int]
+    TRITON_UP_FIELD_NUMBER: _ClassVar[int]
+    USERS_FIELD_NUMBER: _ClassVar[int]
+    ARTISTS_FIELD_NUMBER: _ClassVar[int]
+    CREATED_FIELD_NUMBER: _ClassVar[int]
+    SOURCE_RUN_FIELD_NUMBER: _ClassVar[int]
+    DEFAULT_SCORING_FIELD_NUMBER: _ClassVar[int]
+    model_version: int
+    triton_up: bool
+    users: int
+    artists: int
+    created: str
+    source_run: str
+    default_scoring: ScoringMode
+    def __init__(self, model_version: _Optional[int] = ..., triton_up: _Optional[bool] = ..., users: _Optional[int] = ..., artists: _Optional[int] = ..., created: _Optional[str] = ..., source_run: _Optional[str] = ..., default_scoring: _Optional[_Union[ScoringMode, str]] = ...) -> None: ...

@@ -45,6 +45,11 @@ class RecommenderStub:
                 request_serializer=musicrec_dot_v1_dot_recommender__pb2.SimilarUsersRequest.SerializeToString,
                 response_deserializer=musicrec_dot_v1_dot_recommender__pb2.SimilarUsersResponse.FromString,
                 _registered_method=True)
+        self.ServingInfo = channel.unary_unary(
+                '/musicrec.v1.Recommender/ServingInfo',
+                request_serializer=musicrec_dot_v1_dot_recommender__pb2.ServingInfoRequest.SerializeToString,
+                response_deserializer=musicrec_dot_v1_dot_recommender__pb2.ServingInfoResponse.FromString,
+                _registered_method=True)
 
 
 class RecommenderServicer:
@@ -68,6 +73,14 @@ class RecommenderServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ServingInfo(self, request, context):
+        """Which model version answers now and where it came from (operators, deploys). Never fails:
+        model_version is 0 while none is loaded.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_RecommenderServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -80,6 +93,11 @@ def add_RecommenderServicer_to_server(servicer, server):
                     servicer.SimilarUsers,
                     request_deserializer=musicrec_dot_v1_dot_recommender__pb2.SimilarUsersRequest.FromString,
                     response_serializer=musicrec_dot_v1_dot_recommender__pb2.SimilarUsersResponse.SerializeToString,
+            ),
+            'ServingInfo': grpc.unary_unary_rpc_method_handler(
+                    servicer.ServingInfo,
+                    request_deserializer=musicrec_dot_v1_dot_recommender__pb2.ServingInfoRequest.FromString,
+                    response_serializer=musicrec_dot_v1_dot_recommender__pb2.ServingInfoResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -137,6 +155,33 @@ class Recommender:
             '/musicrec.v1.Recommender/SimilarUsers',
             musicrec_dot_v1_dot_recommender__pb2.SimilarUsersRequest.SerializeToString,
             musicrec_dot_v1_dot_recommender__pb2.SimilarUsersResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ServingInfo(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/musicrec.v1.Recommender/ServingInfo',
+            musicrec_dot_v1_dot_recommender__pb2.ServingInfoRequest.SerializeToString,
+            musicrec_dot_v1_dot_recommender__pb2.ServingInfoResponse.FromString,
             options,
             channel_credentials,
             insecure,

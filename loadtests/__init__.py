@@ -1,0 +1,1 @@
+"""Locust load tests over real gRPC (``locust -f loadtests/locustfile.py``)."""

@@ -1,0 +1,159 @@
+"""Redeploys under load with the real Triton and gateway: swaps, rollback, refusals, retirement."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import shutil
+import threading
+import time
+
+import pytest
+
+from client import AsyncRecommenderClient, RecommenderClient, RecommenderError
+from export.contract import CATALOGUE_SCORER, PAIR_SCORER, SERVED_MODELS
+from export.repository import export_run, serving_policy, versions, write_configs
+from gateway.config import GatewayConfig
+from serving.deploy import DeployConfig, DeployError, deploy, rollback, status
+from serving.stack import StackConfig, serving_stack
+from serving.triton_server import free_port
+from training.run import load_run
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def stack(run_dir, tmp_path_factory):
+    """Triton + gateway serving version 1 of the shared run, and candidates 2..4 exported."""
+    root = tmp_path_factory.mktemp("deploy")
+    repo = root / "model_repository"
+    for _ in range(4):
+        export_run(run_dir, repo)
+    for name in SERVED_MODELS:  # version 1 serves first, as after a first deploy
+        write_configs(repo / name, name, serving=[1])
+    cfg = StackConfig(repo, free_port(), free_port(), free_port(),
+                      gateway=GatewayConfig(port=free_port(), metrics_port=0, backend="cpu",
+                                            poll_interval_s=0.2),
+                      log_dir=root / "logs")  # fmt: skip
+    with serving_stack(cfg) as running:
+        yield running, DeployConfig(repo, running.triton.grpc_url, running.gateway.address,
+                                    keep=3)  # fmt: skip
+
+
+class Load:
+    """Concurrent Recommend calls from a background thread until stopped."""
+
+    def __init__(self, address: str, users: list[str], concurrency: int = 8) -> None:
+        self.address, self.users, self.concurrency = address, users, concurrency
+        self.ok = 0
+        self.failures: list[str] = []
+        self.first_seen: dict[int, float] = {}
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=lambda: asyncio.run(self._run()))
+
+    async def _run(self) -> None:
+        async with AsyncRecommenderClient(self.address, timeout_s=30) as client:
+
+            async def worker(w: int) -> None:
+                i = w
+                while not self._stop.is_set():
+                    try:
+                        rec = await client.recommend(self.users[i % len(self.users)], k=5)
+                        self.ok += 1
+                        self.first_seen.setdefault(rec.model_version, time.monotonic())
+                    except RecommenderError as exc:
+                        self.failures.append(str(exc))
+                    i += self.concurrency
+
+            await asyncio.gather(*[worker(w) for w in range(self.concurrency)])
+
+    def __enter__(self) -> Load:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
+
+
+def _users(run_dir) -> list[str]:
+    run = load_run(run_dir)
+    return [u for i, u in enumerate(run.vocab.user_ids) if run.plays[i].nnz]
+
+
+def test_three_swaps_and_a_rollback_under_load_fail_none_of_10000_requests(stack, run_dir):
+    running, cfg = stack
+    reports = []
+    with Load(running.gateway.address, _users(run_dir)) as load:
+        while load.ok < 200:
+            time.sleep(0.1)
+        for version in (2, 3, 4):
+            reports.append(deploy(cfg, version=version))
+        reports.append(rollback(cfg))
+        target = max(10_000, load.ok + 1_000)  # traffic after the rollback too
+        while load.ok < target:
+            time.sleep(0.1)
+    assert load.failures == [], load.failures[:5]
+    print(f"{load.ok} requests, {len(load.failures)} failed")
+    assert [(r.action, r.version, r.previous) for r in reports] == [
+        ("deploy", 2, 1), ("deploy", 3, 2), ("deploy", 4, 3), ("rollback", 3, 4)]  # fmt: skip
+    assert set(load.first_seen) == {1, 2, 3, 4}
+    with RecommenderClient(running.gateway.address) as client:
+        assert client.serving_info().model_version == 3
+    for name in SERVED_MODELS:
+        assert serving_policy(cfg.repository / name) == [3]
+    # keep=3: version 1 was retired once 4 served; 2, 3 and 4 stay (3 serves, 4 is the
+    # version rolled back from).
+    assert versions(cfg.repository, CATALOGUE_SCORER) == [2, 3, 4]
+    history = json.loads((cfg.repository / "deployments.json").read_text())
+    assert [h["version"] for h in history] == [2, 3, 4, 3]
+    rows = {r.version: r for r in status(cfg)}
+    assert rows[3].serving and not rows[4].serving and rows[3].metric is not None
+
+
+def test_a_broken_version_is_refused_before_triton_sees_it(stack, run_dir):
+    running, cfg = stack
+    version = export_run(run_dir, cfg.repository).version
+    (cfg.repository / PAIR_SCORER / str(version) / "model.onnx").write_bytes(b"not onnx")
+    with pytest.raises(DeployError, match="does not load"):
+        deploy(cfg, version=version)
+    shutil.rmtree(cfg.repository / CATALOGUE_SCORER / str(version) / "vocab")
+    with pytest.raises(DeployError, match="lacks vocab"):
+        deploy(cfg, version=version)
+    assert _serving(running) == 3
+
+
+def test_a_worse_version_needs_force(stack, run_dir):
+    running, cfg = stack
+    version = export_run(run_dir, cfg.repository).version
+    for name in SERVED_MODELS:
+        path = cfg.repository / name / str(version) / "manifest.json"
+        manifest = json.loads(path.read_text())
+        manifest["metrics"]["known_users"]["ndcg@10"] -= 0.05
+        path.write_text(json.dumps(manifest))
+    with pytest.raises(DeployError, match="refused: ndcg@10"):
+        deploy(cfg, version=version)
+    assert _serving(running) == 3
+    report = deploy(cfg, version=version, force=True)
+    assert report.gate.startswith("forced past") and _serving(running) == version
+
+
+def test_a_version_triton_cannot_load_leaves_the_old_one_serving(stack, run_dir):
+    running, cfg = stack
+    before = _serving(running)
+    version = export_run(run_dir, cfg.repository).version
+    model_py = cfg.repository / CATALOGUE_SCORER / str(version) / "model.py"
+    broken = "def initialize(self, args):\n        raise RuntimeError('boom')"
+    model_py.write_text(model_py.read_text().replace("def initialize(self, args):", broken))
+    with pytest.raises(DeployError, match=f"version {before} keeps serving"):
+        deploy(cfg, version=version)
+    assert _serving(running) == before
+    for name in SERVED_MODELS:
+        assert serving_policy(cfg.repository / name) == [before]
+    with RecommenderClient(running.gateway.address) as client:
+        assert client.recommend(_users(run_dir)[0], k=3).model_version == before
+
+
+def _serving(running) -> int:
+    with RecommenderClient(running.gateway.address) as client:
+        return client.serving_info().model_version
