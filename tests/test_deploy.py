@@ -2,18 +2,16 @@
 
 from __future__ import annotations
 
-import asyncio
 import json
 import shutil
-import threading
-import time
 
 import pytest
 
-from client import AsyncRecommenderClient, RecommenderClient, RecommenderError
+from client import RecommenderClient
 from export.contract import CATALOGUE_SCORER, PAIR_SCORER, SERVED_MODELS
 from export.repository import export_run, serving_policy, versions, write_configs
 from gateway.config import GatewayConfig
+from loadtests.async_load import AsyncLoad
 from serving.deploy import DeployConfig, DeployError, deploy, rollback, status
 from serving.stack import StackConfig, serving_stack
 from serving.triton_server import free_port
@@ -40,42 +38,6 @@ def stack(run_dir, tmp_path_factory):
                                     keep=3)  # fmt: skip
 
 
-class Load:
-    """Concurrent Recommend calls from a background thread until stopped."""
-
-    def __init__(self, address: str, users: list[str], concurrency: int = 8) -> None:
-        self.address, self.users, self.concurrency = address, users, concurrency
-        self.ok = 0
-        self.failures: list[str] = []
-        self.first_seen: dict[int, float] = {}
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=lambda: asyncio.run(self._run()))
-
-    async def _run(self) -> None:
-        async with AsyncRecommenderClient(self.address, timeout_s=30) as client:
-
-            async def worker(w: int) -> None:
-                i = w
-                while not self._stop.is_set():
-                    try:
-                        rec = await client.recommend(self.users[i % len(self.users)], k=5)
-                        self.ok += 1
-                        self.first_seen.setdefault(rec.model_version, time.monotonic())
-                    except RecommenderError as exc:
-                        self.failures.append(str(exc))
-                    i += self.concurrency
-
-            await asyncio.gather(*[worker(w) for w in range(self.concurrency)])
-
-    def __enter__(self) -> Load:
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._stop.set()
-        self._thread.join()
-
-
 def _users(run_dir) -> list[str]:
     run = load_run(run_dir)
     return [u for i, u in enumerate(run.vocab.user_ids) if run.plays[i].nnz]
@@ -84,20 +46,18 @@ def _users(run_dir) -> list[str]:
 def test_three_swaps_and_a_rollback_under_load_fail_none_of_10000_requests(stack, run_dir):
     running, cfg = stack
     reports = []
-    with Load(running.gateway.address, _users(run_dir)) as load:
-        while load.ok < 200:
-            time.sleep(0.1)
+    with AsyncLoad(running.gateway.address, _users(run_dir)) as load:
+        load.wait_for(200)
         for version in (2, 3, 4):
             reports.append(deploy(cfg, version=version))
         reports.append(rollback(cfg))
-        target = max(10_000, load.ok + 1_000)  # traffic after the rollback too
-        while load.ok < target:
-            time.sleep(0.1)
+        load.wait_for(max(10_000, load.ok + 1_000))  # traffic after the rollback too
     assert load.failures == [], load.failures[:5]
     print(f"{load.ok} requests, {len(load.failures)} failed")
     assert [(r.action, r.version, r.previous) for r in reports] == [
         ("deploy", 2, 1), ("deploy", 3, 2), ("deploy", 4, 3), ("rollback", 3, 4)]  # fmt: skip
-    assert set(load.first_seen) == {1, 2, 3, 4}
+    assert list(dict.fromkeys(v for _, v in load.switches)) == [1, 2, 3, 4]
+    assert load.switches[-1][1] == 3  # the rollback
     with RecommenderClient(running.gateway.address) as client:
         assert client.serving_info().model_version == 3
     for name in SERVED_MODELS:

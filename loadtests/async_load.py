@@ -1,0 +1,63 @@
+"""Continuous Recommend traffic from a background thread (asyncio client), for swap proofs.
+
+Locust drives the realistic mix; this drives a steady stream whose every answer is checked and
+whose version changes are timed, which is what the swap test and benchmark need.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+
+from client import AsyncRecommenderClient, RecommenderError
+
+
+class AsyncLoad:
+    """``with AsyncLoad(address, users) as load:`` sends until the block ends."""
+
+    def __init__(self, address: str, users: list[str], concurrency: int = 8) -> None:
+        self.address, self.users, self.concurrency = address, users, concurrency
+        self.ok = 0
+        self.failures: list[str] = []
+        self.latencies: list[float] = []
+        self.switches: list[tuple[float, int]] = []  # (monotonic time, version) on each change
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=lambda: asyncio.run(self._run()), daemon=True)
+
+    def first_answer_from(self, version: int, after: float) -> float | None:
+        """When the first answer from ``version`` came after ``after`` (monotonic), if any."""
+        return next((t for t, v in self.switches if v == version and t >= after), None)
+
+    def wait_for(self, requests: int, timeout_s: float = 600) -> None:
+        deadline = time.monotonic() + timeout_s
+        while self.ok < requests and time.monotonic() < deadline:
+            time.sleep(0.05)
+
+    async def _run(self) -> None:
+        async with AsyncRecommenderClient(self.address, timeout_s=30) as client:
+
+            async def worker(w: int) -> None:
+                i = w
+                while not self._stop.is_set():
+                    start = time.monotonic()
+                    try:
+                        rec = await client.recommend(self.users[i % len(self.users)], k=10)
+                    except RecommenderError as exc:
+                        self.failures.append(str(exc))
+                    else:
+                        self.ok += 1
+                        self.latencies.append(time.monotonic() - start)
+                        if not self.switches or self.switches[-1][1] != rec.model_version:
+                            self.switches.append((time.monotonic(), rec.model_version))
+                    i += self.concurrency
+
+            await asyncio.gather(*[worker(w) for w in range(self.concurrency)])
+
+    def __enter__(self) -> AsyncLoad:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
