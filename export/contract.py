@@ -11,6 +11,7 @@ backend), ``manifest.json``, ``vocab/`` (``users.json``, ``artists.json``), ``pl
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 
 PAIR_SCORER = "pair_scorer"
 CATALOGUE_SCORER = "catalogue_scorer"
@@ -53,3 +54,11 @@ SIGNATURES = {
 # [batch x group, 128 artists, 128] floats, which leaves the CPU cache beyond ~4 requests
 # (measured per request for 10 x 17,632: 16 ms at batch 4, 30 ms at batch 8).
 CPU_MAX_BATCH = {CATALOGUE_SCORER: 4}
+
+
+def versions(repository: Path, name: str) -> list[int]:
+    """Numbered versions present for one model, ascending."""
+    model_dir = Path(repository) / name
+    if not model_dir.is_dir():
+        return []
+    return sorted(int(p.name) for p in model_dir.iterdir() if p.is_dir() and p.name.isdigit())

@@ -39,6 +39,7 @@ from export.contract import (
     PAIR_SCORER,
     SIGNATURES,
     TensorSpec,
+    versions,
 )
 from export.onnx_models import catalogue_scorer, pair_scorer
 from export.parity import ParityReport, check_catalogue_scorer, check_pair_scorer
@@ -130,14 +131,6 @@ def write_configs(model_dir: Path, name: str, serving: Sequence[int] | None = No
     cpu = text_format.MessageToString(model_config(name, production=False, serving=serving))
     _write_atomically(model_dir / "configs" / "cpu.pbtxt", cpu)
     _write_atomically(model_dir / "config.pbtxt", _TENSORRT_NOTE + prod)
-
-
-def versions(repository: Path, name: str) -> list[int]:
-    """Numbered versions present for one model, ascending."""
-    model_dir = Path(repository) / name
-    if not model_dir.is_dir():
-        return []
-    return sorted(int(p.name) for p in model_dir.iterdir() if p.is_dir() and p.name.isdigit())
 
 
 def next_version(repository: Path) -> int:

@@ -18,8 +18,7 @@ import grpc
 import scipy.sparse as sp
 from locust import between, events, task
 
-from export.contract import CATALOGUE_SCORER, PLAYS, VOCAB_DIR
-from export.repository import versions
+from export.contract import CATALOGUE_SCORER, PLAYS, VOCAB_DIR, versions
 from loadtests.grpc_user import GrpcUser
 from musicrec.v1 import recommender_pb2 as pb
 from musicrec.v1 import recommender_pb2_grpc as pb_grpc
