@@ -30,7 +30,9 @@ from google.protobuf import json_format
 from rich.table import Table
 
 from benchmarks.common import random_network, summary
-from export.repository import CATALOGUE_SCORER, PAIR_SCORER, export_network, model_config
+from export.contract import CATALOGUE_SCORER, PAIR_SCORER
+from export.repository import export_network
+from export.triton_config import model_config
 from serving.triton_server import TritonConfig, TritonServer, free_port
 from training.cli import console
 from training.data import Vocabulary

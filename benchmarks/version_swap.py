@@ -24,7 +24,8 @@ from rich.table import Table
 
 from benchmarks.common import random_network
 from export.contract import SERVED_MODELS
-from export.repository import export_network, write_configs
+from export.repository import export_network
+from export.triton_config import write_configs
 from gateway.config import GatewayConfig
 from loadtests.async_load import AsyncLoad
 from serving.deploy import DeployConfig, deploy, rollback

@@ -20,40 +20,28 @@ from __future__ import annotations
 
 import datetime as dt
 import json
-import os
 import shutil
 import tempfile
-from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import keras
 import onnx
 import scipy.sparse as sp
-from google.protobuf import text_format
-from tritonclient.grpc import model_config_pb2 as mc
 
 from export.contract import (
     CATALOGUE_SCORER,
-    CPU_MAX_BATCH,
     PAIR_SCORER,
     SIGNATURES,
-    TensorSpec,
     versions,
 )
 from export.onnx_models import catalogue_scorer, pair_scorer
 from export.parity import ParityReport, check_catalogue_scorer, check_pair_scorer
+from export.triton_config import write_configs
 from training.models.network import NetworkWeights
 from training.run import load_run
 
 PYTHON_MODEL = Path(__file__).resolve().parent.parent / "serving" / "python_model.py"
-_TENSORRT_NOTE = """\
-# Optional on GPU hosts: run the ONNX graph through TensorRT inside the onnxruntime backend by
-# adding
-#   optimization { execution_accelerators { gpu_execution_accelerator: [
-#     { name: "tensorrt" parameters { key: "precision_mode" value: "FP16" } } ] } }
-# (first load builds the engine; check parity before enabling FP16).
-"""
 
 
 class ExportError(RuntimeError):
@@ -65,72 +53,6 @@ class ExportResult:
     version: int
     pair_parity: ParityReport
     catalogue_parity: ParityReport
-
-
-def _tensor(spec: TensorSpec, cls: type) -> object:
-    return cls(name=spec.name, data_type=mc.DataType.Value(spec.dtype), dims=list(spec.dims))
-
-
-def _policy(serving: Sequence[int] | None) -> mc.ModelVersionPolicy:
-    if serving:
-        return mc.ModelVersionPolicy(specific=mc.ModelVersionPolicy.Specific(versions=serving))
-    return mc.ModelVersionPolicy(latest=mc.ModelVersionPolicy.Latest(num_versions=1))
-
-
-def model_config(
-    name: str, *, production: bool, serving: Sequence[int] | None = None
-) -> mc.ModelConfig:
-    """``config.pbtxt`` (production, GPU) or ``configs/cpu.pbtxt`` (embedded, Python backend).
-
-    ``serving``: the versions Triton loads (set by ``deploy``); None means the newest one."""
-    inputs, outputs, max_batch = SIGNATURES[name]
-    if not production:
-        max_batch = CPU_MAX_BATCH.get(name, max_batch)
-    cfg = mc.ModelConfig(
-        name=name,
-        max_batch_size=max_batch,
-        input=[_tensor(s, mc.ModelInput) for s in inputs],
-        output=[_tensor(s, mc.ModelOutput) for s in outputs],
-        dynamic_batching=mc.ModelDynamicBatching(max_queue_delay_microseconds=500),
-        version_policy=_policy(serving),
-    )
-    if production:
-        cfg.platform = "onnxruntime_onnx"
-        cfg.instance_group.append(
-            mc.ModelInstanceGroup(kind=mc.ModelInstanceGroup.KIND_GPU, count=1)
-        )
-    else:
-        cfg.backend = "python"
-        cfg.instance_group.append(
-            mc.ModelInstanceGroup(kind=mc.ModelInstanceGroup.KIND_CPU, count=1)
-        )
-    return cfg
-
-
-def _write_atomically(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
-
-
-def serving_policy(model_dir: Path) -> list[int] | None:
-    """The versions a model's configuration pins (``deploy``), or None (newest serves)."""
-    path = model_dir / "configs" / "cpu.pbtxt"
-    if not path.is_file():
-        return None
-    cfg = text_format.Parse(path.read_text(), mc.ModelConfig())
-    return list(cfg.version_policy.specific.versions) or None
-
-
-def write_configs(model_dir: Path, name: str, serving: Sequence[int] | None = None) -> None:
-    """(Re)write both configurations of one model, each file atomically; ``serving`` pins
-    versions, and without it the pinned versions already configured (if any) are kept."""
-    (model_dir / "configs").mkdir(parents=True, exist_ok=True)
-    serving = serving if serving is not None else serving_policy(model_dir)
-    prod = text_format.MessageToString(model_config(name, production=True, serving=serving))
-    cpu = text_format.MessageToString(model_config(name, production=False, serving=serving))
-    _write_atomically(model_dir / "configs" / "cpu.pbtxt", cpu)
-    _write_atomically(model_dir / "config.pbtxt", _TENSORRT_NOTE + prod)
 
 
 def next_version(repository: Path) -> int:

@@ -39,8 +39,9 @@ from export.contract import (
     SERVED_MODELS,
     SIGNATURES,
     VOCAB_DIR,
+    versions,
 )
-from export.repository import export_run, versions, write_configs
+from export.triton_config import write_configs
 
 HISTORY_FILE = "deployments.json"
 PARITY_TOLERANCE = {PAIR_SCORER: 1e-4, CATALOGUE_SCORER: 1e-3}  # export/parity.py's gates
@@ -267,6 +268,8 @@ def deploy(
         for name in SERVED_MODELS:
             write_configs(repo / name, name, serving=[previous])
     if run_dir is not None:
+        from export.repository import export_run  # TensorFlow: only when exporting
+
         version = export_run(run_dir, repo).version
     if version is None:
         raise DeployError("give a run directory or --version")

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from export.repository import versions
+from export.contract import versions
 from serving.triton_server import free_port
 from training.cli import main as musicrec
 

@@ -8,8 +8,9 @@ import shutil
 import pytest
 
 from client import RecommenderClient
-from export.contract import CATALOGUE_SCORER, PAIR_SCORER, SERVED_MODELS
-from export.repository import export_run, serving_policy, versions, write_configs
+from export.contract import CATALOGUE_SCORER, PAIR_SCORER, SERVED_MODELS, versions
+from export.repository import export_run
+from export.triton_config import serving_policy, write_configs
 from gateway.config import GatewayConfig
 from loadtests.async_load import AsyncLoad
 from serving.deploy import DeployConfig, DeployError, deploy, rollback, status

@@ -15,7 +15,8 @@ import pytest
 import tritonclient.grpc as grpcclient
 from tritonclient.utils import InferenceServerException
 
-from export.repository import CATALOGUE_SCORER, PAIR_SCORER, ExportError, export_run, versions
+from export.contract import CATALOGUE_SCORER, PAIR_SCORER, versions
+from export.repository import ExportError, export_run
 from serving.triton_server import TritonConfig, TritonServer, free_port
 from training.models.network import ARTIST_INPUT, USER_INPUT, CatalogueScorer
 from training.run import load_run

@@ -249,7 +249,7 @@ def _export(args: argparse.Namespace) -> None:
 
 
 def _triton(args: argparse.Namespace) -> None:
-    from export.repository import CATALOGUE_SCORER, PAIR_SCORER
+    from export.contract import CATALOGUE_SCORER, PAIR_SCORER
     from serving.triton_server import TritonConfig, TritonServer
 
     cfg = TritonConfig(
