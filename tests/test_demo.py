@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 
 from export.contract import versions
+from export.triton_config import serving_policy
 from serving.triton_server import free_port
 from training.cli import main as musicrec
 
@@ -20,6 +21,7 @@ def test_demo_serves_a_recommendation_end_to_end(run_dir, tmp_path, capsys):
     out = capsys.readouterr().out
     assert code == 0, out
     assert versions(repo, "catalogue_scorer") == [1]
+    assert serving_policy(repo / "catalogue_scorer") == [1]  # the demo serves its own export
     assert "Top 10 through the gateway" in out and "model version 1" in out
     assert "similar users combined:" in out
     body = out.split("Top 10 through the gateway", 1)[1]

@@ -197,12 +197,16 @@ def _raise_keyboard_interrupt(*_: object) -> None:
 def _demo(args: argparse.Namespace) -> None:
     from client import RecommenderClient
     from client.cli import _recommendation_table
+    from export.contract import SERVED_MODELS
     from export.repository import export_run
+    from export.triton_config import write_configs
     from gateway.config import GatewayConfig
     from serving.stack import StackConfig, serving_stack
 
     run_dir = args.run or _train_demo_run(str(args.data))
     exported = export_run(run_dir, args.repository)
+    for name in SERVED_MODELS:  # the demo serves what it just exported, even if deploy pinned
+        write_configs(args.repository / name, name, serving=[exported.version])
     console.print(f"exported as version {exported.version} of {args.repository} "
                   f"(parity max |diff| {exported.pair_parity.max_abs_diff:.1e})")  # fmt: skip
     stack_cfg = StackConfig(
