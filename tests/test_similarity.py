@@ -54,3 +54,32 @@ def test_backend_choice():
     assert array_backend("auto").name in {"cpu", "gpu"}  # gpu only where CuPy sees a device
     with pytest.raises(ValueError, match="unknown backend"):
         array_backend("tpu")
+
+
+class _DeviceArrays:
+    """NumPy dressed as CuPy (``asnumpy``; a stable ``argsort`` like CuPy's): runs the device
+    branches of the similarity code on a machine without a GPU."""
+
+    def __getattr__(self, name):
+        return getattr(np, name)
+
+    @staticmethod
+    def asnumpy(a):
+        return np.asarray(a)
+
+    @staticmethod
+    def argsort(a, axis=-1):
+        return np.argsort(a, axis=axis, kind="stable")
+
+
+def test_the_device_code_path_gives_the_cpu_answers():
+    from training.similarity import ArrayBackend
+
+    device = ArrayBackend("gpu", _DeviceArrays(), sp)
+    known = community_matrix(n_users=90, n_artists=60, seed=5)
+    queries = community_matrix(n_users=9, n_artists=60, seed=6)
+    exclude = np.array([0, -1, 2, -1, 4, -1, 6, -1, 8])
+    cpu = SimilarityIndex(known).query(queries, 6, exclude=exclude)
+    gpu = SimilarityIndex(known, device).query(queries, 6, exclude=exclude)
+    np.testing.assert_array_equal(cpu[0], gpu[0])
+    np.testing.assert_allclose(cpu[1], gpu[1])
