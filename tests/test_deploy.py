@@ -74,6 +74,7 @@ def test_three_swaps_and_a_rollback_under_load_fail_none_of_10000_requests(stack
 
 def test_a_broken_version_is_refused_before_triton_sees_it(stack, run_dir):
     running, cfg = stack
+    before = _serving(running)
     version = export_run(run_dir, cfg.repository).version
     (cfg.repository / PAIR_SCORER / str(version) / "model.onnx").write_bytes(b"not onnx")
     with pytest.raises(DeployError, match="does not load"):
@@ -81,11 +82,12 @@ def test_a_broken_version_is_refused_before_triton_sees_it(stack, run_dir):
     shutil.rmtree(cfg.repository / CATALOGUE_SCORER / str(version) / "vocab")
     with pytest.raises(DeployError, match="lacks vocab"):
         deploy(cfg, version=version)
-    assert _serving(running) == 3
+    assert _serving(running) == before
 
 
 def test_a_worse_version_needs_force(stack, run_dir):
     running, cfg = stack
+    before = _serving(running)
     version = export_run(run_dir, cfg.repository).version
     for name in SERVED_MODELS:
         path = cfg.repository / name / str(version) / "manifest.json"
@@ -94,7 +96,7 @@ def test_a_worse_version_needs_force(stack, run_dir):
         path.write_text(json.dumps(manifest))
     with pytest.raises(DeployError, match="refused: ndcg@10"):
         deploy(cfg, version=version)
-    assert _serving(running) == 3
+    assert _serving(running) == before
     report = deploy(cfg, version=version, force=True)
     assert report.gate.startswith("forced past") and _serving(running) == version
 
@@ -118,3 +120,21 @@ def test_a_version_triton_cannot_load_leaves_the_old_one_serving(stack, run_dir)
 def _serving(running) -> int:
     with RecommenderClient(running.gateway.address) as client:
         return client.serving_info().model_version
+
+
+def test_cli_status_deploy_and_rollback_errors_are_one_line(stack, capsys):
+    from training.cli import main as musicrec
+
+    running, cfg = stack
+    ops = ["--repository", str(cfg.repository), "--triton-url", cfg.triton_url]
+    assert musicrec(["status", *ops]) == 0
+    out = capsys.readouterr().out
+    assert "Model versions in" in out and "yes" in out
+    assert musicrec(["deploy", *ops]) == 2
+    assert "give a run directory or --version" in capsys.readouterr().out
+    assert musicrec(["deploy", "--version", str(_serving(running)), *ops]) == 2
+    assert "already serving" in capsys.readouterr().out
+    unreachable = ["--repository", str(cfg.repository), "--triton-url", f"127.0.0.1:{free_port()}"]
+    assert musicrec(["rollback", *unreachable]) == 2
+    out = capsys.readouterr().out
+    assert "not reachable" in out and "Traceback" not in out

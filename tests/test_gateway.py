@@ -256,6 +256,13 @@ def test_client_cli_prints_tables_and_exits_non_zero_on_errors(stack, capsys):
     assert len(json.loads(capsys.readouterr().out)["artists"]) == 3
     assert client_cli([*base, "similar-users", "--user", _USERS[0], "-n", "2"]) == 0
     assert "Similar users" in capsys.readouterr().out
+    assert client_cli([*base, "info"]) == 0
+    info = json.loads(capsys.readouterr().out)
+    assert (
+        info["model_version"] == 1
+        and info["triton_up"]
+        and info["default_scoring"] == "all_artists"
+    )
     assert client_cli([*base, "recommend", "--user", "nobody"]) == 1
     out = capsys.readouterr().out
     assert "NOT_FOUND" in out and "Traceback" not in out
