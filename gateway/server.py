@@ -47,8 +47,9 @@ class Gateway:
             ("grpc.max_receive_message_length", config.max_message_bytes),
         ]
         self.server = grpc.aio.server(
-            interceptors=[ObservingInterceptor(self.metrics)], options=options
-        )
+            interceptors=[ObservingInterceptor(self.metrics)], options=options,
+            maximum_concurrent_rpcs=config.max_concurrent_rpcs or None,  # shed load, don't queue
+        )  # fmt: skip
         self.port = self.server.add_insecure_port(config.address)
         if self.port == 0:
             raise OSError(f"cannot listen on {config.address}")

@@ -386,6 +386,32 @@ def test_health_is_not_serving_while_triton_is_unreachable(tmp_path, stack):
         gw.stop()
 
 
+def test_overload_is_shed_with_resource_exhausted_not_queued(tmp_path, stack):
+    config = GatewayConfig(port=free_port(), metrics_port=0, triton_url=stack.triton.grpc_url,
+                           repository=stack.root / "model_repository", backend="cpu",
+                           max_concurrent_rpcs=2, triton_timeout_s=3.0)  # fmt: skip
+    gw = GatewayProcess(config, log_file=tmp_path / "gw.log").start()
+    os.killpg(stack.triton.process.pid, signal.SIGSTOP)  # two requests hold both slots
+
+    async def burst():
+        async with grpc.aio.insecure_channel(gw.address) as channel:
+            stub = pb_grpc.RecommenderStub(channel)
+            calls = [stub.Recommend(pb.RecommendRequest(user_id=_USERS[0]), timeout=10)
+                     for _ in range(6)]  # fmt: skip
+            return await asyncio.gather(*calls, return_exceptions=True)
+
+    try:
+        start = time.monotonic()
+        answers = asyncio.run(burst())
+    finally:
+        os.killpg(stack.triton.process.pid, signal.SIGCONT)
+        gw.stop()
+    codes = [a.code() for a in answers if isinstance(a, grpc.RpcError)]
+    assert codes.count(grpc.StatusCode.RESOURCE_EXHAUSTED) >= 3, codes
+    assert time.monotonic() - start < 8
+    _wait_until_answered(stack)
+
+
 def test_shutdown_drains_in_flight_requests(stack):
     os.killpg(stack.triton.process.pid, signal.SIGSTOP)  # hold requests in flight
 
