@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import os
+import random
 import signal
 import socket
 import subprocess
@@ -22,11 +23,30 @@ def port_free(port: int, host: str = "127.0.0.1") -> bool:
     return True
 
 
+_HANDED_OUT: set[int] = set()
+
+
+def _ephemeral_range() -> tuple[int, int]:
+    try:
+        low, high = Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()
+        return int(low), int(high)
+    except (OSError, ValueError):
+        return 32768, 60999
+
+
 def free_port() -> int:
-    """A port that is free now (for tests and benchmarks)."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+    """A port that is free now and outside the kernel's ephemeral range (for tests and
+    benchmarks): a port the OS hands out for outgoing connections, e.g. Triton's own, could be
+    taken between this call and the server binding it. Never the same port twice per process."""
+    low, high = _ephemeral_range()
+    pool = range(max(1024, low - 12_000), low) if low > 13_024 else range(high + 1, 65_536)
+    rng = random.Random()
+    for _ in range(200):
+        port = rng.choice(pool)
+        if port not in _HANDED_OUT and port_free(port):
+            _HANDED_OUT.add(port)
+            return port
+    raise OSError("no free port found outside the ephemeral range")
 
 
 def _die_with_parent() -> None:  # pragma: no cover - runs in the child before exec
