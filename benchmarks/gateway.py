@@ -33,15 +33,15 @@ from rich.table import Table
 
 from benchmarks.common import random_network, summary
 from client import AsyncRecommenderClient
+from core.console import console
+from core.contract import ARTIST_INPUT, USER_INPUT
+from core.paths import HETREC_DIR
+from core.similarity import SimilarityIndex
 from export.repository import export_network
 from gateway.config import GatewayConfig
+from serving.processes import free_port
 from serving.stack import StackConfig, serving_stack
-from serving.triton_server import free_port
-from training.cli import console
-from training.config import HETREC_DIR
 from training.data import load_hetrec
-from training.models.network import ARTIST_INPUT, USER_INPUT
-from training.similarity import SimilarityIndex
 
 RESULTS = Path(__file__).parent / "results" / "gateway.json"
 HISTORY = 10  # artists per new-user request

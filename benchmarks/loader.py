@@ -34,7 +34,7 @@ print(json.dumps({"seconds": time.perf_counter() - t0, "summary": data.summary()
 
 
 def main(argv: list[str] | None = None) -> int:
-    from training.cli import console
+    from core.console import console
     from training.data.generator import GeneratorConfig, generate_spotify_csv
 
     parser = argparse.ArgumentParser(

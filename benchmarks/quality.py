@@ -16,8 +16,9 @@ import sys
 import time
 from pathlib import Path
 
-from training.cli import console, metrics_table
-from training.config import HETREC_DIR, DataConfig, TrainConfig
+from core.console import console, metrics_table
+from core.paths import HETREC_DIR
+from training.config import DataConfig, TrainConfig
 from training.data import load_hetrec
 from training.evaluation import evaluate_known_users, evaluate_new_users
 from training.models import MODEL_NAMES

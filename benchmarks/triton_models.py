@@ -30,13 +30,13 @@ from google.protobuf import json_format
 from rich.table import Table
 
 from benchmarks.common import random_network, summary
-from export.contract import CATALOGUE_SCORER, PAIR_SCORER
+from core.console import console
+from core.contract import ARTIST_INPUT, CATALOGUE_SCORER, PAIR_SCORER, USER_INPUT
+from core.vocabulary import Vocabulary
 from export.repository import export_network
 from export.triton_config import model_config
-from serving.triton_server import TritonConfig, TritonServer, free_port
-from training.cli import console
-from training.data import Vocabulary
-from training.models.network import ARTIST_INPUT, USER_INPUT
+from serving.processes import free_port
+from serving.triton_server import TritonConfig, TritonServer
 
 RESULTS = Path(__file__).parent / "results" / "triton_models.json"
 N_USERS = 1_892

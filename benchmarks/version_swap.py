@@ -23,16 +23,16 @@ import numpy as np
 from rich.table import Table
 
 from benchmarks.common import random_network
-from export.contract import SERVED_MODELS
+from core.console import console
+from core.contract import SERVED_MODELS
+from core.paths import HETREC_DIR
 from export.repository import export_network
 from export.triton_config import write_configs
 from gateway.config import GatewayConfig
 from loadtests.async_load import AsyncLoad
 from serving.deploy import DeployConfig, deploy, rollback
+from serving.processes import free_port
 from serving.stack import StackConfig, serving_stack
-from serving.triton_server import free_port
-from training.cli import console
-from training.config import HETREC_DIR
 from training.data import load_hetrec
 
 RESULTS = Path(__file__).parent / "results" / "version_swap.json"

@@ -1,4 +1,6 @@
-"""Python client for the musicrec gateway: sync and asyncio, typed results, one error type.
+"""Python client for the musicrec gateway: sync and asyncio, typed results, one error type,
+and the ``musicrec-client`` command. Imports nothing of the project but the generated API
+(``musicrec``), so other services can vendor it alone.
 
 from client import RecommenderClient
 with RecommenderClient("127.0.0.1:50051") as rec:

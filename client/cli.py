@@ -20,7 +20,7 @@ from rich.console import Console
 from rich.table import Table
 
 from client._client import DEFAULT_ADDRESS, RecommenderClient
-from client.types import Recommendation, RecommenderError, SimilarUsers
+from client.types import SCORING_MODES, Recommendation, RecommenderError, SimilarUsers
 
 console = Console()
 
@@ -34,7 +34,8 @@ def _who(args: argparse.Namespace) -> dict:
             "artist_ids": _names(args.artist_ids)}  # fmt: skip
 
 
-def _recommendation_table(rec: Recommendation, title: str) -> Table:
+def recommendation_table(rec: Recommendation, title: str) -> Table:
+    """A ranked answer as a rich table (the demo prints it too)."""
     table = Table(title=f"{title} (model version {rec.model_version}, {rec.scoring})")
     for col in ("#", "artist", "id", "score"):
         table.add_column(col, justify="right" if col in {"#", "score"} else "left")
@@ -50,7 +51,7 @@ def _recommend(client: RecommenderClient, args: argparse.Namespace) -> int:
         print(json.dumps(asdict(rec), indent=2))
         return 0
     who = f"user {args.user}" if args.user else "a listener of " + (args.artists or args.artist_ids)
-    console.print(_recommendation_table(rec, f"Top {len(rec.artists)} for {who}"))
+    console.print(recommendation_table(rec, f"Top {len(rec.artists)} for {who}"))
     if rec.popularity_fallback:
         console.print("[yellow]no known artist in the history: most-listened artists shown[/]")
     if rec.unknown_artists:
@@ -110,15 +111,15 @@ def build_parser() -> argparse.ArgumentParser:
     r = sub.add_parser("recommend", help="top-k artists for a user or a history",
                        formatter_class=fmt)  # fmt: skip
     listener(r)
-    r.add_argument("-k", type=int, default=10, help="how many artists (1..500)")
-    r.add_argument("-s", "--scoring", choices=["all_artists", "pairwise"], help="server default")
+    r.add_argument("-k", type=int, default=10, help="how many artists (the gateway caps it)")
+    r.add_argument("-s", "--scoring", choices=list(SCORING_MODES), help="server default")
     r.add_argument("--strict", action="store_true", help="error instead of popularity fallback")
     r.add_argument("--include-played", action="store_true", help="keep already-played artists")
     r.set_defaults(func=_recommend)
 
     s = sub.add_parser("similar-users", help="most similar known users", formatter_class=fmt)
     listener(s)
-    s.add_argument("-n", type=int, default=10, help="how many users (1..100)")
+    s.add_argument("-n", type=int, default=10, help="how many users (the gateway caps it)")
     s.set_defaults(func=_similar)
 
     i = sub.add_parser("info", help="the model version the gateway serves; exit 1 if none")

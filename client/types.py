@@ -8,7 +8,14 @@ import grpc
 
 from musicrec.v1 import recommender_pb2 as pb
 
-_MODES = {pb.SCORING_MODE_ALL_ARTISTS: "all_artists", pb.SCORING_MODE_PAIRWISE: "pairwise"}
+_PREFIX = "SCORING_MODE_"
+# Scoring modes by name, as the generated API defines them ("all_artists" -> enum value).
+SCORING_MODES: dict[str, int] = {
+    name.removeprefix(_PREFIX).lower(): value
+    for name, value in pb.ScoringMode.items()
+    if value != pb.SCORING_MODE_UNSPECIFIED
+}
+_MODE_NAMES = {value: name for name, value in SCORING_MODES.items()}
 
 
 class RecommenderError(Exception):
@@ -59,7 +66,7 @@ class Recommendation:
             similar_users=[SimilarUser(u.user_id, u.similarity) for u in r.similar_users],
             popularity_fallback=r.fallback == pb.FALLBACK_POPULARITY,
             unknown_artists=list(r.unknown_artists),
-            scoring=_MODES.get(r.scoring, "popularity"),
+            scoring=_MODE_NAMES.get(r.scoring, "popularity"),
         )
 
 
@@ -78,7 +85,7 @@ class ServingInfo:
     @classmethod
     def from_proto(cls, r: pb.ServingInfoResponse) -> ServingInfo:
         return cls(r.model_version, r.triton_up, r.users, r.artists, r.created, r.source_run,
-                   _MODES.get(r.default_scoring, "all_artists"))  # fmt: skip
+                   _MODE_NAMES.get(r.default_scoring, ""))  # fmt: skip
 
 
 @dataclass(frozen=True)

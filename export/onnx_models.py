@@ -22,7 +22,7 @@ import onnx
 import tensorflow as tf
 from onnx import TensorProto, helper, numpy_helper
 
-from export.contract import ARTIST_INPUT, SCORE_OUTPUT, USER_INPUT
+from core.contract import ARTIST_INPUT, SCORE_OUTPUT, USER_INPUT
 from training.models.network import NetworkWeights
 
 OPSET = 17

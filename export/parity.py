@@ -9,10 +9,12 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 
-from training.models.network import ARTIST_INPUT, USER_INPUT, CatalogueScorer
+from core.contract import ARTIST_INPUT, CATALOGUE, PAIR, USER_INPUT
+from core.errors import MusicrecError
+from training.models.network import CatalogueScorer
 
 
-class ParityError(RuntimeError):
+class ParityError(MusicrecError):
     """The exported model disagrees with the trained network."""
 
 
@@ -34,7 +36,7 @@ def check_pair_scorer(
     onnx_model: onnx.ModelProto,
     *,
     pairs: int = 10_000,
-    tolerance: float = 1e-4,
+    tolerance: float = PAIR.parity_tolerance,
     seed: int = 0,
 ) -> ParityReport:
     """Compare Keras and onnxruntime on ``pairs`` random (user, artist) pairs."""
@@ -60,7 +62,7 @@ def check_catalogue_scorer(
     groups: int = 8,
     group_size: int = 10,
     k: int = 50,
-    tolerance: float = 1e-3,
+    tolerance: float = CATALOGUE.parity_tolerance,
     seed: int = 0,
 ) -> ParityReport:
     """The top-K of the catalogue model must be the pairwise network's top-K, scores included."""

@@ -5,7 +5,7 @@ Layout (one export = the same version number in both models)::
     model_repository/<model>/config.pbtxt        production: onnxruntime_onnx on GPU instances
     model_repository/<model>/configs/cpu.pbtxt   embedded: Python backend + onnxruntime, CPU
     model_repository/<model>/<v>/model.onnx
-    model_repository/<model>/<v>/model.py        the Python-backend runner (serving/python_model.py)
+    model_repository/<model>/<v>/model.py        the Python-backend runner (export/python_model.py)
     model_repository/<model>/<v>/manifest.json   version, source run, fingerprints, metrics, tensors
     model_repository/<model>/<v>/vocab/          users.json, artists.json (index <-> id/name)
     model_repository/<model>/<v>/plays.npz       known users' plays, for the similar-user lookup
@@ -22,6 +22,7 @@ import datetime as dt
 import json
 import shutil
 import tempfile
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -29,45 +30,61 @@ import keras
 import onnx
 import scipy.sparse as sp
 
-from export.contract import (
+from core.contract import (
     CATALOGUE_SCORER,
+    MANIFEST,
+    MODELS,
+    ONNX_FILE,
     PAIR_SCORER,
-    SIGNATURES,
+    PLAYS,
+    PYTHON_MODEL_FILE,
+    SERVED_MODELS,
+    VOCAB_DIR,
     versions,
 )
+from core.errors import MusicrecError
 from export.onnx_models import catalogue_scorer, pair_scorer
 from export.parity import ParityReport, check_catalogue_scorer, check_pair_scorer
 from export.triton_config import write_configs
 from training.models.network import NetworkWeights
 from training.run import load_run
 
-PYTHON_MODEL = Path(__file__).resolve().parent.parent / "serving" / "python_model.py"
+PYTHON_MODEL = Path(__file__).resolve().parent / "python_model.py"
+Builder = Callable[[keras.Model], onnx.ModelProto]
+Gate = Callable[[keras.Model, onnx.ModelProto], ParityReport]
+# How each served model is built from the trained network, and the gate it must pass.
+BUILDERS: dict[str, tuple[Builder, Gate]] = {
+    PAIR_SCORER: (pair_scorer, check_pair_scorer),
+    CATALOGUE_SCORER: (lambda m: catalogue_scorer(NetworkWeights.from_model(m)),
+                       check_catalogue_scorer),
+}  # fmt: skip
+if set(BUILDERS) != set(MODELS):  # pragma: no cover - a model spec without its builder
+    raise ImportError(f"models {sorted(MODELS)} but builders {sorted(BUILDERS)}")
 
 
-class ExportError(RuntimeError):
+class ExportError(MusicrecError):
     """The run could not be exported; the repository is unchanged."""
 
 
 @dataclass(frozen=True)
 class ExportResult:
     version: int
-    pair_parity: ParityReport
-    catalogue_parity: ParityReport
+    parity: dict[str, ParityReport]  # by model name
 
 
 def next_version(repository: Path) -> int:
-    return 1 + max((v for n in SIGNATURES for v in versions(repository, n)), default=0)
+    return 1 + max((v for n in SERVED_MODELS for v in versions(repository, n)), default=0)
 
 
 def _write_version(
     directory: Path, proto: onnx.ModelProto, manifest: dict, vocab_dir: Path, plays: sp.csr_matrix
 ) -> None:
     directory.mkdir(parents=True)
-    onnx.save(proto, directory / "model.onnx")
-    shutil.copy2(PYTHON_MODEL, directory / "model.py")
-    shutil.copytree(vocab_dir, directory / "vocab")
-    sp.save_npz(directory / "plays.npz", plays)
-    (directory / "manifest.json").write_text(json.dumps(manifest, indent=2))
+    onnx.save(proto, directory / ONNX_FILE)
+    shutil.copy2(PYTHON_MODEL, directory / PYTHON_MODEL_FILE)
+    shutil.copytree(vocab_dir, directory / VOCAB_DIR)
+    sp.save_npz(directory / PLAYS, plays)
+    (directory / MANIFEST).write_text(json.dumps(manifest, indent=2))
 
 
 def export_run(run_dir: Path | str, repository: Path | str) -> ExportResult:
@@ -102,25 +119,25 @@ def export_network(
     """Export a trained network with its vocabulary and known users' plays as the next version
     of both models, after the parity gates; the repository is untouched on any failure."""
     repository = Path(repository)
-    pair = pair_scorer(keras_model)
-    catalogue = catalogue_scorer(NetworkWeights.from_model(keras_model))
-    pair_report = check_pair_scorer(keras_model, pair)
-    catalogue_report = check_catalogue_scorer(keras_model, catalogue)
+    built = {}
+    for name, (build, gate) in BUILDERS.items():
+        proto = build(keras_model)
+        built[name] = (proto, gate(keras_model, proto))
 
     repository.mkdir(parents=True, exist_ok=True)
     version = next_version(repository)
     staging = Path(tempfile.mkdtemp(prefix=".export-", dir=repository.parent))
     try:
-        for name, proto in ((PAIR_SCORER, pair), (CATALOGUE_SCORER, catalogue)):
-            inputs, outputs, _ = SIGNATURES[name]
+        for name, (proto, report) in built.items():
+            spec = MODELS[name]
             manifest = {
                 "model": name,
                 "version": version,
                 "created": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
                 **provenance,
-                "inputs": [asdict(s) for s in inputs],
-                "outputs": [asdict(s) for s in outputs],
-                "parity": asdict(pair_report if name == PAIR_SCORER else catalogue_report),
+                "inputs": [asdict(s) for s in spec.inputs],
+                "outputs": [asdict(s) for s in spec.outputs],
+                "parity": asdict(report),
             }
             _write_version(staging / name / str(version), proto, manifest, vocab_dir, plays)
         # The same network as a SavedModel, for TF Serving and other TensorFlow tools.
@@ -131,7 +148,7 @@ def export_network(
         )
         placed: list[Path] = []
         try:
-            for name in SIGNATURES:
+            for name in SERVED_MODELS:
                 write_configs(repository / name, name)
                 target = repository / name / str(version)
                 if target.exists():
@@ -144,4 +161,4 @@ def export_network(
             raise
     finally:
         shutil.rmtree(staging, ignore_errors=True)
-    return ExportResult(version, pair_report, catalogue_report)
+    return ExportResult(version, {name: report for name, (_, report) in built.items()})

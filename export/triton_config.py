@@ -3,7 +3,7 @@
 Each model gets two: ``config.pbtxt`` for production (onnxruntime backend on GPU instances) and
 ``configs/cpu.pbtxt`` for the embedded server (Python backend + onnxruntime, selected with
 ``--model-config-name=cpu``). The version policy is the serving pin that ``deploy`` manages.
-Light on purpose (no TensorFlow): deploy and the gateway's tools import it.
+Light on purpose (no TensorFlow): deploy imports it.
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ from pathlib import Path
 from google.protobuf import text_format
 from tritonclient.grpc import model_config_pb2 as mc
 
-from export.contract import CPU_MAX_BATCH, SIGNATURES, TensorSpec
+from core.contract import MODELS, TensorSpec
 
 _TENSORRT_NOTE = """\
 # Optional on GPU hosts: run the ONNX graph through TensorRT inside the onnxruntime backend by
@@ -42,14 +42,12 @@ def model_config(
     """``config.pbtxt`` (production, GPU) or ``configs/cpu.pbtxt`` (embedded, Python backend).
 
     ``serving``: the versions Triton loads (set by ``deploy``); None means the newest one."""
-    inputs, outputs, max_batch = SIGNATURES[name]
-    if not production:
-        max_batch = CPU_MAX_BATCH.get(name, max_batch)
+    spec = MODELS[name]
     cfg = mc.ModelConfig(
         name=name,
-        max_batch_size=max_batch,
-        input=[_tensor(s, mc.ModelInput) for s in inputs],
-        output=[_tensor(s, mc.ModelOutput) for s in outputs],
+        max_batch_size=spec.max_batch_size if production else spec.cpu_max_batch_size,
+        input=[_tensor(s, mc.ModelInput) for s in spec.inputs],
+        output=[_tensor(s, mc.ModelOutput) for s in spec.outputs],
         dynamic_batching=mc.ModelDynamicBatching(max_queue_delay_microseconds=500),
         version_policy=_policy(serving),
     )

@@ -15,9 +15,9 @@ from pathlib import Path
 import numpy as np
 import scipy.sparse as sp
 
-from export.contract import CATALOGUE_SCORER, MANIFEST, PLAYS, VOCAB_DIR
-from training.data import Vocabulary
-from training.similarity import ArrayBackend, SimilarityIndex
+from core.contract import CATALOGUE_SCORER, MANIFEST, PLAYS, VOCAB_DIR
+from core.similarity import ArrayBackend, SimilarityIndex
+from core.vocabulary import ArtistLookup, Vocabulary
 
 
 class ArtifactError(RuntimeError):
@@ -55,8 +55,7 @@ class ModelVersion:
     similarity: SimilarityIndex
     manifest: dict
     users: dict[str, int] = field(repr=False)
-    artists_by_id: dict[str, int] = field(repr=False)
-    artists_by_name: dict[str, int] = field(repr=False)
+    artists: ArtistLookup = field(repr=False)
     listeners: np.ndarray = field(repr=False)  # known users per artist
     popular: np.ndarray = field(repr=False)  # artist indices, most listeners first
 
@@ -76,9 +75,6 @@ class ModelVersion:
         if expected and expected != vocab.fingerprint():
             raise ArtifactError(f"version {version}: vocabulary does not match its manifest")
         listeners = np.diff(plays.tocsc().indptr)
-        by_name: dict[str, int] = {}
-        for i, name in enumerate(vocab.artist_names):
-            by_name.setdefault(name.casefold(), i)
         return cls(
             version=version,
             vocab=vocab,
@@ -86,8 +82,7 @@ class ModelVersion:
             similarity=SimilarityIndex(plays, backend),
             manifest=manifest,
             users=vocab.user_index(),
-            artists_by_id=vocab.artist_index(),
-            artists_by_name=by_name,
+            artists=ArtistLookup.of(vocab),
             listeners=listeners.astype(np.float32),
             popular=np.argsort(-listeners, kind="stable"),
         )
@@ -106,9 +101,9 @@ class ModelVersion:
         cols, counts, unknown = [], [], []
         for item in items:
             if item.id is not None:
-                col = self.artists_by_id.get(item.id)
+                col = self.artists.by_artist_id(item.id)
             else:
-                col = self.artists_by_name.get((item.name or "").strip().casefold())
+                col = self.artists.by_artist_name(item.name or "")
             if col is None:
                 unknown.append(item.id if item.id is not None else item.name or "")
             else:

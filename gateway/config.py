@@ -9,10 +9,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from training.paths import DEFAULT_REPOSITORY
-from training.similarity import BACKENDS
+from core.modes import DEFAULT_MODE, MODE_NAMES
+from core.paths import DEFAULT_REPOSITORY
+from core.similarity import BACKENDS
 
-SCORING_MODES = ("all_artists", "pairwise")
 ENV_PREFIX = "MUSICREC_GATEWAY_"
 
 
@@ -25,7 +25,7 @@ class GatewayConfig:
     metrics_port: int = 9101  # Prometheus /metrics over HTTP; 0 turns it off
     triton_url: str = "127.0.0.1:8001"
     repository: Path = DEFAULT_REPOSITORY  # read for each version's vocabulary and known plays
-    scoring: str = "all_artists"  # the default mode; a request may ask for the other
+    scoring: str = DEFAULT_MODE  # a request may ask for another registered mode
     backend: str = "auto"  # similarity on "cpu" (SciPy), "gpu" (CuPy) or whichever is present
     neighbours: int = 10  # similar users combined for a new listener, as in the seed
     default_k: int = 10
@@ -40,8 +40,8 @@ class GatewayConfig:
     log_json: bool = True
 
     def __post_init__(self) -> None:
-        if self.scoring not in SCORING_MODES:
-            raise ValueError(f"scoring must be one of {', '.join(SCORING_MODES)}")
+        if self.scoring not in MODE_NAMES:
+            raise ValueError(f"scoring must be one of {', '.join(MODE_NAMES)}")
         if self.backend not in BACKENDS:
             raise ValueError(f"backend must be one of {', '.join(BACKENDS)}")
         if not 1 <= self.neighbours <= self.max_neighbours:
@@ -70,7 +70,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                 flag, action=argparse.BooleanOptionalAction, default=default, help=help_text
             )
         else:
-            choices = {"scoring": SCORING_MODES, "backend": BACKENDS}.get(f.name)
+            choices = {"scoring": MODE_NAMES, "backend": BACKENDS}.get(f.name)
             parser.add_argument(flag, type=_converter(f.type), default=default, choices=choices,
                                 help=help_text)  # fmt: skip
 

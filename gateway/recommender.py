@@ -14,6 +14,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from core.modes import DEFAULT_MODE
+from core.vocabulary import ScoredArtist
 from gateway.artifacts import ArtistRef, ModelVersion
 from gateway.errors import (
     DeadlineExceeded,
@@ -23,7 +25,7 @@ from gateway.errors import (
     VersionRetired,
 )
 from gateway.metrics import GatewayMetrics
-from gateway.scoring import TritonScorer
+from gateway.modes import ModeScorer, ScoringRequest
 from gateway.versions import VersionTracker
 
 
@@ -41,36 +43,33 @@ class Query:
     k: int = 10
     exclude_played: bool = True
     strict: bool = False
-    mode: str = "all_artists"
+    mode: str = DEFAULT_MODE
     neighbours: int = 10
 
 
 @dataclass(frozen=True)
-class ScoredArtist:
-    id: str
-    name: str
-    score: float
+class Neighbour:
+    """A known user similar to the listener, and how similar."""
 
-
-@dataclass(frozen=True)
-class SimilarUser:
     user_id: str
     similarity: float
 
 
 @dataclass(frozen=True)
-class Recommendations:
+class RecommendResult:
+    """What the gateway answers a Recommend with, before it becomes a proto message."""
+
     artists: list[ScoredArtist]
     version: int
-    similar_users: list[SimilarUser]
+    similar_users: list[Neighbour]
     fallback: bool
     unknown_artists: tuple[str, ...]
     mode: str
 
 
 @dataclass(frozen=True)
-class SimilarUsers:
-    users: list[SimilarUser]
+class SimilarUsersResult:
+    users: list[Neighbour]
     version: int
     unknown_artists: tuple[str, ...]
 
@@ -110,13 +109,13 @@ class RecommendationService:
     """Resolve the listener, find similar users, score through Triton, rank and name."""
 
     def __init__(
-        self, tracker: VersionTracker, scorer: TritonScorer, metrics: GatewayMetrics
+        self, tracker: VersionTracker, modes: dict[str, ModeScorer], metrics: GatewayMetrics
     ) -> None:
         self.tracker = tracker
-        self.scorer = scorer
+        self.modes = modes
         self.metrics = metrics
 
-    async def recommend(self, query: Query, deadline: Deadline) -> Recommendations:
+    async def recommend(self, query: Query, deadline: Deadline) -> RecommendResult:
         """Top-``k`` artists; retried once on a fresh version if a swap retired the pinned one.
         Triton timing out before the caller's deadline is UNAVAILABLE (worth a retry), after
         it DEADLINE_EXCEEDED."""
@@ -131,18 +130,18 @@ class RecommendationService:
                 raise
             raise Unavailable(f"Triton did not answer within {deadline.cap_s:g} s") from None
 
-    def similar_users(self, listener: Listener, n: int) -> SimilarUsers:
+    def similar_users(self, listener: Listener, n: int) -> SimilarUsersResult:
         """The ``n`` known users most similar to the listener, best first."""
         mv = self.tracker.serving()
         if listener.user_id is not None:
             u = self._known_user(mv, listener.user_id)
             idx, sims = self._lookup(mv, mv.plays[u], n, exclude=u)
-            return SimilarUsers(_similar(mv, idx, sims), mv.version, ())
+            return SimilarUsersResult(_similar(mv, idx, sims), mv.version, ())
         resolved = mv.resolve(listener.history or ())
         idx, sims = self._lookup(mv, resolved.row, n)
-        return SimilarUsers(_similar(mv, idx, sims), mv.version, resolved.unknown)
+        return SimilarUsersResult(_similar(mv, idx, sims), mv.version, resolved.unknown)
 
-    async def _recommend(self, mv: ModelVersion, q: Query, deadline: Deadline) -> Recommendations:
+    async def _recommend(self, mv: ModelVersion, q: Query, deadline: Deadline) -> RecommendResult:
         group = self._group(mv, q)
         exclude = group.played if q.exclude_played else np.zeros(0, np.int64)
         if len(group.users) == 0:
@@ -150,16 +149,15 @@ class RecommendationService:
                 raise InvalidArgument(_no_match_message(q, mv))
             self.metrics.fallbacks.inc()
             top = mv.popular[~np.isin(mv.popular, exclude)][: q.k]
-            return Recommendations(_named(mv, top, mv.listeners[top]), mv.version, [], True,
-                                   group.unknown, "popularity")  # fmt: skip
+            return RecommendResult(mv.artists.named(top, mv.listeners[top]), mv.version, [],
+                                   True, group.unknown, "popularity")  # fmt: skip
+        request = ScoringRequest(mv.version, mv.n_artists, group.users, group.weights, q.k,
+                                 exclude, deadline.left())  # fmt: skip
         with self.metrics.triton_seconds.labels(q.mode).time():
-            ranked = await self.scorer.top_k(
-                q.mode, mv.version, mv.n_artists, group.users, group.weights, q.k, exclude,
-                deadline.left(),
-            )  # fmt: skip
+            ranked = await self.modes[q.mode].top_k(request)
         similar = _similar(mv, group.users, group.weights)
-        return Recommendations(_named(mv, ranked.artists, ranked.scores), mv.version, similar,
-                               False, group.unknown, q.mode)  # fmt: skip
+        return RecommendResult(mv.artists.named(ranked.artists, ranked.scores), mv.version,
+                               similar, False, group.unknown, q.mode)  # fmt: skip
 
     def _group(self, mv: ModelVersion, q: Query) -> _Group:
         if q.listener.user_id is not None:
@@ -189,17 +187,9 @@ class RecommendationService:
         return u
 
 
-def _named(mv: ModelVersion, artists: np.ndarray, scores: np.ndarray) -> list[ScoredArtist]:
-    v = mv.vocab
+def _similar(mv: ModelVersion, idx: np.ndarray, sims: np.ndarray) -> list[Neighbour]:
     return [
-        ScoredArtist(v.artist_ids[a], v.artist_names[a], float(s))
-        for a, s in zip(artists.tolist(), scores.tolist(), strict=True)
-    ]
-
-
-def _similar(mv: ModelVersion, idx: np.ndarray, sims: np.ndarray) -> list[SimilarUser]:
-    return [
-        SimilarUser(mv.vocab.user_ids[u], float(s))
+        Neighbour(mv.vocab.user_ids[u], float(s))
         for u, s in zip(idx.tolist(), sims.tolist(), strict=True)
         if u >= 0
     ]

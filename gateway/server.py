@@ -20,16 +20,17 @@ import tritonclient.grpc.aio as triton
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
+from core.similarity import array_backend
 from gateway import logs
 from gateway.config import GatewayConfig, add_arguments, from_arguments
+from gateway.inference import Inference
 from gateway.metrics import GatewayMetrics, ObservingInterceptor
+from gateway.modes import mode_scorers
 from gateway.recommender import RecommendationService
-from gateway.scoring import TritonScorer
 from gateway.service import RecommenderServicer
 from gateway.versions import VersionTracker
 from musicrec.v1 import recommender_pb2 as pb
 from musicrec.v1 import recommender_pb2_grpc as pb_grpc
-from training.similarity import array_backend
 
 log = logging.getLogger("gateway")
 SERVICE_NAME = pb.DESCRIPTOR.services_by_name["Recommender"].full_name
@@ -54,12 +55,12 @@ class Gateway:
         if self.port == 0:
             raise OSError(f"cannot listen on {config.address}")
         self.triton = triton.InferenceServerClient(config.triton_url)
-        scorer = TritonScorer(self.triton, config.triton_url)
+        inference = Inference(self.triton, config.triton_url)
         self.tracker = VersionTracker(
-            scorer, config.repository, array_backend(config.backend),
+            inference, config.repository, array_backend(config.backend),
             timeout_s=min(2.0, config.triton_timeout_s), on_change=self._on_change,
         )  # fmt: skip
-        service = RecommendationService(self.tracker, scorer, self.metrics)
+        service = RecommendationService(self.tracker, mode_scorers(inference), self.metrics)
         pb_grpc.add_RecommenderServicer_to_server(RecommenderServicer(service, config), self.server)
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
         reflection.enable_server_reflection(

@@ -10,23 +10,25 @@ import math
 
 import grpc
 
+from core.modes import MODES
 from gateway.artifacts import ArtistRef
 from gateway.config import GatewayConfig
 from gateway.errors import GatewayError, InvalidArgument
 from gateway.recommender import (
     Deadline,
     Listener,
+    Neighbour,
     Query,
-    Recommendations,
     RecommendationService,
-    SimilarUser,
+    RecommendResult,
 )
 from musicrec.v1 import recommender_pb2 as pb
 from musicrec.v1 import recommender_pb2_grpc as pb_grpc
 
 log = logging.getLogger(__name__)
-MODES = {pb.SCORING_MODE_ALL_ARTISTS: "all_artists", pb.SCORING_MODE_PAIRWISE: "pairwise"}
-MODE_ENUMS = {name: value for value, name in MODES.items()}
+# The registry's modes by their proto enum value (a mode missing from the proto fails here).
+MODE_BY_ENUM = {pb.ScoringMode.Value(m.proto_name): name for name, m in MODES.items()}
+ENUM_BY_MODE = {name: value for value, name in MODE_BY_ENUM.items()}
 MAX_ID_LENGTH = 1024
 
 
@@ -71,30 +73,30 @@ def parse_listener(request: pb.RecommendRequest | pb.SimilarUsersRequest, max_hi
 
 def parse_recommend(request: pb.RecommendRequest, cfg: GatewayConfig) -> Query:
     """Validate a ``RecommendRequest`` into a :class:`Query`."""
-    if request.scoring not in (pb.SCORING_MODE_UNSPECIFIED, *MODES):
+    if request.scoring not in (pb.SCORING_MODE_UNSPECIFIED, *MODE_BY_ENUM):
         raise InvalidArgument(f"scoring: unknown mode {request.scoring}")
     return Query(
         listener=parse_listener(request, cfg.max_history),
         k=_in_range("k", request.k, cfg.default_k, cfg.max_k),
         exclude_played=request.exclude_played if request.HasField("exclude_played") else True,
         strict=request.strict,
-        mode=MODES.get(request.scoring, cfg.scoring),
+        mode=MODE_BY_ENUM.get(request.scoring, cfg.scoring),
         neighbours=_in_range("neighbours", request.neighbours, cfg.neighbours, cfg.max_neighbours),
     )
 
 
-def _users(users: list[SimilarUser]) -> list[pb.SimilarUser]:
+def _users(users: list[Neighbour]) -> list[pb.SimilarUser]:
     return [pb.SimilarUser(user_id=u.user_id, similarity=u.similarity) for u in users]
 
 
-def to_response(result: Recommendations) -> pb.RecommendResponse:
+def to_response(result: RecommendResult) -> pb.RecommendResponse:
     return pb.RecommendResponse(
         artists=[pb.ScoredArtist(id=a.id, name=a.name, score=a.score) for a in result.artists],
         model_version=result.version,
         similar_users=_users(result.similar_users),
         fallback=pb.FALLBACK_POPULARITY if result.fallback else pb.FALLBACK_NONE,
         unknown_artists=list(result.unknown_artists),
-        scoring=MODE_ENUMS.get(result.mode, pb.SCORING_MODE_UNSPECIFIED),
+        scoring=ENUM_BY_MODE.get(result.mode, pb.SCORING_MODE_UNSPECIFIED),
     )
 
 
@@ -125,7 +127,7 @@ class RecommenderServicer(pb_grpc.RecommenderServicer):
         mv = tracker.current
         info = pb.ServingInfoResponse(
             triton_up=tracker.triton_up,
-            default_scoring=MODE_ENUMS[self.config.scoring],
+            default_scoring=ENUM_BY_MODE[self.config.scoring],
         )
         if mv is not None:
             info.model_version = mv.version

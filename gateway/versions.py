@@ -15,10 +15,10 @@ import logging
 from collections.abc import Callable
 from pathlib import Path
 
+from core.similarity import ArrayBackend
 from gateway.artifacts import ArtifactError, ModelVersion
 from gateway.errors import GatewayError, Unavailable
-from gateway.scoring import TritonScorer
-from training.similarity import ArrayBackend
+from gateway.inference import Inference
 
 log = logging.getLogger(__name__)
 
@@ -28,14 +28,14 @@ class VersionTracker:
 
     def __init__(
         self,
-        scorer: TritonScorer,
+        triton: Inference,
         repository: Path,
         backend: ArrayBackend,
         *,
         timeout_s: float = 2.0,
         on_change: Callable[[VersionTracker], None] = lambda _: None,
     ) -> None:
-        self.scorer = scorer
+        self.triton = triton
         self.repository = Path(repository)
         self.backend = backend
         self.timeout_s = timeout_s
@@ -53,7 +53,7 @@ class VersionTracker:
     def serving(self) -> ModelVersion:
         """The version to answer with; :class:`Unavailable` when there is none."""
         if not self.triton_up:
-            raise Unavailable(f"Triton at {self.scorer.url} is not reachable")
+            raise Unavailable(f"Triton at {self.triton.url} is not reachable")
         if self.current is None:
             raise Unavailable("no model version is ready in Triton yet")
         return self.current
@@ -63,7 +63,7 @@ class VersionTracker:
         async with self._lock:
             before = (self.triton_up, self.current.version if self.current else None)
             try:
-                ready = await self.scorer.ready_versions(self.timeout_s)
+                ready = await self.triton.ready_versions(self.timeout_s)
                 self.triton_up = True
             except GatewayError as exc:
                 if self.triton_up:
@@ -87,7 +87,7 @@ class VersionTracker:
 
     async def _still_ready(self) -> bool:
         try:
-            return await self.scorer.is_ready(self.current.version, self.timeout_s)
+            return await self.triton.is_ready(self.current.version, self.timeout_s)
         except GatewayError:
             return False
 

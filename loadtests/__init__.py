@@ -1,1 +1,5 @@
-"""Locust load tests over real gRPC (``locust -f loadtests/locustfile.py``)."""
+"""Load tests over real gRPC: Locust's gRPC user and scenario (``locust -f
+loadtests/locustfile.py``), and an asyncio load loop for tests and benchmarks.
+
+May import: ``client``, ``core`` and the generated API.
+"""

@@ -18,12 +18,12 @@ import grpc
 import scipy.sparse as sp
 from locust import between, events, task
 
-from export.contract import CATALOGUE_SCORER, PLAYS, VOCAB_DIR, versions
+from core.contract import CATALOGUE_SCORER, PLAYS, VOCAB_DIR, versions
+from core.paths import DEFAULT_REPOSITORY
+from core.vocabulary import Vocabulary
 from loadtests.grpc_user import GrpcUser
 from musicrec.v1 import recommender_pb2 as pb
 from musicrec.v1 import recommender_pb2_grpc as pb_grpc
-from training.data import Vocabulary
-from training.paths import DEFAULT_REPOSITORY
 
 
 @events.init_command_line_parser.add_listener

@@ -1,6 +1,5 @@
 #!/usr/bin/env bash
-# Set up, lint, and run every test (slow end-to-end ones included). pytest's exit 5 (no tests
-# collected) is a failure like any other non-zero status.
+# Set up, lint (ruff), and run every test (slow end-to-end ones included). pytest's exit 5 (no tests collected) is a failure like any other non-zero status.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/setup.sh

@@ -31,24 +31,28 @@ import onnxruntime as ort
 import tritonclient.grpc as grpcclient
 from tritonclient.utils import InferenceServerException
 
-from export.contract import (
+from client import RecommenderClient, RecommenderError
+from core.contract import (
     CATALOGUE_SCORER,
     MANIFEST,
-    PAIR_SCORER,
-    PLAYS,
+    MODELS,
+    ONNX_FILE,
     SERVED_MODELS,
-    SIGNATURES,
-    VOCAB_DIR,
+    VERSION_FILES,
+    ready_versions,
     versions,
 )
+from core.errors import MusicrecError
+from core.modes import DEFAULT_MODE, MODES
 from export.triton_config import write_configs
 
 HISTORY_FILE = "deployments.json"
-PARITY_TOLERANCE = {PAIR_SCORER: 1e-4, CATALOGUE_SCORER: 1e-3}  # export/parity.py's gates
 GATE_METRIC = "ndcg@10"
+# Loaded last in a swap, so the default mode's model switches once the others serve.
+LOAD_ORDER = sorted(SERVED_MODELS, key=lambda name: name in MODES[DEFAULT_MODE].models)
 
 
-class DeployError(RuntimeError):
+class DeployError(MusicrecError):
     """The deploy was refused or failed; the serving version is unchanged."""
 
 
@@ -83,8 +87,7 @@ class DeployReport:
 
 def _manifest(repository: Path, name: str, version: int) -> dict:
     directory = repository / name / str(version)
-    for part in ("model.onnx", "model.py", MANIFEST, PLAYS, f"{VOCAB_DIR}/users.json",
-                 f"{VOCAB_DIR}/artists.json"):  # fmt: skip
+    for part in VERSION_FILES:
         if not (directory / part).is_file():
             raise DeployError(f"version {version} of {name} lacks {part}")
     try:
@@ -94,24 +97,18 @@ def _manifest(repository: Path, name: str, version: int) -> dict:
 
 
 def _smoke(repository: Path, name: str, version: int) -> None:
-    """Run the ONNX file once with onnxruntime: the contract's inputs give finite outputs."""
-    inputs, outputs, _ = SIGNATURES[name]
-    path = repository / name / str(version) / "model.onnx"
+    """Run the ONNX file once with onnxruntime: the spec's example feed gives finite outputs."""
+    spec = MODELS[name]
+    path = repository / name / str(version) / ONNX_FILE
     try:
         session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
     except Exception as exc:  # onnxruntime raises its own exception types
         raise DeployError(f"version {version} of {name}: model.onnx does not load: {exc}") from None
     declared = sorted(i.name for i in session.get_inputs())
-    if declared != sorted(s.name for s in inputs):
+    if declared != sorted(spec.input_names):
         raise DeployError(f"version {version} of {name}: inputs {declared} break the contract")
-    feed = (
-        {"users": np.zeros((1, 2), np.int64), "weights": np.ones((1, 2), np.float32),
-         "k": np.array([[3]], np.int64)}
-        if name == CATALOGUE_SCORER
-        else {s.name: np.zeros((4, 1), np.int32) for s in inputs}
-    )  # fmt: skip
     try:
-        results = session.run([s.name for s in outputs], feed)
+        results = session.run(spec.output_names, spec.example_feed())
     except Exception as exc:
         raise DeployError(f"version {version} of {name}: smoke inference failed: {exc}") from None
     if not all(np.all(np.isfinite(r)) for r in results if r.dtype.kind == "f"):
@@ -127,11 +124,11 @@ def validate_version(repository: Path, version: int) -> dict:
     for name, manifest in manifests.items():
         if manifest.get("version") != version or manifest.get("model") != name:
             raise DeployError(f"version {version} of {name}: manifest names another version")
-        inputs, _, _ = SIGNATURES[name]
-        if [i["name"] for i in manifest.get("inputs", [])] != [s.name for s in inputs]:
+        spec = MODELS[name]
+        if [i["name"] for i in manifest.get("inputs", [])] != spec.input_names:
             raise DeployError(f"version {version} of {name}: tensors differ from the contract")
         parity = manifest.get("parity") or {}
-        if not parity.get("max_abs_diff", 1.0) <= PARITY_TOLERANCE[name]:
+        if not parity.get("max_abs_diff", 1.0) <= spec.parity_tolerance:
             raise DeployError(f"version {version} of {name}: no passing parity record")
         _smoke(repository, name, version)
     return manifests[CATALOGUE_SCORER]
@@ -162,16 +159,11 @@ def metric_gate(new: dict, old: dict | None, max_drop: float, force: bool) -> st
 
 def served_versions(client: grpcclient.InferenceServerClient) -> set[int]:
     """Versions READY in every served model."""
-    index = client.get_model_repository_index()
-    ready: dict[str, set[int]] = {m: set() for m in SERVED_MODELS}
-    for m in index.models:
-        if m.name in ready and m.state == "READY" and m.version.isdigit():
-            ready[m.name].add(int(m.version))
-    return set.intersection(*ready.values())
+    return ready_versions(client.get_model_repository_index().models)
 
 
 def _pin_and_load(cfg: DeployConfig, client, pinned: list[int]) -> None:
-    for name in (PAIR_SCORER, CATALOGUE_SCORER):  # the default mode's model last
+    for name in LOAD_ORDER:
         write_configs(cfg.repository / name, name, serving=pinned)
         client.load_model(name)
 
@@ -179,8 +171,6 @@ def _pin_and_load(cfg: DeployConfig, client, pinned: list[int]) -> None:
 def _wait_for_gateway(cfg: DeployConfig, version: int) -> None:
     if not cfg.gateway:
         return
-    from client import RecommenderClient, RecommenderError
-
     deadline = time.monotonic() + cfg.timeout_s
     with RecommenderClient(cfg.gateway, timeout_s=5) as gateway:
         while time.monotonic() < deadline:

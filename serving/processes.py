@@ -1,4 +1,5 @@
-"""Child server processes that never outlive their parent and stop with their whole group."""
+"""Child server processes (Triton, the gateway) that never outlive their parent and stop with
+their whole group: one base, :class:`ChildProcess`, for every server this project starts."""
 
 from __future__ import annotations
 
@@ -9,7 +10,9 @@ import random
 import signal
 import socket
 import subprocess
+import time
 from pathlib import Path
+from typing import Self
 
 
 def port_free(port: int, host: str = "127.0.0.1") -> bool:
@@ -83,3 +86,61 @@ def stop_group(proc: subprocess.Popen[bytes] | None, timeout_s: float = 20.0) ->
         proc.wait()
     with contextlib.suppress(ProcessLookupError):  # stray helpers of the group
         os.killpg(proc.pid, signal.SIGKILL)
+
+
+class ChildProcess:
+    """A server run as a child process: its own process group, SIGTERMed by the kernel if this
+    Python dies, stopped with its whole group. Subclasses give the command, the ports it must
+    find free and how to tell it is ready; use as a context manager."""
+
+    name = "process"
+    error: type[Exception] = RuntimeError
+
+    def __init__(self, log_file: Path | None = None) -> None:
+        self.log_file = log_file
+        self.process: subprocess.Popen[bytes] | None = None
+
+    def command(self) -> list[str]:
+        raise NotImplementedError
+
+    def environment(self) -> dict[str, str]:
+        return dict(os.environ)
+
+    def ports(self) -> dict[str, int]:
+        """Ports (by label) that must be free before the start."""
+        return {}
+
+    def is_ready(self) -> bool:
+        raise NotImplementedError
+
+    def start(self, timeout_s: float = 60.0) -> Self:
+        """Start and wait until :meth:`is_ready`; raise :attr:`error` with the cause."""
+        for label, port in self.ports().items():
+            if port and not port_free(port):
+                raise self.error(f"{label} port {port} is already in use".lstrip())
+        self.process = spawn(self.command(), self.environment(), self.log_file)
+        self.wait_ready(timeout_s)
+        return self
+
+    def wait_ready(self, timeout_s: float) -> None:
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            if self.process is not None and self.process.poll() is not None:
+                where = self.log_file or "its log (set log_file)"
+                raise self.error(f"{self.name} exited with {self.process.returncode}; see {where}")
+            if self.is_ready():
+                return
+            time.sleep(0.2)
+        self.stop()
+        raise self.error(f"{self.name} not ready after {timeout_s:.0f}s")
+
+    def stop(self, timeout_s: float = 20.0) -> None:
+        """SIGTERM the group (graceful), SIGKILL what is left after ``timeout_s``."""
+        proc, self.process = self.process, None
+        stop_group(proc, timeout_s)
+
+    def __enter__(self) -> Self:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()

@@ -7,9 +7,9 @@ from collections.abc import Iterator
 from dataclasses import dataclass, replace
 from pathlib import Path
 
-from export.contract import SERVED_MODELS
+from core.contract import SERVED_MODELS
 from gateway.config import GatewayConfig
-from gateway.process import GatewayProcess
+from serving.gateway_process import GatewayProcess
 from serving.triton_server import TritonConfig, TritonServer
 
 

@@ -11,21 +11,20 @@ from __future__ import annotations
 import contextlib
 import os
 import shutil
-import subprocess
 import sys
 import sysconfig
-import time
 import urllib.error
 import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from serving.processes import free_port, port_free, spawn, stop_group
+from core.errors import MusicrecError
+from serving.processes import ChildProcess, free_port
 
 __all__ = ["TritonConfig", "TritonError", "TritonServer", "free_port"]
 
 
-class TritonError(RuntimeError):
+class TritonError(MusicrecError):
     """Triton could not be started or did not become ready."""
 
 
@@ -76,12 +75,15 @@ def _environment() -> dict[str, str]:
     return env
 
 
-class TritonServer:
+class TritonServer(ChildProcess):
     """A ``tritonserver`` process in explicit model-control mode; use as a context manager."""
 
+    name = "tritonserver"
+    error = TritonError
+
     def __init__(self, config: TritonConfig) -> None:
+        super().__init__(config.log_file)
         self.config = config
-        self.process: subprocess.Popen[bytes] | None = None
 
     @property
     def http_url(self) -> str:
@@ -91,8 +93,8 @@ class TritonServer:
     def grpc_url(self) -> str:
         return f"127.0.0.1:{self.config.grpc_port}"
 
-    def command(self, home: Path) -> list[str]:
-        cfg = self.config
+    def command(self) -> list[str]:
+        cfg, home = self.config, triton_home()
         cmd = [
             str(home / "bin" / "tritonserver"),
             f"--model-repository={cfg.repository}",
@@ -111,47 +113,25 @@ class TritonServer:
             cmd.append(f"--log-file={cfg.log_file}")
         return cmd + list(cfg.extra_args)
 
-    def start(self) -> TritonServer:
-        """Start the server and wait until it reports ready; raise :class:`TritonError`."""
+    def environment(self) -> dict[str, str]:
+        return _environment()
+
+    def ports(self) -> dict[str, int]:
         cfg = self.config
-        if not Path(cfg.repository).is_dir():
-            raise TritonError(f"model repository not found: {cfg.repository}")
-        for name, port in (("http", cfg.http_port), ("grpc", cfg.grpc_port),
-                           ("metrics", cfg.metrics_port)):  # fmt: skip
-            if not port_free(port):
-                raise TritonError(f"{name} port {port} is already in use")
-        home = triton_home()
-        install_python_stub(home)
-        self.process = spawn(self.command(home), _environment(), cfg.log_file)
-        self._wait_ready()
-        return self
+        return {"http": cfg.http_port, "grpc": cfg.grpc_port, "metrics": cfg.metrics_port}
 
-    def _wait_ready(self) -> None:
-        deadline = time.monotonic() + self.config.ready_timeout_s
+    def is_ready(self) -> bool:
         url = f"http://{self.http_url}/v2/health/ready"
-        while time.monotonic() < deadline:
-            if self.process is not None and self.process.poll() is not None:
-                raise TritonError(
-                    f"tritonserver exited with {self.process.returncode}; see "
-                    f"{self.config.log_file or 'its log (set log_file)'}"
-                )
-            with (
-                contextlib.suppress(urllib.error.URLError, ConnectionError, TimeoutError),
-                urllib.request.urlopen(url, timeout=1) as resp,
-            ):
-                if resp.status == 200:
-                    return
-            time.sleep(0.2)
-        self.stop()
-        raise TritonError(f"tritonserver not ready after {self.config.ready_timeout_s:.0f}s")
+        with (
+            contextlib.suppress(urllib.error.URLError, ConnectionError, TimeoutError),
+            urllib.request.urlopen(url, timeout=1) as resp,
+        ):
+            return resp.status == 200
+        return False
 
-    def stop(self, timeout_s: float = 20.0) -> None:
-        """Stop the server and its Python-backend stubs (SIGTERM, then SIGKILL)."""
-        proc, self.process = self.process, None
-        stop_group(proc, timeout_s)
-
-    def __enter__(self) -> TritonServer:
-        return self.start()
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop()
+    def start(self, timeout_s: float | None = None) -> TritonServer:
+        """Start the server and wait until it reports ready; raise :class:`TritonError`."""
+        if not Path(self.config.repository).is_dir():
+            raise TritonError(f"model repository not found: {self.config.repository}")
+        install_python_stub(triton_home())
+        return super().start(timeout_s or self.config.ready_timeout_s)

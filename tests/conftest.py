@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import scipy.sparse as sp
 
-from training.config import SHARED_DATA
+from core.paths import SHARED_DATA
 
 SPOTIFY_SAMPLE = SHARED_DATA / "spotify-playlists-pichl-sample" / "spotify_dataset_sample.csv"
 HETREC = SHARED_DATA / "hetrec2011-lastfm-2k"
@@ -56,7 +56,7 @@ def tiny_csv(tmp_path: Path):
 def run_dir(tmp_path_factory):
     """A dnn run trained briefly (2 epochs) on generated Spotify-format data: 200 users,
     400 artists. Shared by the export, Triton and gateway tests."""
-    from training.cli import main as musicrec
+    from app.main import main as musicrec
     from training.data.generator import GeneratorConfig, generate_spotify_csv
 
     root = tmp_path_factory.mktemp("trained")

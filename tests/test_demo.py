@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import pytest
 
-from export.contract import versions
+from app.main import main as musicrec
+from core.contract import versions
 from export.triton_config import serving_policy
-from serving.triton_server import free_port
-from training.cli import main as musicrec
+from serving.processes import free_port
 
 pytestmark = pytest.mark.slow
 

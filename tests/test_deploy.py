@@ -8,14 +8,14 @@ import shutil
 import pytest
 
 from client import RecommenderClient
-from export.contract import CATALOGUE_SCORER, PAIR_SCORER, SERVED_MODELS, versions
+from core.contract import CATALOGUE_SCORER, PAIR_SCORER, SERVED_MODELS, versions
 from export.repository import export_run
 from export.triton_config import serving_policy, write_configs
 from gateway.config import GatewayConfig
 from loadtests.async_load import AsyncLoad
 from serving.deploy import DeployConfig, DeployError, deploy, rollback, status
+from serving.processes import free_port
 from serving.stack import StackConfig, serving_stack
-from serving.triton_server import free_port
 from training.run import load_run
 
 pytestmark = pytest.mark.slow
@@ -123,7 +123,7 @@ def _serving(running) -> int:
 
 
 def test_cli_status_deploy_and_rollback_errors_are_one_line(stack, capsys):
-    from training.cli import main as musicrec
+    from app.main import main as musicrec
 
     running, cfg = stack
     ops = ["--repository", str(cfg.repository), "--triton-url", cfg.triton_url]

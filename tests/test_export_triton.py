@@ -15,10 +15,11 @@ import pytest
 import tritonclient.grpc as grpcclient
 from tritonclient.utils import InferenceServerException
 
-from export.contract import CATALOGUE_SCORER, PAIR_SCORER, versions
+from core.contract import ARTIST_INPUT, CATALOGUE_SCORER, PAIR_SCORER, USER_INPUT, versions
 from export.repository import ExportError, export_run
-from serving.triton_server import TritonConfig, TritonServer, free_port
-from training.models.network import ARTIST_INPUT, USER_INPUT, CatalogueScorer
+from serving.processes import free_port
+from serving.triton_server import TritonConfig, TritonServer
+from training.models.network import CatalogueScorer
 from training.run import load_run
 
 pytestmark = pytest.mark.slow

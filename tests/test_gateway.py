@@ -20,20 +20,21 @@ from grpc_reflection.v1alpha.proto_reflection_descriptor_database import (
     ProtoReflectionDescriptorDatabase,
 )
 
+from app.main import main as musicrec
 from client import AsyncRecommenderClient, RecommenderClient, RecommenderError
 from client.cli import main as client_cli
-from export.contract import CATALOGUE_SCORER, PAIR_SCORER, SERVED_MODELS
+from core.contract import CATALOGUE_SCORER, PAIR_SCORER, SERVED_MODELS
+from core.similarity import SimilarityIndex
 from export.repository import export_run
 from gateway.config import GatewayConfig
-from gateway.process import GatewayProcess, health_status
 from musicrec.v1 import recommender_pb2 as pb
 from musicrec.v1 import recommender_pb2_grpc as pb_grpc
-from serving.triton_server import TritonConfig, TritonServer, free_port
-from training.cli import main as musicrec
+from serving.gateway_process import GatewayProcess, health_status
+from serving.processes import free_port
+from serving.triton_server import TritonConfig, TritonServer
 from training.data.generator import GeneratorConfig, generate_spotify_csv
 from training.recommend import RunRecommender
 from training.run import load_run
-from training.similarity import SimilarityIndex
 
 pytestmark = pytest.mark.slow
 
@@ -123,7 +124,7 @@ def test_known_user_gets_the_offline_ranking_without_played_artists(stack, offli
         rec = client.recommend(user, k=10)
     expected = offline.for_user(user, 10)
     _assert_same_ranking([(a.id, a.score) for a in rec.artists],
-                         [(r.artist_id, r.score) for r in expected])  # fmt: skip
+                         [(r.id, r.score) for r in expected])  # fmt: skip
     played = {run.vocab.artist_ids[i] for i in run.plays[3].indices}
     assert played and not played & {a.id for a in rec.artists}
     assert rec.model_version == 1 and not rec.popularity_fallback

@@ -12,9 +12,9 @@ from client._client import recommend_request, similar_users_request
 from gateway.config import GatewayConfig, add_arguments, from_arguments
 from gateway.errors import InvalidArgument
 from gateway.logs import JsonFormatter
-from gateway.process import command
 from gateway.service import parse_recommend
 from musicrec.v1 import recommender_pb2 as pb
+from serving.gateway_process import command
 
 
 def _config_from(argv: list[str]) -> GatewayConfig:
@@ -70,7 +70,7 @@ def test_client_checks_requests_before_sending():
     with pytest.raises(ValueError, match="scoring"):
         recommend_request("u", scoring="fast")
     with pytest.raises(ValueError, match="n must be"):
-        similar_users_request("u", n=101)
+        similar_users_request("u", n=0)
 
 
 def test_json_log_lines_carry_extra_fields():

@@ -6,10 +6,10 @@ import numpy as np
 import pytest
 import scipy.sparse as sp
 
+from core.ranking import top_k_excluding
 from tests.conftest import community_matrix
 from training.evaluation import recommend_histories, recommend_users
 from training.models import ALS, EASE, ItemKNN, Popularity, UserKNN
-from training.ranking import top_k_excluding
 
 PERSONALISED = [UserKNN, ItemKNN, EASE, ALS]
 

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from training.models.network import ARTIST_INPUT, USER_INPUT, CatalogueScorer, build_network
+from core.contract import ARTIST_INPUT, USER_INPUT
+from training.models.network import CatalogueScorer, build_network
 
 
 def test_architecture_matches_the_report():

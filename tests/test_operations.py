@@ -18,9 +18,8 @@ import yaml
 from client import RecommenderClient
 from export.repository import export_run
 from gateway.config import GatewayConfig
-from serving.processes import spawn, stop_group
+from serving.processes import free_port, spawn, stop_group
 from serving.stack import StackConfig, serving_stack
-from serving.triton_server import free_port
 from training.run import load_run
 
 pytestmark = pytest.mark.slow

@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 import scipy.sparse as sp
 
+from core.similarity import SimilarityIndex, array_backend, user_vectors
 from tests.conftest import community_matrix
-from training.similarity import SimilarityIndex, array_backend, user_vectors
 
 
 def _brute_force(queries: sp.csr_matrix, known: sp.csr_matrix) -> np.ndarray:
@@ -73,7 +73,7 @@ class _DeviceArrays:
 
 
 def test_the_device_code_path_gives_the_cpu_answers():
-    from training.similarity import ArrayBackend
+    from core.similarity import ArrayBackend
 
     device = ArrayBackend("gpu", _DeviceArrays(), sp)
     known = community_matrix(n_users=90, n_artists=60, seed=5)

@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from training.cli import main
+from app.main import main
 from training.data.generator import GeneratorConfig, generate_spotify_csv
 
 pytestmark = pytest.mark.slow
@@ -97,13 +97,13 @@ def test_recommend_for_a_user_and_a_history(dnn_run, capsys):
     rec = RunRecommender(run)
     top = rec.for_user(known, 5)
     played = set(run.plays[users.index(known)].indices)
-    assert len(top) == 5 and not {r.artist_index for r in top} & played
+    assert len(top) == 5 and not {r.index for r in top} & played
     assert [r.score for r in top] == sorted((r.score for r in top), reverse=True)
     history = f"{artists[0]}, {artists[1].upper()}"  # names match case-insensitively
     assert main(["recommend", str(dnn_run), "--artists", history]) == 0
     assert "Top 10" in capsys.readouterr().out
     named = rec.for_history([artists[0], artists[1].upper()], 10)
-    assert {r.artist_index for r in named}.isdisjoint({0, 1})
+    assert {r.index for r in named}.isdisjoint({0, 1})
 
 
 @pytest.mark.parametrize(

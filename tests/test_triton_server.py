@@ -11,7 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from serving.triton_server import TritonConfig, TritonError, TritonServer, free_port
+from serving.processes import free_port
+from serving.triton_server import TritonConfig, TritonError, TritonServer
 
 
 def ports() -> tuple[int, int, int]:

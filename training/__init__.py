@@ -1,4 +1,9 @@
-"""Data, models and offline evaluation of the music recommender."""
+"""Training: data loaders (Spotify Playlists CSV, HetRec, Audioscrobbler, a seeded generator),
+the evaluation split, the models (baselines and the seed network trained two ways), metrics and
+run directories. TensorFlow and pandas live here and in ``export/`` only.
+
+May import: ``core``. Imported by ``export``, ``benchmarks`` and ``app``; never by the gateway.
+"""
 
 import os
 

@@ -8,16 +8,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from core.paths import DEFAULT_GENERATED_CSV
 from training.data.generator import GeneratorConfig
 from training.models import MODEL_NAMES, DNNConfig, SeedConfig
-from training.paths import (  # noqa: F401 - re-exported for callers of training.config
-    DEFAULT_GENERATED_CSV,
-    DEFAULT_REPOSITORY,
-    DEFAULT_RUNS_DIR,
-    HETREC_DIR,
-    PROJECT_ROOT,
-    SHARED_DATA,
-)
 from training.split import SplitConfig
 
 

@@ -7,9 +7,9 @@ import time
 import numpy as np
 import scipy.sparse as sp
 
+from core.ranking import top_k_excluding
 from training.metrics import ranking_metrics
 from training.models.base import Recommender
-from training.ranking import top_k_excluding
 from training.split import Split
 
 _BATCH = 256

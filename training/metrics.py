@@ -19,8 +19,6 @@ from __future__ import annotations
 import numpy as np
 import scipy.sparse as sp
 
-METRIC_NAMES = ("precision", "recall", "map", "ndcg", "hit")
-
 
 def relevance_matrix(top_k: np.ndarray, relevant: sp.csr_matrix) -> np.ndarray:
     """``rel[u, i]`` = 1.0 if ``top_k[u, i]`` is in row ``u`` of ``relevant``."""

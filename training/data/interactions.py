@@ -1,76 +1,18 @@
-"""User x artist interaction matrix and the vocabularies that travel with it."""
+"""User x artist interaction matrix and the vocabulary (``core.vocabulary``) that goes with it."""
 
 from __future__ import annotations
 
 import hashlib
-import json
 import logging
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import scipy.sparse as sp
 
+from core.vocabulary import Vocabulary
+
 log = logging.getLogger(__name__)
-
-
-@dataclass(frozen=True)
-class Vocabulary:
-    """Index <-> key mappings for users and artists.
-
-    ``artist_ids`` are the source's stable artist keys (HetRec's numeric id, or the artist name
-    for the Spotify CSV, which has no ids); ``artist_names`` are display names, index-aligned.
-    """
-
-    user_ids: tuple[str, ...]
-    artist_ids: tuple[str, ...]
-    artist_names: tuple[str, ...]
-
-    def __post_init__(self) -> None:
-        if len(self.artist_ids) != len(self.artist_names):
-            raise ValueError(
-                f"artist_ids ({len(self.artist_ids)}) and artist_names "
-                f"({len(self.artist_names)}) must have the same length"
-            )
-
-    @property
-    def n_users(self) -> int:
-        return len(self.user_ids)
-
-    @property
-    def n_artists(self) -> int:
-        return len(self.artist_ids)
-
-    def user_index(self) -> dict[str, int]:
-        """Map user id -> row index."""
-        return {u: i for i, u in enumerate(self.user_ids)}
-
-    def artist_index(self) -> dict[str, int]:
-        """Map artist id -> column index."""
-        return {a: i for i, a in enumerate(self.artist_ids)}
-
-    def fingerprint(self) -> str:
-        """A short hash identifying this exact vocabulary (order matters)."""
-        h = hashlib.sha256()
-        for part in (self.user_ids, self.artist_ids, self.artist_names):
-            h.update("\x1f".join(part).encode())
-            h.update(b"\x1e")
-        return h.hexdigest()[:16]
-
-    def save(self, directory: Path) -> None:
-        """Write ``users.json`` and ``artists.json`` into ``directory``."""
-        directory.mkdir(parents=True, exist_ok=True)
-        (directory / "users.json").write_text(json.dumps(list(self.user_ids)))
-        artists = {"ids": list(self.artist_ids), "names": list(self.artist_names)}
-        (directory / "artists.json").write_text(json.dumps(artists, ensure_ascii=False))
-
-    @classmethod
-    def load(cls, directory: Path) -> Vocabulary:
-        """Read a vocabulary written by :meth:`save`."""
-        users = json.loads((directory / "users.json").read_text())
-        artists = json.loads((directory / "artists.json").read_text())
-        return cls(tuple(users), tuple(artists["ids"]), tuple(artists["names"]))
 
 
 @dataclass(frozen=True)

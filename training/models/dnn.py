@@ -18,6 +18,8 @@ import numpy as np
 import scipy.sparse as sp
 from tqdm import tqdm
 
+from core.ranking import top_k_excluding
+from core.similarity import SimilarityIndex
 from training.metrics import ranking_metrics
 from training.models.base import Recommender
 from training.models.network import (
@@ -27,8 +29,6 @@ from training.models.network import (
     build_network,
 )
 from training.models.objectives import SampledSoftmax
-from training.ranking import top_k_excluding
-from training.similarity import SimilarityIndex
 
 log = logging.getLogger(__name__)
 

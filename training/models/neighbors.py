@@ -7,8 +7,8 @@ from typing import Self
 import numpy as np
 import scipy.sparse as sp
 
+from core.similarity import SimilarityIndex, l2_normalize_rows, log_weights, user_vectors
 from training.models.base import Recommender
-from training.similarity import SimilarityIndex, l2_normalize_rows, log_weights, user_vectors
 
 _BATCH = 1024
 

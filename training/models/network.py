@@ -12,7 +12,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from export.contract import ARTIST_INPUT, USER_INPUT  # served by these names
+from core.contract import ARTIST_INPUT, USER_INPUT  # served by these names
 
 USER_EMBEDDING = "user_embedding"
 ARTIST_EMBEDDING = "artist_embedding"

@@ -1,22 +1,21 @@
-"""Run the gateway as a child process (the demo, tests and benchmarks use this)."""
+"""Run the gateway as a child process (the demo stack, tests and benchmarks use this)."""
 
 from __future__ import annotations
 
 import dataclasses
 import os
-import subprocess
 import sys
-import time
 from pathlib import Path
 
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+from core.errors import MusicrecError
 from gateway.config import GatewayConfig
-from serving.processes import port_free, spawn, stop_group
+from serving.processes import ChildProcess
 
 
-class GatewayStartError(RuntimeError):
+class GatewayStartError(MusicrecError):
     """The gateway process exited or did not become healthy in time."""
 
 
@@ -45,44 +44,35 @@ def health_status(address: str, timeout_s: float = 1.0) -> str:
     return health_pb2.HealthCheckResponse.ServingStatus.Name(reply.status)
 
 
-class GatewayProcess:
+class GatewayProcess(ChildProcess):
     """``with GatewayProcess(config) as gw:`` starts the gateway and waits for its health."""
 
+    name = "gateway"
+    error = GatewayStartError
+
     def __init__(self, config: GatewayConfig, log_file: Path | None = None) -> None:
+        super().__init__(log_file)
         self.config = config
-        self.log_file = log_file
-        self.process: subprocess.Popen[bytes] | None = None
+        self.wait_for = "SERVING"
 
     @property
     def address(self) -> str:
         return f"127.0.0.1:{self.config.port}"
 
+    def command(self) -> list[str]:
+        return command(self.config)
+
+    def environment(self) -> dict[str, str]:
+        return dict(os.environ, PYTHONUNBUFFERED="1")
+
+    def ports(self) -> dict[str, int]:
+        return {"": self.config.port, "metrics": self.config.metrics_port}
+
+    def is_ready(self) -> bool:
+        status = health_status(self.address)
+        return status == self.wait_for or (self.wait_for == "ANY" and status != "UNREACHABLE")
+
     def start(self, wait_for: str = "SERVING", timeout_s: float = 60.0) -> GatewayProcess:
         """Start; wait until health reports ``wait_for`` (or any answer, with ``"ANY"``)."""
-        for port in (self.config.port, self.config.metrics_port):
-            if port and not port_free(port):
-                raise GatewayStartError(f"port {port} is already in use")
-        env = dict(os.environ, PYTHONUNBUFFERED="1")
-        self.process = spawn(command(self.config), env, self.log_file)
-        deadline = time.monotonic() + timeout_s
-        while time.monotonic() < deadline:
-            if self.process.poll() is not None:
-                raise GatewayStartError(f"gateway exited with {self.process.returncode}; "
-                                        f"see {self.log_file or 'its log'}")  # fmt: skip
-            status = health_status(self.address)
-            if status == wait_for or (wait_for == "ANY" and status != "UNREACHABLE"):
-                return self
-            time.sleep(0.2)
-        self.stop()
-        raise GatewayStartError(f"gateway not {wait_for} after {timeout_s:.0f}s")
-
-    def stop(self, timeout_s: float = 20.0) -> None:
-        """SIGTERM (graceful: in-flight requests drain), SIGKILL after ``timeout_s``."""
-        proc, self.process = self.process, None
-        stop_group(proc, timeout_s)
-
-    def __enter__(self) -> GatewayProcess:
-        return self.start()
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop()
+        self.wait_for = wait_for
+        return super().start(timeout_s)

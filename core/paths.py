@@ -1,4 +1,4 @@
-"""Where things live by default (light: the gateway imports it without TensorFlow)."""
+"""Where things live by default."""
 
 from __future__ import annotations
 

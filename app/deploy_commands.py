@@ -1,0 +1,79 @@
+"""``musicrec deploy`` / ``rollback`` / ``status``: version swaps in a running Triton."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from rich.table import Table
+
+from core.console import console
+from core.paths import DEFAULT_REPOSITORY
+
+
+def _deploy_config(args: argparse.Namespace):
+    from serving.deploy import DeployConfig
+
+    return DeployConfig(args.repository, args.triton_url, args.gateway,
+                        keep=getattr(args, "keep", 3),
+                        max_metric_drop=getattr(args, "max_metric_drop", 0.01))  # fmt: skip
+
+
+def _print_report(report) -> None:
+    console.print(
+        f"{report.action}: version {report.version} serves (was {report.previous}) after "
+        f"{report.seconds:.1f}s; metric gate {report.gate}"
+        + (f"; retired {', '.join(map(str, report.retired))}" if report.retired else "")
+    )
+
+
+def _deploy(args: argparse.Namespace) -> None:
+    from serving.deploy import deploy
+
+    _print_report(deploy(_deploy_config(args), run_dir=args.run_dir, version=args.version,
+                         force=args.force))  # fmt: skip
+
+
+def _rollback(args: argparse.Namespace) -> None:
+    from serving.deploy import rollback
+
+    _print_report(rollback(_deploy_config(args)))
+
+
+def _status(args: argparse.Namespace) -> None:
+    from serving.deploy import status
+
+    table = Table(title=f"Model versions in {args.repository}")
+    for col in ("version", "serving", "NDCG@10", "created", "source run"):
+        table.add_column(col)
+    for row in status(_deploy_config(args)):
+        metric = "-" if row.metric is None else f"{row.metric:.4f}"
+        table.add_row(str(row.version), "yes" if row.serving else "", metric, row.created,
+                      row.source_run)  # fmt: skip
+    console.print(table)
+
+
+def _operations(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--repository", type=Path, default=DEFAULT_REPOSITORY)
+    p.add_argument("--triton-url", default="127.0.0.1:8001", help="Triton gRPC")
+    p.add_argument("--gateway", help="host:port: wait until the gateway serves the version")
+
+
+def register(sub: argparse._SubParsersAction, fmt: type[argparse.HelpFormatter]) -> None:
+    dp = sub.add_parser(
+        "deploy", formatter_class=fmt,
+        help="validate a run or exported version and swap it in, no downtime",
+    )  # fmt: skip
+    dp.add_argument("run_dir", type=Path, nargs="?", help="export this run first")
+    dp.add_argument("--version", type=int, help="an already exported version")
+    dp.add_argument("--force", action="store_true", help="deploy despite a worse NDCG@10")
+    dp.add_argument("--keep", type=int, default=3, help="versions kept on disk")
+    dp.add_argument("--max-metric-drop", type=float, default=0.01, help="allowed NDCG@10 drop")
+    _operations(dp)
+    dp.set_defaults(func=_deploy)
+    rb = sub.add_parser("rollback", formatter_class=fmt, help="serve the previous version again")
+    _operations(rb)
+    rb.set_defaults(func=_rollback)
+    st = sub.add_parser("status", formatter_class=fmt, help="versions, which serves, metrics")
+    _operations(st)
+    st.set_defaults(func=_status)

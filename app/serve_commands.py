@@ -1,0 +1,131 @@
+"""``musicrec triton`` and ``musicrec demo``: the embedded Triton alone, and the main job
+(train, export, start Triton and the gateway, recommend through the client)."""
+
+from __future__ import annotations
+
+import argparse
+import signal
+import time
+from pathlib import Path
+
+import numpy as np
+
+from app.training_commands import train_and_save
+from core.console import console
+from core.contract import SERVED_MODELS
+from core.paths import DEFAULT_GENERATED_CSV, DEFAULT_REPOSITORY, DEFAULT_RUNS_DIR
+
+
+def _raise_keyboard_interrupt(*_: object) -> None:
+    """SIGTERM handler: leave through the context managers, which stop the servers."""
+    raise KeyboardInterrupt
+
+
+def _triton(args: argparse.Namespace) -> None:
+    from serving.triton_server import TritonConfig, TritonServer
+
+    cfg = TritonConfig(args.repository, args.http_port, args.grpc_port, args.metrics_port,
+                       load_models=SERVED_MODELS, log_file=args.log_file)  # fmt: skip
+    signal.signal(signal.SIGTERM, _raise_keyboard_interrupt)
+    with TritonServer(cfg) as server:
+        console.print(
+            f"Triton ready: gRPC {server.grpc_url}, HTTP {server.http_url}, "
+            f"metrics :{cfg.metrics_port}; logs in {cfg.log_file}. Ctrl-C stops it."
+        )
+        try:
+            server.process.wait()
+        except KeyboardInterrupt:
+            console.print("stopping Triton")
+
+
+def _train_demo_run(data: str) -> Path:
+    """Train the dnn on the demo data with a short schedule, print its offline metrics."""
+    from training.config import DataConfig, TrainConfig
+    from training.models import DNNConfig
+
+    # A shorter schedule keeps the main job to about two minutes on two cores; `train` runs
+    # the full one.
+    cfg = TrainConfig(data=DataConfig(data), dnn=DNNConfig(max_epochs=10, softmax_negatives=256))
+    return train_and_save(cfg, DEFAULT_RUNS_DIR / f"demo-{time.strftime('%Y%m%d-%H%M%S')}")
+
+
+def _sample_listener(run_dir: Path) -> list[str]:
+    """The five artists a known listener plays most, sent by name as a new listener's history."""
+    from training.run import load_run
+
+    run = load_run(run_dir)
+    user = int(np.flatnonzero(np.diff(run.plays.indptr) >= 5)[0])
+    row = run.plays[user]
+    top = row.indices[np.argsort(-row.data, kind="stable")[:5]]
+    return [run.vocab.artist_names[i] for i in top]
+
+
+def _demo(args: argparse.Namespace) -> None:
+    from client import RecommenderClient
+    from client.cli import recommendation_table
+    from export.repository import export_run
+    from export.triton_config import write_configs
+    from gateway.config import GatewayConfig
+    from serving.stack import StackConfig, serving_stack
+
+    run_dir = args.run or _train_demo_run(str(args.data))
+    exported = export_run(run_dir, args.repository)
+    for name in SERVED_MODELS:  # the demo serves what it just exported, even if deploy pinned
+        write_configs(args.repository / name, name, serving=[exported.version])
+    console.print(f"exported as version {exported.version} of {args.repository} (parity max "
+                  f"|diff| {exported.parity['pair_scorer'].max_abs_diff:.1e})")  # fmt: skip
+    stack_cfg = StackConfig(
+        args.repository, *args.triton_ports,
+        gateway=GatewayConfig(port=args.gateway_port, metrics_port=args.metrics_port),
+        log_dir=DEFAULT_RUNS_DIR.parent / "logs",
+    )  # fmt: skip
+    signal.signal(signal.SIGTERM, _raise_keyboard_interrupt)
+    with serving_stack(stack_cfg) as stack:
+        console.print(
+            f"Triton on {stack.triton.grpc_url}, gateway on {stack.gateway.address} "
+            f"(metrics :{args.metrics_port}/metrics, logs in {stack_cfg.log_dir})"
+        )
+        history = _sample_listener(run_dir)
+        with RecommenderClient(stack.gateway.address, timeout_s=30) as client:
+            rec = client.recommend(artists=history, k=10)
+        console.print(f"a new listener of: [bold]{', '.join(history)}[/]")
+        console.print(recommendation_table(rec, "Top 10 through the gateway"))
+        console.print(
+            "similar users combined: "
+            + ", ".join(f"{u.user_id[:8]} ({u.similarity:.2f})" for u in rec.similar_users)
+        )
+        if args.once:
+            return
+        console.print(
+            f"serving; try: .venv/bin/musicrec-client -a {stack.gateway.address} "
+            f'recommend --artists "{history[0]}"   (Ctrl-C stops)'
+        )
+        try:
+            stack.triton.process.wait()
+        except KeyboardInterrupt:
+            console.print("stopping the gateway and Triton")
+
+
+def register(sub: argparse._SubParsersAction, fmt: type[argparse.HelpFormatter]) -> None:
+    s = sub.add_parser("triton", help="serve the model repository with the local Triton (CPU)",
+                       formatter_class=fmt)  # fmt: skip
+    s.add_argument("--repository", type=Path, default=DEFAULT_REPOSITORY)
+    s.add_argument("--http-port", type=int, default=8000)
+    s.add_argument("--grpc-port", type=int, default=8001)
+    s.add_argument("--metrics-port", type=int, default=8002)
+    s.add_argument("--log-file", type=Path, default=DEFAULT_RUNS_DIR.parent / "triton.log")
+    s.set_defaults(func=_triton)
+
+    d = sub.add_parser(
+        "demo", formatter_class=fmt,
+        help="the main job: train, export, serve with Triton + gateway, recommend via the client",
+    )  # fmt: skip
+    d.add_argument("-d", "--data", default=str(DEFAULT_GENERATED_CSV))
+    d.add_argument("--run", type=Path, help="serve this trained run instead of training one")
+    d.add_argument("--repository", type=Path, default=DEFAULT_REPOSITORY)
+    d.add_argument("--once", action="store_true", help="exit after the first recommendation")
+    d.add_argument("--gateway-port", type=int, default=50051)
+    d.add_argument("--metrics-port", type=int, default=9101, help="gateway /metrics")
+    d.add_argument("--triton-ports", type=int, nargs=3, default=(8000, 8001, 8002),
+                   metavar=("HTTP", "GRPC", "METRICS"))  # fmt: skip
+    d.set_defaults(func=_demo)

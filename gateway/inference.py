@@ -1,0 +1,71 @@
+"""The gateway's one Triton client: inference pinned to a version, readiness, error translation.
+
+One ``tritonclient.grpc.aio`` client per process (its examples' habit). Every call carries a
+client timeout; tritonclient failures leave as
+:mod:`gateway.errors` with the status code the caller should see.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import tritonclient.grpc.aio as triton
+from tritonclient.utils import InferenceServerException
+
+from core.contract import CATALOGUE_SCORER, ready_versions
+from gateway.errors import DeadlineExceeded, GatewayError, Unavailable, VersionRetired
+
+
+def tensor(name: str, array: np.ndarray, dtype: str) -> triton.InferInput:
+    """A Triton input tensor holding ``array``."""
+    t = triton.InferInput(name, list(array.shape), dtype)
+    t.set_data_from_numpy(array)
+    return t
+
+
+def translate(exc: InferenceServerException, url: str) -> GatewayError:
+    """A tritonclient failure as the gateway error the caller should see."""
+    status, message = str(exc.status() or ""), exc.message() or str(exc)
+    if "DEADLINE_EXCEEDED" in status:
+        return DeadlineExceeded("Triton did not answer before the deadline")
+    if "UNAVAILABLE" in status:
+        return Unavailable(f"Triton at {url} is unavailable: {message}")
+    if "not at ready state" in message or "unknown model" in message.lower():
+        return VersionRetired(f"the model version is no longer served: {message}")
+    return GatewayError(f"Triton failed: {message}")
+
+
+class Inference:
+    """Calls to one Triton server over a shared asyncio client."""
+
+    def __init__(self, client: triton.InferenceServerClient, url: str) -> None:
+        self.client = client
+        self.url = url
+
+    async def infer(self, model: str, version: int, inputs: list[triton.InferInput],
+                    timeout_s: float) -> triton.InferResult:  # fmt: skip
+        """One inference on ``version`` of ``model``."""
+        if timeout_s <= 0:
+            raise DeadlineExceeded("the deadline passed before Triton was called")
+        try:
+            return await self.client.infer(
+                model, inputs, model_version=str(version), client_timeout=timeout_s
+            )
+        except InferenceServerException as exc:
+            raise translate(exc, self.url) from None
+
+    async def is_ready(self, version: int, timeout_s: float) -> bool:
+        """Whether the default model still serves ``version`` (true mid-swap)."""
+        try:
+            return await self.client.is_model_ready(
+                CATALOGUE_SCORER, str(version), client_timeout=timeout_s
+            )
+        except InferenceServerException as exc:
+            raise translate(exc, self.url) from None
+
+    async def ready_versions(self, timeout_s: float) -> set[int]:
+        """The versions Triton reports READY for every served model."""
+        try:
+            index = await self.client.get_model_repository_index(client_timeout=timeout_s)
+        except InferenceServerException as exc:
+            raise translate(exc, self.url) from None
+        return ready_versions(index.models)

@@ -1,0 +1,40 @@
+"""What every scoring mode takes and returns."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Protocol
+
+import numpy as np
+
+from gateway.inference import Inference
+
+
+@dataclass(frozen=True)
+class ScoringRequest:
+    """Rank artists for ``sum_j weights[j] * score(group[j], artist)`` on one model version,
+    leaving out the artist columns in ``exclude``."""
+
+    version: int
+    n_artists: int
+    group: np.ndarray  # known-user rows
+    weights: np.ndarray
+    k: int
+    exclude: np.ndarray
+    timeout_s: float
+
+
+@dataclass(frozen=True)
+class Ranked:
+    """Artist columns best first, with their scores."""
+
+    artists: np.ndarray
+    scores: np.ndarray
+
+
+class ModeScorer(Protocol):
+    """One scoring mode's way of building its Triton requests and ranking the answer."""
+
+    def __init__(self, inference: Inference) -> None: ...
+
+    async def top_k(self, request: ScoringRequest) -> Ranked: ...
