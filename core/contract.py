@@ -37,6 +37,7 @@ class TensorSpec:
     name: str
     dtype: str  # Triton data type, e.g. "TYPE_INT64"
     dims: tuple[int, ...]  # without the batch dimension
+    indexes: str | None = None  # "users" / "artists": values are rows of that vocabulary
 
 
 @dataclass(frozen=True)
@@ -72,8 +73,8 @@ def _catalogue_feed() -> dict[str, np.ndarray]:
 PAIR = ModelSpec(
     PAIR_SCORER,
     inputs=(
-        TensorSpec(USER_INPUT, "TYPE_INT32", (1,)),
-        TensorSpec(ARTIST_INPUT, "TYPE_INT32", (1,)),
+        TensorSpec(USER_INPUT, "TYPE_INT32", (1,), "users"),
+        TensorSpec(ARTIST_INPUT, "TYPE_INT32", (1,), "artists"),
     ),  # fmt: skip
     outputs=(TensorSpec(SCORE_OUTPUT, "TYPE_FP32", (1,)),),
     max_batch_size=65_536,
@@ -84,7 +85,7 @@ PAIR = ModelSpec(
 CATALOGUE = ModelSpec(
     CATALOGUE_SCORER,
     inputs=(
-        TensorSpec("users", "TYPE_INT64", (-1,)),
+        TensorSpec("users", "TYPE_INT64", (-1,), "users"),
         TensorSpec("weights", "TYPE_FP32", (-1,)),
         TensorSpec("k", "TYPE_INT64", (1,)),
     ),  # fmt: skip

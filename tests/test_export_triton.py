@@ -170,6 +170,38 @@ def test_a_bad_request_gets_its_own_error_and_the_server_keeps_serving(served, r
     assert client.infer(PAIR_SCORER, inputs, client_timeout=30).as_numpy("score").shape == (1, 1)
 
 
+def test_a_model_that_fails_on_valid_tensors_is_a_model_error_not_the_callers(served, tmp_path):
+    repo, _ = served
+    broken = tmp_path / "model_repository"
+    shutil.copytree(repo / PAIR_SCORER, broken / PAIR_SCORER,
+                    ignore=shutil.ignore_patterns("model.savedmodel"))  # fmt: skip
+    manifest_path = broken / PAIR_SCORER / "1" / "manifest.json"
+    manifest = json.loads(manifest_path.read_text())
+    n_users = manifest["users"]
+    manifest["users"] = n_users * 10  # claims rows the ONNX file does not have
+    manifest_path.write_text(json.dumps(manifest))
+    cfg = TritonConfig(broken, free_port(), free_port(), free_port(), load_models=(PAIR_SCORER,),
+                       log_file=tmp_path / "triton.log")  # fmt: skip
+
+    def infer(client, user: int):
+        inputs = [grpcclient.InferInput(USER_INPUT, [1, 1], "INT32"),
+                  grpcclient.InferInput(ARTIST_INPUT, [1, 1], "INT32")]  # fmt: skip
+        inputs[0].set_data_from_numpy(np.full((1, 1), user, np.int32))
+        inputs[1].set_data_from_numpy(np.zeros((1, 1), np.int32))
+        return client.infer(PAIR_SCORER, inputs, client_timeout=30)
+
+    with TritonServer(cfg) as server:
+        client = grpcclient.InferenceServerClient(server.grpc_url)
+        with pytest.raises(InferenceServerException, match="model error") as model_error:
+            infer(client, n_users + 1)  # valid by the manifest: the model itself fails
+        assert model_error.value.status() == "StatusCode.INTERNAL"
+        with pytest.raises(InferenceServerException, match="invalid request") as caller_error:
+            infer(client, n_users * 10)  # beyond the vocabulary: the caller's mistake
+        assert caller_error.value.status() == "StatusCode.INVALID_ARGUMENT"
+        assert infer(client, 0).as_numpy("score").shape == (1, 1)
+    assert "model error on a valid request" in (tmp_path / "triton.log").read_text()
+
+
 def test_new_version_loads_under_traffic_and_a_corrupt_one_never_serves(served, run_dir):
     repo, server = served
     client = grpcclient.InferenceServerClient(server.grpc_url)
