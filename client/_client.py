@@ -1,24 +1,29 @@
 """Sync and asyncio clients with the same methods; requests are checked before they are sent.
 
-Calls carry a deadline (``timeout_s``) and are retried by gRPC itself on UNAVAILABLE (a gateway
-restarting, a redeploy), with exponential backoff, through the channel's service config.
+Calls carry a deadline (``timeout_s``) and an ``x-request-id`` (the gateway logs it on every line
+and hands it to Triton), and are retried by gRPC itself on UNAVAILABLE (a gateway restarting, a
+redeploy), with exponential backoff, through the channel's service config.
+
+Checked here: what the generated API defines (a known scoring mode, one listener, counts of at
+least 1). The gateway's configurable limits (``--max-k``, ``--max-neighbours``...) are checked
+by the gateway, which answers INVALID_ARGUMENT naming the field.
 """
 
 from __future__ import annotations
 
 import json
+import uuid
 from collections.abc import Mapping, Sequence
 
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from client.types import Recommendation, RecommenderError, ServingInfo, SimilarUsers
+from client.types import SCORING_MODES, Recommendation, RecommenderError, ServingInfo, SimilarUsers
 from musicrec.v1 import recommender_pb2 as pb
 from musicrec.v1 import recommender_pb2_grpc as pb_grpc
 
 DEFAULT_ADDRESS = "127.0.0.1:50051"
-SCORING = {None: pb.SCORING_MODE_UNSPECIFIED, "all_artists": pb.SCORING_MODE_ALL_ARTISTS,
-           "pairwise": pb.SCORING_MODE_PAIRWISE}  # fmt: skip
+REQUEST_ID_HEADER = "x-request-id"
 _RETRY = {
     "methodConfig": [{
         "name": [{"service": "musicrec.v1.Recommender"}, {"service": "grpc.health.v1.Health"}],
@@ -58,27 +63,33 @@ def recommend_request(
     scoring: str | None = None,
     neighbours: int = 0,
 ) -> pb.RecommendRequest:
-    """Build and check a request: ``artists`` are names (optionally ``{name: plays}``)."""
-    if not 1 <= k <= 500:
-        raise ValueError(f"k must be in 1..500, got {k}")
-    if scoring not in SCORING:
-        raise ValueError(f"scoring must be all_artists or pairwise, got {scoring!r}")
+    """Build and check a request: ``artists`` are names (optionally ``{name: plays}``);
+    ``scoring`` is a mode name (None: the gateway's default)."""
+    if k < 1:
+        raise ValueError(f"k must be at least 1, got {k}")
+    if scoring is not None and scoring not in SCORING_MODES:
+        raise ValueError(f"scoring must be one of {', '.join(SCORING_MODES)}, got {scoring!r}")
     return pb.RecommendRequest(
         **_listener(user_id, artists, artist_ids), k=k, exclude_played=exclude_played,
-        strict=strict, scoring=SCORING[scoring], neighbours=neighbours,
+        strict=strict, neighbours=neighbours,
+        scoring=pb.SCORING_MODE_UNSPECIFIED if scoring is None else SCORING_MODES[scoring],
     )  # fmt: skip
 
 
 def similar_users_request(
     user_id: str | None = None, artists: Artists = None, *, artist_ids: Artists = None, n: int = 10
 ) -> pb.SimilarUsersRequest:
-    if not 1 <= n <= 100:
-        raise ValueError(f"n must be in 1..100, got {n}")
+    if n < 1:
+        raise ValueError(f"n must be at least 1, got {n}")
     return pb.SimilarUsersRequest(**_listener(user_id, artists, artist_ids), n=n)
 
 
 def _status_name(reply: health_pb2.HealthCheckResponse) -> str:
     return health_pb2.HealthCheckResponse.ServingStatus.Name(reply.status)
+
+
+def _metadata(request_id: str | None) -> tuple[tuple[str, str], ...]:
+    return ((REQUEST_ID_HEADER, request_id or uuid.uuid4().hex),)
 
 
 class RecommenderClient:
@@ -90,25 +101,31 @@ class RecommenderClient:
         self._stub = pb_grpc.RecommenderStub(self._channel)
         self._health = health_pb2_grpc.HealthStub(self._channel)
 
-    def _call(self, method, request, timeout_s: float | None):
+    def _call(self, method, request, timeout_s: float | None, request_id: str | None = None):
         try:
-            return method(request, timeout=timeout_s or self.timeout_s)
+            return method(request, timeout=timeout_s or self.timeout_s,
+                          metadata=_metadata(request_id))  # fmt: skip
         except grpc.RpcError as exc:
             raise RecommenderError.from_rpc(exc) from None
 
     def recommend(self, user_id: str | None = None, artists: Artists = None, *,
-                  timeout_s: float | None = None, **options) -> Recommendation:  # fmt: skip
+                  timeout_s: float | None = None, request_id: str | None = None,
+                  **options) -> Recommendation:  # fmt: skip
         """Top-k artists for a known ``user_id`` or a new listener's ``artists`` (names) /
         ``artist_ids``; options: ``k``, ``exclude_played``, ``strict``, ``scoring``,
-        ``neighbours``. Raises :class:`RecommenderError` or ``ValueError``."""
+        ``neighbours``. ``request_id`` tags the call in the gateway's logs (default: a fresh
+        one). Raises :class:`RecommenderError` or ``ValueError``."""
         request = recommend_request(user_id, artists, **options)
-        return Recommendation.from_proto(self._call(self._stub.Recommend, request, timeout_s))
+        reply = self._call(self._stub.Recommend, request, timeout_s, request_id)
+        return Recommendation.from_proto(reply)
 
     def similar_users(self, user_id: str | None = None, artists: Artists = None, *,
-                      timeout_s: float | None = None, **options) -> SimilarUsers:  # fmt: skip
+                      timeout_s: float | None = None, request_id: str | None = None,
+                      **options) -> SimilarUsers:  # fmt: skip
         """The known users most similar to a user or a history (``n``, ``artist_ids``)."""
         request = similar_users_request(user_id, artists, **options)
-        return SimilarUsers.from_proto(self._call(self._stub.SimilarUsers, request, timeout_s))
+        reply = self._call(self._stub.SimilarUsers, request, timeout_s, request_id)
+        return SimilarUsers.from_proto(reply)
 
     def serving_info(self, timeout_s: float | None = None) -> ServingInfo:
         """The model version the gateway answers with now (0: none yet)."""
@@ -139,24 +156,28 @@ class AsyncRecommenderClient:
         self._stub = pb_grpc.RecommenderStub(self._channel)
         self._health = health_pb2_grpc.HealthStub(self._channel)
 
-    async def _call(self, method, request, timeout_s: float | None):
+    async def _call(self, method, request, timeout_s: float | None,
+                    request_id: str | None = None):  # fmt: skip
         try:
-            return await method(request, timeout=timeout_s or self.timeout_s)
+            return await method(request, timeout=timeout_s or self.timeout_s,
+                                metadata=_metadata(request_id))  # fmt: skip
         except grpc.RpcError as exc:
             raise RecommenderError.from_rpc(exc) from None
 
     async def recommend(self, user_id: str | None = None, artists: Artists = None, *,
-                        timeout_s: float | None = None, **options) -> Recommendation:  # fmt: skip
+                        timeout_s: float | None = None, request_id: str | None = None,
+                        **options) -> Recommendation:  # fmt: skip
         """See :meth:`RecommenderClient.recommend`."""
         request = recommend_request(user_id, artists, **options)
-        reply = await self._call(self._stub.Recommend, request, timeout_s)
+        reply = await self._call(self._stub.Recommend, request, timeout_s, request_id)
         return Recommendation.from_proto(reply)
 
     async def similar_users(self, user_id: str | None = None, artists: Artists = None, *,
-                            timeout_s: float | None = None, **options) -> SimilarUsers:  # fmt: skip
+                            timeout_s: float | None = None, request_id: str | None = None,
+                            **options) -> SimilarUsers:  # fmt: skip
         """See :meth:`RecommenderClient.similar_users`."""
         request = similar_users_request(user_id, artists, **options)
-        reply = await self._call(self._stub.SimilarUsers, request, timeout_s)
+        reply = await self._call(self._stub.SimilarUsers, request, timeout_s, request_id)
         return SimilarUsers.from_proto(reply)
 
     async def serving_info(self, timeout_s: float | None = None) -> ServingInfo:

@@ -1,7 +1,7 @@
 """The gateway's one Triton client: inference pinned to a version, readiness, error translation.
 
 One ``tritonclient.grpc.aio`` client per process (its examples' habit). Every call carries a
-client timeout; tritonclient failures leave as
+client timeout and the request id of the RPC it serves; tritonclient failures leave as
 :mod:`gateway.errors` with the status code the caller should see.
 """
 
@@ -13,6 +13,7 @@ from tritonclient.utils import InferenceServerException
 
 from core.contract import CATALOGUE_SCORER, ready_versions
 from gateway.errors import DeadlineExceeded, GatewayError, Unavailable, VersionRetired
+from gateway.logs import current_request_id
 
 
 def tensor(name: str, array: np.ndarray, dtype: str) -> triton.InferInput:
@@ -43,13 +44,14 @@ class Inference:
 
     async def infer(self, model: str, version: int, inputs: list[triton.InferInput],
                     timeout_s: float) -> triton.InferResult:  # fmt: skip
-        """One inference on ``version`` of ``model``."""
+        """One inference on ``version`` of ``model``, tagged with the RPC's request id."""
         if timeout_s <= 0:
             raise DeadlineExceeded("the deadline passed before Triton was called")
         try:
             return await self.client.infer(
-                model, inputs, model_version=str(version), client_timeout=timeout_s
-            )
+                model, inputs, model_version=str(version), client_timeout=timeout_s,
+                request_id=current_request_id(),
+            )  # fmt: skip
         except InferenceServerException as exc:
             raise translate(exc, self.url) from None
 

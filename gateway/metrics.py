@@ -16,6 +16,8 @@ from typing import Any
 import grpc
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
 
+from gateway.logs import REQUEST_ID_HEADER, bind_request_id
+
 log = logging.getLogger("gateway.access")
 _BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10)
 
@@ -62,7 +64,11 @@ Handler = Callable[[Any, grpc.aio.ServicerContext], Awaitable[Any]]
 
 
 class ObservingInterceptor(grpc.aio.ServerInterceptor):
-    """Counts and times every unary RPC and writes one structured access-log line for it."""
+    """Counts and times every unary RPC and writes one structured access-log line for it.
+
+    Each RPC is served under a request id, the caller's ``x-request-id`` or a fresh one: every
+    log line of the RPC carries it, Triton receives it, and the caller gets it back in the
+    trailing metadata."""
 
     def __init__(self, metrics: GatewayMetrics) -> None:
         self.metrics = metrics
@@ -81,6 +87,8 @@ class ObservingInterceptor(grpc.aio.ServerInterceptor):
     def _observed(self, method: str, behaviour: Handler) -> Handler:
         async def observed(request: Any, context: grpc.aio.ServicerContext) -> Any:
             start, code = time.perf_counter(), None
+            offered = dict(context.invocation_metadata() or ()).get(REQUEST_ID_HEADER)
+            context.set_trailing_metadata(((REQUEST_ID_HEADER, bind_request_id(offered)),))
             try:
                 return await behaviour(request, context)
             except asyncio.CancelledError:

@@ -219,6 +219,36 @@ def test_similar_users_bad_input_and_unknown_user(stub):
     assert err.value.code() == grpc.StatusCode.NOT_FOUND
 
 
+def test_request_ids_travel_from_the_client_through_every_log_line(stack):
+    with RecommenderClient(stack.address) as client:
+        client.recommend(_USERS[0], k=3, request_id="trace-abc.123")
+        with pytest.raises(RecommenderError):
+            client.recommend("no-such-user", request_id="trace-missing-1")
+    with grpc.insecure_channel(stack.address) as channel:
+        _, call = pb_grpc.RecommenderStub(channel).Recommend.with_call(
+            pb.RecommendRequest(user_id=_USERS[0], k=1)
+        )
+    made = dict(call.trailing_metadata())["x-request-id"]  # none sent: the gateway made one
+    assert len(made) == 32
+
+    def lines(rid: str) -> list[dict]:
+        text = (stack.root / "gateway.log").read_text()
+        entries = [json.loads(line) for line in text.splitlines() if line.startswith("{")]
+        return [e for e in entries if e.get("request_id") == rid]
+
+    assert _eventually(lambda: lines("trace-abc.123") and lines(made))
+    assert [e["code"] for e in lines("trace-abc.123") if e["msg"] == "rpc"] == ["OK"]
+    assert [e["code"] for e in lines("trace-missing-1") if e["msg"] == "rpc"] == ["NOT_FOUND"]
+
+
+def _eventually(check, timeout_s: float = 5.0):
+    """Poll ``check`` until it is truthy (log lines reach the file asynchronously)."""
+    deadline = time.monotonic() + timeout_s
+    while not (result := check()) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    return result
+
+
 def test_unknown_user_is_not_found(stack):
     with RecommenderClient(stack.address) as client, pytest.raises(RecommenderError) as err:
         client.recommend("no-such-user")
