@@ -62,7 +62,7 @@ class TritonPythonModel:
         return {
             spec["name"]: int(manifest[spec["indexes"]])
             for spec in manifest.get("inputs", [])
-            if spec.get("indexes") in ("users", "artists")
+            if spec.get("indexes") in ("users", "artists") and spec["indexes"] in manifest
         }
 
     def _check(self, arrays):

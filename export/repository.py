@@ -98,8 +98,6 @@ def export_run(run_dir: Path | str, repository: Path | str) -> ExportResult:
         "source_run": str(Path(run.path).resolve()),
         "data_fingerprint": run.data_info.get("fingerprint"),
         "vocab_fingerprint": run.vocab.fingerprint(),
-        "users": run.vocab.n_users,
-        "artists": run.vocab.n_artists,
         "metrics": {k: run.metrics.get(k) for k in ("known_users", "new_users")},
     }
     return export_network(
@@ -135,6 +133,8 @@ def export_network(
                 "version": version,
                 "created": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
                 **provenance,
+                "users": plays.shape[0],  # the rows "users" / "artists" inputs may index
+                "artists": plays.shape[1],
                 "inputs": [asdict(s) for s in spec.inputs],
                 "outputs": [asdict(s) for s in spec.outputs],
                 "parity": asdict(report),

@@ -60,3 +60,28 @@ def test_parity_gate_rejects_a_model_that_disagrees(network):
         check_pair_scorer(network, pair_scorer(other), pairs=1_000)
     with pytest.raises(ParityError, match="disagrees"):
         check_catalogue_scorer(network, catalogue_scorer(NetworkWeights.from_model(other)))
+
+
+def test_a_bare_export_records_the_sizes_its_runner_bounds_ids_by(network, tmp_path):
+    """Benchmarks export random networks without a run's provenance; the version's manifest
+    must still give Triton's runner the sizes it bounds ids by (it failed to load before)."""
+    import json
+
+    import scipy.sparse as sp
+
+    from core.contract import MODELS
+    from core.vocabulary import Vocabulary
+    from export.repository import export_network
+
+    vocab = Vocabulary(tuple(f"u{i}" for i in range(60)), tuple(f"a{i}" for i in range(2_000)),
+                       tuple(f"A{i}" for i in range(2_000)))  # fmt: skip
+    vocab.save(tmp_path / "vocab")
+    plays = sp.random(60, 2_000, density=0.01, format="csr", random_state=0, dtype=np.float32)
+    export_network(network, tmp_path / "repo", vocab_dir=tmp_path / "vocab", plays=plays,
+                   provenance={})  # fmt: skip
+    for name, spec in MODELS.items():
+        manifest = json.loads((tmp_path / "repo" / name / "1" / "manifest.json").read_text())
+        assert (manifest["users"], manifest["artists"]) == (60, 2_000)
+        for tensor in spec.inputs:
+            if tensor.indexes:
+                assert manifest[tensor.indexes] > 0, (name, tensor.name)
