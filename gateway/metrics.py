@@ -50,6 +50,14 @@ class GatewayMetrics:
             registry=r,
         )
         self.triton_up = Gauge("musicrec_gateway_triton_up", "1 when Triton answers", registry=r)
+        self.version_load_errors = Counter(
+            "musicrec_gateway_version_load_errors",
+            "Model versions whose artifacts failed to load (each attempt)",
+            registry=r,
+        )
+        self.task_restarts = Counter("musicrec_gateway_task_restarts",
+                                     "Background tasks restarted after they ended", ["task"],
+                                     registry=r)  # fmt: skip
 
     def serve(self, port: int, host: str = "0.0.0.0") -> None:
         """Expose ``/metrics`` over HTTP on ``port`` (a daemon thread)."""

@@ -13,7 +13,7 @@ import contextlib
 import logging
 import signal
 import sys
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 
 import grpc
 import tritonclient.grpc.aio as triton
@@ -59,6 +59,7 @@ class Gateway:
         self.tracker = VersionTracker(
             inference, config.repository, array_backend(config.backend),
             timeout_s=min(2.0, config.triton_timeout_s), on_change=self._on_change,
+            on_load_error=lambda *_: self.metrics.version_load_errors.inc(),
         )  # fmt: skip
         service = RecommendationService(self.tracker, mode_scorers(inference), self.metrics)
         pb_grpc.add_RecommenderServicer_to_server(RecommenderServicer(service, config), self.server)
@@ -92,8 +93,14 @@ class Gateway:
             await self.health.set(name, health_pb2.HealthCheckResponse.NOT_SERVING)
         if self.config.metrics_port:
             self.metrics.serve(self.config.metrics_port, self.config.host)
-        await self.tracker.refresh()
-        self._poller = asyncio.create_task(self.tracker.run(self.config.poll_interval_s))
+        try:
+            await self.tracker.refresh()
+        except Exception:  # the supervised poller tries again
+            log.exception("first version poll failed")
+        self._poller = asyncio.create_task(supervised(
+            "version poller", lambda: self.tracker.run(self.config.poll_interval_s),
+            on_restart=lambda: self.metrics.task_restarts.labels("version_poller").inc(),
+        ))  # fmt: skip
         await self.server.start()
         log.info("listening", extra={"address": f"{self.config.host}:{self.port}",
                                      "triton": self.config.triton_url,
@@ -108,6 +115,20 @@ class Gateway:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._poller
         await self.triton.close()
+
+
+async def supervised(name: str, run: Callable[[], Awaitable[None]], *,
+                     on_restart: Callable[[], None] = lambda: None,
+                     pause_s: float = 1.0) -> None:  # fmt: skip
+    """Run ``run()`` until cancelled: if it ever returns or raises, log why and start it again."""
+    while True:
+        try:
+            await run()
+            log.error("%s exited; restarting it", name)
+        except Exception:
+            log.exception("%s died; restarting it", name)
+        on_restart()
+        await asyncio.sleep(pause_s)
 
 
 async def serve(config: GatewayConfig) -> None:

@@ -1,26 +1,42 @@
 """Follow the model version Triton serves and keep that version's artifacts loaded.
 
 The tracker asks Triton (explicit model control) which versions are READY in every served model,
-loads each one's vocabulary and known plays off the event loop, and serves the newest by swapping
-one immutable :class:`ModelVersion` reference, so each request sees one whole version. During a
-deploy both versions are ready, so a switch (or a rollback, once the newer one is unloaded)
-needs no loading. A version whose artifacts cannot be read is reported once and skipped; the
-previous one keeps serving.
+loads each one's vocabulary and known plays off the event loop, and serves the newest loaded one
+by swapping one immutable :class:`ModelVersion` reference, so each request sees one whole
+version. During a deploy both versions are ready, so a switch (or a rollback, once the newer one
+is unloaded) needs no loading.
+
+A version whose artifacts cannot be loaded, for any reason (a truncated file, a wrong JSON
+shape, MemoryError, a GPU out of memory), is logged with its cause, counted, and retried with
+backoff; the newest loadable version keeps serving. When Triton serves no version the gateway
+could load, there is nothing to answer with: health says NOT_SERVING and requests get
+UNAVAILABLE with the reason. No failure of one poll ends the polling.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 from core.similarity import ArrayBackend
-from gateway.artifacts import ArtifactError, ModelVersion
+from gateway.artifacts import ModelVersion
 from gateway.errors import GatewayError, Unavailable
 from gateway.inference import Inference
 
 log = logging.getLogger(__name__)
+
+
+@dataclass
+class LoadFailure:
+    """Why a version could not be loaded, and when to try again."""
+
+    attempts: int
+    cause: str
+    retry_at: float
 
 
 class VersionTracker:
@@ -34,15 +50,21 @@ class VersionTracker:
         *,
         timeout_s: float = 2.0,
         on_change: Callable[[VersionTracker], None] = lambda _: None,
+        on_load_error: Callable[[int, BaseException], None] = lambda *_: None,
+        backoff_s: float = 1.0,
+        max_backoff_s: float = 60.0,
     ) -> None:
         self.triton = triton
         self.repository = Path(repository)
         self.backend = backend
         self.timeout_s = timeout_s
         self.on_change = on_change
+        self.on_load_error = on_load_error
+        self.backoff_s, self.max_backoff_s = backoff_s, max_backoff_s
         self.current: ModelVersion | None = None
         self.triton_up = False
-        self._broken: set[int] = set()
+        self.reason = "no model version is ready in Triton yet"  # why current is None
+        self.failures: dict[int, LoadFailure] = {}
         self._loaded: dict[int, ModelVersion] = {}
         self._lock = asyncio.Lock()
 
@@ -51,15 +73,15 @@ class VersionTracker:
         return self.triton_up and self.current is not None
 
     def serving(self) -> ModelVersion:
-        """The version to answer with; :class:`Unavailable` when there is none."""
+        """The version to answer with; :class:`Unavailable` (with the reason) when none."""
         if not self.triton_up:
             raise Unavailable(f"Triton at {self.triton.url} is not reachable")
         if self.current is None:
-            raise Unavailable("no model version is ready in Triton yet")
+            raise Unavailable(self.reason)
         return self.current
 
     async def refresh(self) -> None:
-        """Ask Triton once; load newly ready versions and serve the newest of them."""
+        """Ask Triton once; load newly ready versions and serve the newest loaded one."""
         async with self._lock:
             before = (self.triton_up, self.current.version if self.current else None)
             try:
@@ -78,12 +100,19 @@ class VersionTracker:
         if not ready:  # mid-swap (the models on different versions) or nothing loaded
             if self.current and not await self._still_ready():
                 self.current = None
+                self.reason = "no model version is ready in Triton"
             return
-        for version in sorted(ready - self._loaded.keys() - self._broken):
-            await self._load(version)  # preloaded, so a swap or rollback switches at once
+        now = time.monotonic()
+        for version in sorted(ready - self._loaded.keys()):
+            failure = self.failures.get(version)
+            if failure is None or failure.retry_at <= now:
+                await self._load(version)  # preloaded, so a swap or rollback switches at once
         self._loaded = {v: m for v, m in self._loaded.items() if v in ready}
-        if self._loaded:
-            self.current = self._loaded[max(self._loaded)]
+        self.failures = {v: f for v, f in self.failures.items() if v in ready}
+        self.current = self._loaded[max(self._loaded)] if self._loaded else None
+        if self.current is None:
+            causes = "; ".join(f"version {v}: {f.cause}" for v, f in sorted(self.failures.items()))
+            self.reason = f"Triton serves no version the gateway can load ({causes})"
 
     async def _still_ready(self) -> bool:
         try:
@@ -96,16 +125,31 @@ class VersionTracker:
             loaded = await asyncio.to_thread(
                 ModelVersion.load, self.repository, version, self.backend
             )
-        except ArtifactError as exc:
-            log.error("cannot serve version %d, keeping the previous one: %s", version, exc)
-            self._broken.add(version)
+        except Exception as exc:  # any cause; the next poll (after a backoff) tries again
+            self._failed(version, exc)
             return
+        if version in self.failures:
+            log.info("model version %d loads now", version)
+        self.failures.pop(version, None)
         log.info("loaded model version %d (%d users, %d artists)", version,
                  loaded.vocab.n_users, loaded.n_artists)  # fmt: skip
         self._loaded[version] = loaded
 
+    def _failed(self, version: int, exc: Exception) -> None:
+        attempts = self.failures[version].attempts + 1 if version in self.failures else 1
+        delay = min(self.max_backoff_s, self.backoff_s * 2 ** (attempts - 1))
+        cause = f"{type(exc).__name__}: {exc}"
+        self.failures[version] = LoadFailure(attempts, cause, time.monotonic() + delay)
+        log.error("cannot load model version %d (attempt %d, next in %.0f s): %s",
+                  version, attempts, delay, cause,
+                  extra={"version": version, "attempt": attempts})  # fmt: skip
+        self.on_load_error(version, exc)
+
     async def run(self, interval_s: float) -> None:
-        """Refresh forever (cancel the task to stop)."""
+        """Refresh forever (cancel the task to stop); a failed poll is logged, never fatal."""
         while True:
-            await self.refresh()
+            try:
+                await self.refresh()
+            except Exception:
+                log.exception("version poll failed; polling again in %.1f s", interval_s)
             await asyncio.sleep(interval_s)

@@ -79,3 +79,31 @@ def test_json_log_lines_carry_extra_fields():
     entry = json.loads(JsonFormatter().format(record))
     assert entry["msg"] == "rpc" and entry["method"] == "Recommend" and entry["code"] == "OK"
     assert entry["level"] == "info" and entry["ts"].endswith("Z")
+
+
+def test_a_supervised_task_that_dies_or_returns_is_logged_and_started_again(caplog):
+    import asyncio
+
+    from gateway.server import supervised
+
+    runs, restarts = [], []
+
+    async def flaky() -> None:
+        runs.append(1)
+        if len(runs) == 1:
+            raise RuntimeError("poll blew up")
+        if len(runs) == 3:
+            await asyncio.sleep(3600)  # alive: the supervisor must not restart it again
+
+    async def main() -> None:
+        task = asyncio.create_task(
+            supervised("poller", flaky, on_restart=lambda: restarts.append(1), pause_s=0.01)
+        )
+        while len(runs) < 3:
+            await asyncio.sleep(0.01)
+        task.cancel()
+
+    with caplog.at_level(logging.ERROR):
+        asyncio.run(main())
+    assert len(runs) == 3 and len(restarts) == 2
+    assert "poller died; restarting it" in caplog.text and "poller exited" in caplog.text
