@@ -11,15 +11,26 @@ from core.console import console
 from core.paths import DEFAULT_REPOSITORY
 
 
-def _deploy_config(args: argparse.Namespace):
+def _deploy_config(args: argparse.Namespace, *, needs_key: bool = True):
+    """The deploy settings; ``status`` reads without Triton's admin key when none is set."""
+    from serving import admin_key
     from serving.deploy import DeployConfig
 
+    try:
+        key = admin_key.resolve(args.admin_key_file)
+    except admin_key.AdminKeyError:
+        if needs_key:
+            raise
+        key = None
     return DeployConfig(args.repository, args.triton_url, args.gateway,
                         keep=getattr(args, "keep", 3),
-                        max_metric_drop=getattr(args, "max_metric_drop", 0.01))  # fmt: skip
+                        max_metric_drop=getattr(args, "max_metric_drop", 0.01),
+                        admin_key=key)  # fmt: skip
 
 
 def _print_report(report) -> None:
+    if report.recovered:
+        console.print(f"[yellow]{report.recovered}[/]")
     console.print(
         f"{report.action}: version {report.version} serves (was {report.previous}) after "
         f"{report.seconds:.1f}s; metric gate {report.gate}"
@@ -46,7 +57,10 @@ def _status(args: argparse.Namespace) -> None:
     table = Table(title=f"Model versions in {args.repository}")
     for col in ("version", "serving", "NDCG@10", "created", "source run"):
         table.add_column(col)
-    for row in status(_deploy_config(args)):
+    rows, recovered = status(_deploy_config(args, needs_key=False))
+    if recovered:
+        console.print(f"[yellow]{recovered}[/]")
+    for row in rows:
         metric = "-" if row.metric is None else f"{row.metric:.4f}"
         table.add_row(str(row.version), "yes" if row.serving else "", metric, row.created,
                       row.source_run)  # fmt: skip
@@ -57,6 +71,9 @@ def _operations(p: argparse.ArgumentParser) -> None:
     p.add_argument("--repository", type=Path, default=DEFAULT_REPOSITORY)
     p.add_argument("--triton-url", default="127.0.0.1:8001", help="Triton gRPC")
     p.add_argument("--gateway", help="host:port: wait until the gateway serves the version")
+    p.add_argument("--admin-key-file", type=Path, default=None,
+                   help="Triton's model-control key (env MUSICREC_TRITON_ADMIN_KEY; default: "
+                        "the file the embedded Triton writes)")  # fmt: skip
 
 
 def register(sub: argparse._SubParsersAction, fmt: type[argparse.HelpFormatter]) -> None:

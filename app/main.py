@@ -20,9 +20,9 @@ from core.errors import MusicrecError
 
 VERB_GROUPS = (data_commands, training_commands, export_commands, serve_commands,
                deploy_commands)  # fmt: skip
-# Failures a person caused or can fix: one line and exit 2, never a traceback.
-USER_ERRORS = (MusicrecError, RecommenderError, ValueError, KeyError, FileNotFoundError,
-               FileExistsError)  # fmt: skip
+# Failures a person caused or can fix (a disk full and a permission denied included): one
+# line and exit 2, never a traceback.
+USER_ERRORS = (MusicrecError, RecommenderError, ValueError, KeyError, OSError)
 
 
 def build_parser() -> argparse.ArgumentParser:

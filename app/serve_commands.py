@@ -14,6 +14,7 @@ from app.training_commands import train_and_save
 from core.console import console
 from core.contract import SERVED_MODELS
 from core.paths import DEFAULT_GENERATED_CSV, DEFAULT_REPOSITORY, DEFAULT_RUNS_DIR
+from serving import admin_key
 
 
 def _raise_keyboard_interrupt(*_: object) -> None:
@@ -24,13 +25,16 @@ def _raise_keyboard_interrupt(*_: object) -> None:
 def _triton(args: argparse.Namespace) -> None:
     from serving.triton_server import TritonConfig, TritonServer
 
+    key = admin_key.load_or_create(args.admin_key_file)
     cfg = TritonConfig(args.repository, args.http_port, args.grpc_port, args.metrics_port,
-                       load_models=SERVED_MODELS, log_file=args.log_file)  # fmt: skip
+                       load_models=SERVED_MODELS, log_file=args.log_file, host=args.host,
+                       admin_key=key)  # fmt: skip
     signal.signal(signal.SIGTERM, _raise_keyboard_interrupt)
     with TritonServer(cfg) as server:
         console.print(
             f"Triton ready: gRPC {server.grpc_url}, HTTP {server.http_url}, "
-            f"metrics :{cfg.metrics_port}; logs in {cfg.log_file}. Ctrl-C stops it."
+            f"metrics :{cfg.metrics_port}; logs in {cfg.log_file}; model control needs the key "
+            f"in {args.admin_key_file}. Ctrl-C stops it."
         )
         try:
             server.process.wait()
@@ -78,6 +82,7 @@ def _demo(args: argparse.Namespace) -> None:
         args.repository, *args.triton_ports,
         gateway=GatewayConfig(port=args.gateway_port, metrics_port=args.metrics_port),
         log_dir=DEFAULT_RUNS_DIR.parent / "logs",
+        triton_admin_key=admin_key.load_or_create(admin_key.DEFAULT_FILE),
     )  # fmt: skip
     signal.signal(signal.SIGTERM, _raise_keyboard_interrupt)
     with serving_stack(stack_cfg) as stack:
@@ -101,7 +106,7 @@ def _demo(args: argparse.Namespace) -> None:
             f'recommend --artists "{history[0]}"   (Ctrl-C stops)'
         )
         try:
-            stack.triton.process.wait()
+            stack.wait()
         except KeyboardInterrupt:
             console.print("stopping the gateway and Triton")
 
@@ -114,6 +119,13 @@ def register(sub: argparse._SubParsersAction, fmt: type[argparse.HelpFormatter])
     s.add_argument("--grpc-port", type=int, default=8001)
     s.add_argument("--metrics-port", type=int, default=8002)
     s.add_argument("--log-file", type=Path, default=DEFAULT_RUNS_DIR.parent / "triton.log")
+    s.add_argument(
+        "--host",
+        default="127.0.0.1",
+        help="address every port binds to (0.0.0.0 exposes inference to the network)",
+    )
+    s.add_argument("--admin-key-file", type=Path, default=admin_key.DEFAULT_FILE,
+                   help="model-control key; made (random, 0600) when missing")  # fmt: skip
     s.set_defaults(func=_triton)
 
     d = sub.add_parser(

@@ -120,7 +120,8 @@ def _set_batching(server: TritonServer, enabled: bool) -> None:
     if not enabled:
         cfg.ClearField("dynamic_batching")
     client = grpcclient.InferenceServerClient(server.grpc_url)
-    client.load_model(PAIR_SCORER, config=json_format.MessageToJson(cfg))
+    client.load_model(PAIR_SCORER, config=json_format.MessageToJson(cfg),
+                      headers=server.admin_headers)  # fmt: skip
 
 
 def run_catalogue(n_artists: int, quick: bool) -> dict:

@@ -65,7 +65,8 @@ def main(argv: list[str] | None = None) -> int:
                           gateway=GatewayConfig(port=free_port(), metrics_port=0, backend="cpu"),
                           log_dir=Path(tmp) / "logs")  # fmt: skip
         with serving_stack(cfg) as stack:
-            ops = DeployConfig(repo, stack.triton.grpc_url, stack.gateway.address)
+            ops = DeployConfig(repo, stack.triton.grpc_url, stack.gateway.address,
+                               admin_key=stack.triton.admin_key)  # fmt: skip
             steps = []
             with AsyncLoad(stack.gateway.address, users) as load:
                 load.wait_for(300)

@@ -11,10 +11,9 @@ backend), ``manifest.json``, ``vocab/`` (``users.json``, ``artists.json``), ``pl
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Protocol
 
 import numpy as np
 
@@ -109,19 +108,6 @@ def versions(repository: Path, name: str) -> list[int]:
     return sorted(int(p.name) for p in model_dir.iterdir() if p.is_dir() and p.name.isdigit())
 
 
-class IndexEntry(Protocol):
-    """One row of Triton's model repository index (sync and asyncio clients alike)."""
-
-    name: str
-    version: str
-    state: str
-
-
-def ready_versions(index: Iterable[IndexEntry]) -> set[int]:
-    """The versions Triton reports READY in every served model (none mid-swap, when the
-    models are on different versions)."""
-    ready: dict[str, set[int]] = {m: set() for m in SERVED_MODELS}
-    for entry in index:
-        if entry.name in ready and entry.state == "READY" and entry.version.isdigit():
-            ready[entry.name].add(int(entry.version))
-    return set.intersection(*ready.values())
+def common_versions(repository: Path) -> set[int]:
+    """Versions present on disk for every served model (what Triton may be asked about)."""
+    return set.intersection(*(set(versions(repository, m)) for m in SERVED_MODELS))

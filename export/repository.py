@@ -43,6 +43,7 @@ from core.contract import (
     versions,
 )
 from core.errors import MusicrecError
+from core.files import file_digests, repository_lock
 from export.onnx_models import catalogue_scorer, pair_scorer
 from export.parity import ParityReport, check_catalogue_scorer, check_pair_scorer
 from export.triton_config import write_configs
@@ -77,14 +78,19 @@ def next_version(repository: Path) -> int:
 
 
 def _write_version(
-    directory: Path, proto: onnx.ModelProto, manifest: dict, vocab_dir: Path, plays: sp.csr_matrix
+    directory: Path, proto: onnx.ModelProto, vocab_dir: Path, plays: sp.csr_matrix
 ) -> None:
     directory.mkdir(parents=True)
     onnx.save(proto, directory / ONNX_FILE)
     shutil.copy2(PYTHON_MODEL, directory / PYTHON_MODEL_FILE)
     shutil.copytree(vocab_dir, directory / VOCAB_DIR)
     sp.save_npz(directory / PLAYS, plays)
-    (directory / MANIFEST).write_text(json.dumps(manifest, indent=2))
+
+
+def _seal(directory: Path, manifest: dict) -> None:
+    """Write the manifest last, with the sha256 of every other file of the version."""
+    files = file_digests(directory, skip=(MANIFEST,))
+    (directory / MANIFEST).write_text(json.dumps({**manifest, "files": files}, indent=2))
 
 
 def export_run(run_dir: Path | str, repository: Path | str) -> ExportResult:
@@ -117,14 +123,21 @@ def export_network(
     """Export a trained network with its vocabulary and known users' plays as the next version
     of both models, after the parity gates; the repository is untouched on any failure."""
     repository = Path(repository)
+    repository.mkdir(parents=True, exist_ok=True)
     built = {}
     for name, (build, gate) in BUILDERS.items():
         proto = build(keras_model)
         built[name] = (proto, gate(keras_model, proto))
 
-    repository.mkdir(parents=True, exist_ok=True)
+    with repository_lock(repository):  # one export or deploy at a time
+        return _place(keras_model, repository, built, vocab_dir, plays, provenance)
+
+
+def _place(keras_model: keras.Model, repository: Path, built: dict, vocab_dir: Path,
+           plays: sp.csr_matrix, provenance: dict) -> ExportResult:  # fmt: skip
     version = next_version(repository)
     staging = Path(tempfile.mkdtemp(prefix=".export-", dir=repository.parent))
+    manifests = {}
     try:
         for name, (proto, report) in built.items():
             spec = MODELS[name]
@@ -139,13 +152,16 @@ def export_network(
                 "outputs": [asdict(s) for s in spec.outputs],
                 "parity": asdict(report),
             }
-            _write_version(staging / name / str(version), proto, manifest, vocab_dir, plays)
+            manifests[name] = manifest
+            _write_version(staging / name / str(version), proto, vocab_dir, plays)
         # The same network as a SavedModel, for TF Serving and other TensorFlow tools.
         keras_model.export(
             staging / PAIR_SCORER / str(version) / "model.savedmodel",
             format="tf_saved_model",
             verbose=False,
         )
+        for name, manifest in manifests.items():
+            _seal(staging / name / str(version), manifest)
         placed: list[Path] = []
         try:
             for name in SERVED_MODELS:

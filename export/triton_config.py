@@ -8,7 +8,6 @@ Light on purpose (no TensorFlow): deploy imports it.
 
 from __future__ import annotations
 
-import os
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -16,6 +15,7 @@ from google.protobuf import text_format
 from tritonclient.grpc import model_config_pb2 as mc
 
 from core.contract import MODELS, TensorSpec
+from core.files import write_atomically
 
 _TENSORRT_NOTE = """\
 # Optional on GPU hosts: run the ONNX graph through TensorRT inside the onnxruntime backend by
@@ -64,12 +64,6 @@ def model_config(
     return cfg
 
 
-def _write_atomically(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
-
-
 def serving_policy(model_dir: Path) -> list[int] | None:
     """The versions a model's configuration pins (``deploy``), or None (newest serves)."""
     path = model_dir / "configs" / "cpu.pbtxt"
@@ -86,5 +80,5 @@ def write_configs(model_dir: Path, name: str, serving: Sequence[int] | None = No
     serving = serving if serving is not None else serving_policy(model_dir)
     prod = text_format.MessageToString(model_config(name, production=True, serving=serving))
     cpu = text_format.MessageToString(model_config(name, production=False, serving=serving))
-    _write_atomically(model_dir / "configs" / "cpu.pbtxt", cpu)
-    _write_atomically(model_dir / "config.pbtxt", _TENSORRT_NOTE + prod)
+    write_atomically(model_dir / "configs" / "cpu.pbtxt", cpu)
+    write_atomically(model_dir / "config.pbtxt", _TENSORRT_NOTE + prod)

@@ -7,11 +7,14 @@ client timeout and the request id of the RPC it serves; tritonclient failures le
 
 from __future__ import annotations
 
+import asyncio
+from pathlib import Path
+
 import numpy as np
 import tritonclient.grpc.aio as triton
 from tritonclient.utils import InferenceServerException
 
-from core.contract import CATALOGUE_SCORER, ready_versions
+from core.contract import CATALOGUE_SCORER, SERVED_MODELS, common_versions
 from gateway.errors import DeadlineExceeded, GatewayError, Unavailable, VersionRetired
 from gateway.logs import current_request_id
 
@@ -64,10 +67,18 @@ class Inference:
         except InferenceServerException as exc:
             raise translate(exc, self.url) from None
 
-    async def ready_versions(self, timeout_s: float) -> set[int]:
-        """The versions Triton reports READY for every served model."""
+    async def ready_versions(self, repository: Path, timeout_s: float) -> set[int]:
+        """The versions on disk that Triton reports READY in every served model.
+
+        Asked model by model through the open readiness API: the repository index belongs to
+        the model-repository API, which only deploy's admin key unlocks."""
+        on_disk = common_versions(repository)
+        checks = [(v, m) for v in sorted(on_disk) for m in SERVED_MODELS]
         try:
-            index = await self.client.get_model_repository_index(client_timeout=timeout_s)
+            ready = await asyncio.gather(*(
+                self.client.is_model_ready(m, str(v), client_timeout=timeout_s)
+                for v, m in checks
+            ))  # fmt: skip
         except InferenceServerException as exc:
             raise translate(exc, self.url) from None
-        return ready_versions(index.models)
+        return on_disk - {v for (v, _), ok in zip(checks, ready, strict=True) if not ok}

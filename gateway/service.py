@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import logging
 import math
+from pathlib import Path
 
 import grpc
 
@@ -133,7 +134,8 @@ class RecommenderServicer(pb_grpc.RecommenderServicer):
             info.model_version = mv.version
             info.users, info.artists = mv.vocab.n_users, mv.n_artists
             info.created = str(mv.manifest.get("created", ""))
-            info.source_run = str(mv.manifest.get("source_run", ""))
+            # the run's name only: an absolute path would tell callers about the host
+            info.source_run = Path(str(mv.manifest.get("source_run", ""))).name
         return info
 
     async def SimilarUsers(  # gRPC method name

@@ -85,7 +85,7 @@ class VersionTracker:
         async with self._lock:
             before = (self.triton_up, self.current.version if self.current else None)
             try:
-                ready = await self.triton.ready_versions(self.timeout_s)
+                ready = await self.triton.ready_versions(self.repository, self.timeout_s)
                 self.triton_up = True
             except GatewayError as exc:
                 if self.triton_up:

@@ -29,10 +29,13 @@ class AsyncLoad:
         """When the first answer from ``version`` came after ``after`` (monotonic), if any."""
         return next((t for t, v in self.switches if v == version and t >= after), None)
 
-    def wait_for(self, requests: int, timeout_s: float = 600) -> None:
+    def wait_for(self, requests: int, timeout_s: float = 600) -> bool:
+        """Wait until ``requests`` answers succeeded; False if the time ran out first or the
+        load thread died."""
         deadline = time.monotonic() + timeout_s
-        while self.ok < requests and time.monotonic() < deadline:
+        while self.ok < requests and time.monotonic() < deadline and self._thread.is_alive():
             time.sleep(0.05)
+        return self.ok >= requests
 
     async def _run(self) -> None:
         async with AsyncRecommenderClient(self.address, timeout_s=30) as client:

@@ -1,7 +1,8 @@
 """Redeploys by swapping model versions in a running Triton, with no failed request.
 
-``deploy`` validates a version (files, contract, parity record, a smoke inference with
-onnxruntime, and its offline metrics against the serving version's), then swaps:
+``deploy`` validates a version (``serving/validation.py``: files and checksums, contract,
+parity record, a smoke inference, the gateway's own load of its vocabulary and plays, and its
+offline metric against the serving version's), then swaps:
 
 1. pin both versions in every model's configuration (``version_policy: specific``) and ask
    Triton to load them (explicit model control): the new version loads beside the old one;
@@ -9,51 +10,37 @@ onnxruntime, and its offline metrics against the serving version's), then swaps:
 3. pin only the new version and load again: Triton unloads the old one after its in-flight
    requests; a request that still names it is retried by the gateway on the new one.
 
-The pinned versions live in the repository's configuration, so a restarted Triton serves the
-same version. If Triton cannot load the new version, the old pin is restored and the old
-version keeps serving. ``rollback`` swaps back to the version served before, ``status`` lists
-the versions. ``deployments.json`` beside the models records what was served when.
+Safety: export, deploy and rollback hold the repository's lock, one at a time. The pin lives
+in the repository, so a restarted Triton serves the same version. A swap records its intent
+first; if a command dies between steps, the next ``deploy``, ``rollback`` or ``status`` finds
+the record and pins the version that served before. Any failure during the swap (Triton cannot
+load the version, the gateway does not switch in time) restores the previous pin and says which
+version serves. ``rollback`` follows deploy records only.
 """
 
 from __future__ import annotations
 
 import contextlib
-import datetime as dt
 import json
-import os
-import shutil
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
-import numpy as np
-import onnxruntime as ort
 import tritonclient.grpc as grpcclient
 from tritonclient.utils import InferenceServerException
 
 from client import RecommenderClient, RecommenderError
-from core.contract import (
-    CATALOGUE_SCORER,
-    MANIFEST,
-    MODELS,
-    ONNX_FILE,
-    SERVED_MODELS,
-    VERSION_FILES,
-    ready_versions,
-    versions,
-)
-from core.errors import MusicrecError
+from core.contract import CATALOGUE_SCORER, MANIFEST, SERVED_MODELS, common_versions, versions
+from core.files import repository_lock
 from core.modes import DEFAULT_MODE, MODES
 from export.triton_config import write_configs
+from serving import admin_key
+from serving import deploy_records as records
+from serving.validation import DeployError, metric_gate, quality, validate_version
 
-HISTORY_FILE = "deployments.json"
-GATE_METRIC = "ndcg@10"
+__all__ = ["DeployConfig", "DeployError", "DeployReport", "deploy", "rollback", "status"]
 # Loaded last in a swap, so the default mode's model switches once the others serve.
 LOAD_ORDER = sorted(SERVED_MODELS, key=lambda name: name in MODES[DEFAULT_MODE].models)
-
-
-class DeployError(MusicrecError):
-    """The deploy was refused or failed; the serving version is unchanged."""
 
 
 @dataclass(frozen=True)
@@ -66,10 +53,20 @@ class DeployConfig:
     keep: int = 3  # versions kept on disk (the serving one and the rollback target always)
     max_metric_drop: float = 0.01  # NDCG@10 (known users) the new version may lose
     timeout_s: float = 120.0
+    admin_key: str | None = field(default=None, repr=False)  # unlocks Triton's load/unload
+
+    @property
+    def admin_headers(self) -> dict[str, str] | None:
+        return admin_key.headers(self.admin_key)
 
     def __post_init__(self) -> None:
         if self.keep < 2:
             raise ValueError("keep must be >= 2 (the serving version and the rollback target)")
+        if not (self.max_metric_drop >= 0 and self.max_metric_drop != float("inf")):
+            raise ValueError(f"max metric drop must be a finite number >= 0, "
+                             f"got {self.max_metric_drop}")  # fmt: skip
+        if not self.timeout_s > 0:
+            raise ValueError("timeout_s must be positive")
 
 
 @dataclass(frozen=True)
@@ -80,92 +77,27 @@ class DeployReport:
     seconds: float
     retired: tuple[int, ...]
     gate: str  # what the metric gate decided
-
-
-# ---------------------------------------------------------------- validation (before Triton)
-
-
-def _manifest(repository: Path, name: str, version: int) -> dict:
-    directory = repository / name / str(version)
-    for part in VERSION_FILES:
-        if not (directory / part).is_file():
-            raise DeployError(f"version {version} of {name} lacks {part}")
-    try:
-        return json.loads((directory / MANIFEST).read_text())
-    except ValueError as exc:
-        raise DeployError(f"version {version} of {name}: unreadable manifest: {exc}") from None
-
-
-def _smoke(repository: Path, name: str, version: int) -> None:
-    """Run the ONNX file once with onnxruntime: the spec's example feed gives finite outputs."""
-    spec = MODELS[name]
-    path = repository / name / str(version) / ONNX_FILE
-    try:
-        session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
-    except Exception as exc:  # onnxruntime raises its own exception types
-        raise DeployError(f"version {version} of {name}: model.onnx does not load: {exc}") from None
-    declared = sorted(i.name for i in session.get_inputs())
-    if declared != sorted(spec.input_names):
-        raise DeployError(f"version {version} of {name}: inputs {declared} break the contract")
-    try:
-        results = session.run(spec.output_names, spec.example_feed())
-    except Exception as exc:
-        raise DeployError(f"version {version} of {name}: smoke inference failed: {exc}") from None
-    if not all(np.all(np.isfinite(r)) for r in results if r.dtype.kind == "f"):
-        raise DeployError(f"version {version} of {name}: smoke inference gave non-finite scores")
-
-
-def validate_version(repository: Path, version: int) -> dict:
-    """Refuse a broken or incompatible version before Triton sees it; returns its manifest."""
-    manifests = {name: _manifest(repository, name, version) for name in SERVED_MODELS}
-    fingerprints = {m.get("vocab_fingerprint") for m in manifests.values()}
-    if len(fingerprints) != 1:
-        raise DeployError(f"version {version}: the two models carry different vocabularies")
-    for name, manifest in manifests.items():
-        if manifest.get("version") != version or manifest.get("model") != name:
-            raise DeployError(f"version {version} of {name}: manifest names another version")
-        spec = MODELS[name]
-        if [i["name"] for i in manifest.get("inputs", [])] != spec.input_names:
-            raise DeployError(f"version {version} of {name}: tensors differ from the contract")
-        parity = manifest.get("parity") or {}
-        if not parity.get("max_abs_diff", 1.0) <= spec.parity_tolerance:
-            raise DeployError(f"version {version} of {name}: no passing parity record")
-        _smoke(repository, name, version)
-    return manifests[CATALOGUE_SCORER]
-
-
-def _quality(manifest: dict) -> float | None:
-    value = ((manifest.get("metrics") or {}).get("known_users") or {}).get(GATE_METRIC)
-    return float(value) if value is not None else None
-
-
-def metric_gate(new: dict, old: dict | None, max_drop: float, force: bool) -> str:
-    """Refuse a version whose NDCG@10 falls more than ``max_drop`` below the serving one's."""
-    if old is None:
-        return "first version: no gate"
-    new_q, old_q = _quality(new), _quality(old)
-    if new_q is None or old_q is None:
-        return f"skipped: {GATE_METRIC} missing from a manifest"
-    verdict = f"{GATE_METRIC} {new_q:.4f} vs {old_q:.4f} (allowed drop {max_drop})"
-    if new_q < old_q - max_drop:
-        if not force:
-            raise DeployError(f"refused: {verdict}; use --force to deploy anyway")
-        return f"forced past: {verdict}"
-    return f"passed: {verdict}"
+    recovered: str = ""  # what an interrupted earlier swap left, and how it was repaired
 
 
 # ---------------------------------------------------------------- Triton and the gateway
 
 
-def served_versions(client: grpcclient.InferenceServerClient) -> set[int]:
-    """Versions READY in every served model."""
-    return ready_versions(client.get_model_repository_index().models)
+def _triton(cfg: DeployConfig) -> grpcclient.InferenceServerClient:
+    return grpcclient.InferenceServerClient(cfg.triton_url)
+
+
+def served_versions(cfg: DeployConfig, client: grpcclient.InferenceServerClient) -> set[int]:
+    """Versions on disk READY in every served model (through the open readiness API, so
+    ``status`` needs no admin key)."""
+    on_disk = common_versions(cfg.repository)
+    return {v for v in on_disk if all(client.is_model_ready(m, str(v)) for m in SERVED_MODELS)}
 
 
 def _pin_and_load(cfg: DeployConfig, client, pinned: list[int]) -> None:
     for name in LOAD_ORDER:
         write_configs(cfg.repository / name, name, serving=pinned)
-        client.load_model(name)
+        client.load_model(name, headers=cfg.admin_headers)
 
 
 def _wait_for_gateway(cfg: DeployConfig, version: int) -> None:
@@ -174,76 +106,102 @@ def _wait_for_gateway(cfg: DeployConfig, version: int) -> None:
     deadline = time.monotonic() + cfg.timeout_s
     with RecommenderClient(cfg.gateway, timeout_s=5) as gateway:
         while time.monotonic() < deadline:
-            try:
+            with contextlib.suppress(RecommenderError):
                 if gateway.serving_info().model_version == version:
                     return
-            except RecommenderError:
-                pass
             time.sleep(0.1)
-    raise DeployError(f"the gateway at {cfg.gateway} did not switch to version {version}")
+    raise DeployError(f"the gateway at {cfg.gateway} did not switch to version {version} "
+                      f"within {cfg.timeout_s:g} s")  # fmt: skip
+
+
+class SwapFailed(DeployError):
+    """A swap failed; ``consistent`` tells whether the previous pin was restored."""
+
+    def __init__(self, message: str, consistent: bool) -> None:
+        super().__init__(message)
+        self.consistent = consistent
+
+
+def _restore(cfg: DeployConfig, client, old: int | None, new: int, cause: str) -> SwapFailed:
+    """Pin ``old`` again after a failed swap; the error to raise, saying what serves."""
+    if old is None:
+        with contextlib.suppress(InferenceServerException, OSError):
+            _pin_and_load(cfg, client, [new])
+        return SwapFailed(f"{cause}; no earlier version to keep serving", consistent=True)
+    try:
+        _pin_and_load(cfg, client, [old])
+    except (InferenceServerException, OSError) as exc:
+        return SwapFailed(f"{cause}; restoring version {old} failed too ({exc}): the next "
+                          "`musicrec status` repairs the pin", consistent=False)  # fmt: skip
+    return SwapFailed(f"{cause}; version {old} keeps serving", consistent=True)
+
+
+def _swap_recorded(cfg: DeployConfig, action: str, old: int | None, new: int) -> None:
+    """:func:`swap` under an intent record, which stays only if the state is left torn."""
+    records.begin(cfg.repository, action, new, old)
+    try:
+        swap(cfg, old, new)
+    except SwapFailed as exc:
+        if exc.consistent:
+            records.done(cfg.repository)
+        raise
 
 
 def swap(cfg: DeployConfig, old: int | None, new: int) -> None:
-    """Serve ``new`` instead of ``old`` (see the module docstring); restore ``old`` on failure."""
-    client = grpcclient.InferenceServerClient(cfg.triton_url)
+    """Serve ``new`` instead of ``old`` (see the module docstring); on any failure, restore
+    ``old`` and raise :class:`DeployError` naming the version that serves."""
+    client = _triton(cfg)
     try:
-        _pin_and_load(cfg, client, sorted({new} | ({old} if old else set())))
+        _pin_and_load(cfg, client, sorted({new} | ({old} if old is not None else set())))
+        if new > (old or 0):
+            _wait_for_gateway(cfg, new)  # the gateway serves the newest ready version
+        _pin_and_load(cfg, client, [new])
+        _wait_for_gateway(cfg, new)
     except InferenceServerException as exc:
-        if old:
-            with contextlib.suppress(InferenceServerException):  # old stays loaded regardless
-                _pin_and_load(cfg, client, [old])
-        raise DeployError(f"Triton could not load version {new} ({exc.message()}); "
-                          f"version {old} keeps serving") from None  # fmt: skip
-    if new > (old or 0):
-        _wait_for_gateway(cfg, new)  # the gateway serves the newest ready version
-    _pin_and_load(cfg, client, [new])
-    _wait_for_gateway(cfg, new)
-
-
-# ---------------------------------------------------------------- history and retirement
-
-
-def read_history(repository: Path) -> list[dict]:
-    path = repository / HISTORY_FILE
-    return json.loads(path.read_text()) if path.is_file() else []
-
-
-def _record(repository: Path, entry: dict) -> None:
-    history = [*read_history(repository), entry]
-    tmp = repository / f".{HISTORY_FILE}.tmp"
-    tmp.write_text(json.dumps(history, indent=2))
-    os.replace(tmp, repository / HISTORY_FILE)
-
-
-def retire(repository: Path, keep: int, protect: set[int], newest_served: int) -> list[int]:
-    """Delete the oldest versions beyond ``keep``; never one in ``protect`` or any version
-    newer than ``newest_served`` (exported candidates)."""
-    on_disk = versions(repository, CATALOGUE_SCORER)
-    old = [v for v in on_disk if v <= newest_served and v not in protect]
-    room = max(0, keep - len(protect & set(on_disk)))
-    doomed = old[: max(0, len(old) - room)]
-    for v in doomed:
-        for name in SERVED_MODELS:
-            shutil.rmtree(repository / name / str(v), ignore_errors=True)
-    return doomed
-
-
-# ---------------------------------------------------------------- commands
+        cause = f"Triton could not load version {new} ({exc.message()})"
+        raise _restore(cfg, client, old, new, cause) from None
+    except DeployError as exc:
+        raise _restore(cfg, client, old, new, str(exc)) from None
 
 
 def _current(cfg: DeployConfig) -> int | None:
     try:
-        served = served_versions(grpcclient.InferenceServerClient(cfg.triton_url))
+        served = served_versions(cfg, _triton(cfg))
     except InferenceServerException as exc:
         raise DeployError(f"Triton at {cfg.triton_url} is not reachable: {exc.message()}") from None
     return max(served) if served else None
+
+
+def recover(cfg: DeployConfig) -> str:
+    """Finish a swap that died between its steps: pin the version that served before it
+    (or the new one, if none did). Returns what was done ('' when nothing was pending)."""
+    intent = records.pending(cfg.repository)
+    if intent is None:
+        return ""
+    keep = intent["previous"] if intent.get("previous") is not None else intent["version"]
+    try:
+        _pin_and_load(cfg, _triton(cfg), [keep])
+    except InferenceServerException as exc:
+        raise DeployError(f"an interrupted {intent['action']} of version {intent['version']} "
+                          f"needs repair, but Triton refused version {keep}: "
+                          f"{exc.message()}") from None  # fmt: skip
+    _wait_for_gateway(cfg, keep)
+    records.done(cfg.repository)
+    return (f"recovered an interrupted {intent['action']} of version {intent['version']}: "
+            f"version {keep} serves")  # fmt: skip
 
 
 def _manifest_or_none(repository: Path, version: int | None) -> dict | None:
     if version is None:
         return None
     path = repository / CATALOGUE_SCORER / str(version) / MANIFEST
-    return json.loads(path.read_text()) if path.is_file() else None
+    try:
+        return json.loads(path.read_text()) if path.is_file() else None
+    except ValueError:
+        return None
+
+
+# ---------------------------------------------------------------- commands
 
 
 def deploy(
@@ -253,51 +211,50 @@ def deploy(
     """Export ``run_dir`` (or take exported ``version``), validate it and make it serve."""
     start = time.monotonic()
     repo = Path(cfg.repository)
-    previous = _current(cfg)
-    if previous is not None:  # pin what serves, so a new candidate never serves by accident
-        for name in SERVED_MODELS:
-            write_configs(repo / name, name, serving=[previous])
-    if run_dir is not None:
-        from export.repository import export_run  # TensorFlow: only when exporting
+    with repository_lock(repo):
+        recovered = recover(cfg)
+        previous = _current(cfg)
+        if previous is not None:  # pin what serves, so a new candidate never serves by accident
+            for name in SERVED_MODELS:
+                write_configs(repo / name, name, serving=[previous])
+        if run_dir is not None:
+            from export.repository import export_run  # TensorFlow: only when exporting
 
-        version = export_run(run_dir, repo).version
-    if version is None:
-        raise DeployError("give a run directory or --version")
-    if version == previous:
-        raise DeployError(f"version {version} is already serving")
-    manifest = validate_version(repo, version)
-    gate = metric_gate(manifest, _manifest_or_none(repo, previous), cfg.max_metric_drop, force)
-    swap(cfg, previous, version)
-    _record(
-        repo,
-        {
-            "action": "deploy",
-            "version": version,
-            "previous": previous,
-            "at": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
-            "gate": gate,
-        },
-    )
-    retired = retire(repo, cfg.keep, {version, previous} - {None}, version)  # fmt: skip
+            version = export_run(run_dir, repo).version
+        if version is None:
+            raise DeployError("give a run directory or --version")
+        if version == previous:
+            raise DeployError(f"version {version} is already serving")
+        manifest = validate_version(repo, version)
+        gate = metric_gate(manifest, _manifest_or_none(repo, previous), cfg.max_metric_drop,
+                           force)  # fmt: skip
+        _swap_recorded(cfg, "deploy", previous, version)
+        records.record(repo, {"action": "deploy", "version": version, "previous": previous,
+                              "at": records.now(), "gate": gate})  # fmt: skip
+        records.done(repo)
+        retired = records.retire(repo, cfg.keep, {version, previous} - {None}, version)
     return DeployReport("deploy", version, previous, time.monotonic() - start,
-                        tuple(retired), gate)  # fmt: skip
+                        tuple(retired), gate, recovered)  # fmt: skip
 
 
 def rollback(cfg: DeployConfig) -> DeployReport:
-    """Serve again the version that served before the current one."""
+    """Serve again the version that served before the current one was deployed."""
     start = time.monotonic()
     repo = Path(cfg.repository)
-    current = _current(cfg)
-    earlier = [e["previous"] for e in read_history(repo) if e["version"] == current]
-    target = earlier[-1] if earlier else None
-    if target is None:
-        raise DeployError(f"nothing to roll back to: version {current} has no recorded predecessor")
-    validate_version(repo, target)
-    swap(cfg, current, target)
-    _record(repo, {"action": "rollback", "version": target, "previous": current,
-                   "at": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
-                   "gate": "rollback: no gate"})  # fmt: skip
-    return DeployReport("rollback", target, current, time.monotonic() - start, (), "rollback")
+    with repository_lock(repo):
+        recovered = recover(cfg)
+        current = _current(cfg)
+        target = records.rollback_target(repo, current)
+        if target is None:
+            raise DeployError(f"nothing to roll back to: no deploy of version {current} "
+                              "records a predecessor")  # fmt: skip
+        validate_version(repo, target)
+        _swap_recorded(cfg, "rollback", current, target)
+        records.record(repo, {"action": "rollback", "version": target, "previous": current,
+                              "at": records.now(), "gate": "rollback: no gate"})  # fmt: skip
+        records.done(repo)
+    return DeployReport("rollback", target, current, time.monotonic() - start, (), "rollback",
+                        recovered)  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -309,16 +266,21 @@ class VersionStatus:
     metric: float | None
 
 
-def status(cfg: DeployConfig) -> list[VersionStatus]:
-    """Every version on disk, which one serves, and its offline NDCG@10."""
+def status(cfg: DeployConfig) -> tuple[list[VersionStatus], str]:
+    """Every version on disk, which one serves, and its offline NDCG@10; first repairs what an
+    interrupted swap left (returned as the second item, '' when nothing)."""
     repo = Path(cfg.repository)
+    recovered = ""
+    if records.pending(repo) is not None:
+        with repository_lock(repo):
+            recovered = recover(cfg)
     try:
-        served = served_versions(grpcclient.InferenceServerClient(cfg.triton_url))
+        served = served_versions(cfg, _triton(cfg))
     except InferenceServerException:
         served = set()
     rows = []
     for v in versions(repo, CATALOGUE_SCORER):
         m = _manifest_or_none(repo, v) or {}
         rows.append(VersionStatus(v, v in served, m.get("created", "?"),
-                                  str(m.get("source_run", "?")), _quality(m)))  # fmt: skip
-    return rows
+                                  str(m.get("source_run", "?")), quality(m)))  # fmt: skip
+    return rows, recovered

@@ -72,20 +72,37 @@ def spawn(cmd: list[str], env: dict[str, str], log_file: Path | None) -> subproc
             log.close()
 
 
+def group_members(pgid: int) -> list[int]:
+    """Live (not zombie) processes of process group ``pgid``, from /proc."""
+    members = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        with contextlib.suppress(OSError, ValueError, IndexError):
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+            if int(fields[2]) == pgid and fields[0] != "Z":  # state, ppid, pgrp
+                members.append(int(stat.parent.name))
+    return members
+
+
 def stop_group(proc: subprocess.Popen[bytes] | None, timeout_s: float = 20.0) -> None:
-    """SIGTERM the process group, SIGKILL what is left after ``timeout_s``."""
-    if proc is None or proc.poll() is not None:
+    """SIGTERM the process group, SIGKILL what is left after ``timeout_s``, and wait until no
+    member is alive: helpers (Triton's Python-backend stubs) die even when the leader was
+    killed first."""
+    if proc is None:
         return
-    with contextlib.suppress(ProcessLookupError):
-        os.killpg(proc.pid, signal.SIGTERM)
-    try:
-        proc.wait(timeout=timeout_s)
-    except subprocess.TimeoutExpired:
+    if proc.poll() is None:
         with contextlib.suppress(ProcessLookupError):
-            os.killpg(proc.pid, signal.SIGKILL)
-        proc.wait()
+            os.killpg(proc.pid, signal.SIGTERM)
+        try:
+            proc.wait(timeout=timeout_s)
+        except subprocess.TimeoutExpired:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
     with contextlib.suppress(ProcessLookupError):  # stray helpers of the group
         os.killpg(proc.pid, signal.SIGKILL)
+    deadline = time.monotonic() + 10
+    while group_members(proc.pid) and time.monotonic() < deadline:
+        time.sleep(0.05)
 
 
 class ChildProcess:

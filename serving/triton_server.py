@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from core.errors import MusicrecError
+from serving import admin_key
 from serving.processes import ChildProcess, free_port
 
 __all__ = ["TritonConfig", "TritonError", "TritonServer", "free_port"]
@@ -41,6 +42,8 @@ class TritonConfig:
     log_file: Path | None = None
     ready_timeout_s: float = 60.0
     extra_args: tuple[str, ...] = field(default_factory=tuple)
+    host: str = "127.0.0.1"  # every port binds here; 0.0.0.0 only behind a network policy
+    admin_key: str | None = field(default=None, repr=False)  # None: a random one per start
 
 
 def triton_home() -> Path:
@@ -84,14 +87,25 @@ class TritonServer(ChildProcess):
     def __init__(self, config: TritonConfig) -> None:
         super().__init__(config.log_file)
         self.config = config
+        self.admin_key = config.admin_key or admin_key.new_key()
+
+    @property
+    def admin_headers(self) -> dict[str, str]:
+        """Headers that unlock the model-repository API (load, unload, index)."""
+        return admin_key.headers(self.admin_key)
 
     @property
     def http_url(self) -> str:
-        return f"127.0.0.1:{self.config.http_port}"
+        return f"{self._reach}:{self.config.http_port}"
 
     @property
     def grpc_url(self) -> str:
-        return f"127.0.0.1:{self.config.grpc_port}"
+        return f"{self._reach}:{self.config.grpc_port}"
+
+    @property
+    def _reach(self) -> str:
+        """The address this machine reaches the server at."""
+        return "127.0.0.1" if self.config.host in ("0.0.0.0", "::", "") else self.config.host
 
     def command(self) -> list[str]:
         cfg, home = self.config, triton_home()
@@ -100,9 +114,13 @@ class TritonServer(ChildProcess):
             f"--model-repository={cfg.repository}",
             f"--backend-directory={home / 'backends'}",
             "--model-control-mode=explicit",
+            f"--http-address={cfg.host}",
+            f"--grpc-address={cfg.host}",
+            f"--metrics-address={cfg.host}",
             f"--http-port={cfg.http_port}",
             f"--grpc-port={cfg.grpc_port}",
             f"--metrics-port={cfg.metrics_port}",
+            *admin_key.restriction_flags(self.admin_key),
             "--allow-metrics=true",
             "--exit-on-error=false",
         ]

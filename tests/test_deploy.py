@@ -2,17 +2,24 @@
 
 from __future__ import annotations
 
+import concurrent.futures as cf
+import dataclasses
 import json
 import shutil
+import time
 
 import pytest
+import tritonclient.grpc
 
 from client import RecommenderClient
 from core.contract import CATALOGUE_SCORER, PAIR_SCORER, SERVED_MODELS, versions
+from core.files import file_digests
 from export.repository import export_run
 from export.triton_config import serving_policy, write_configs
 from gateway.config import GatewayConfig
 from loadtests.async_load import AsyncLoad
+from serving import admin_key
+from serving import deploy_records as records
 from serving.deploy import DeployConfig, DeployError, deploy, rollback, status
 from serving.processes import free_port
 from serving.stack import StackConfig, serving_stack
@@ -36,7 +43,18 @@ def stack(run_dir, tmp_path_factory):
                       log_dir=root / "logs")  # fmt: skip
     with serving_stack(cfg) as running:
         yield running, DeployConfig(repo, running.triton.grpc_url, running.gateway.address,
+                                    admin_key=running.triton.admin_key,
                                     keep=3)  # fmt: skip
+
+
+def reseal(repo, version: int) -> None:
+    """Record the current files' checksums in the version's manifests (a version exported in
+    this state, rather than altered after export)."""
+    for name in SERVED_MODELS:
+        path = repo / name / str(version) / "manifest.json"
+        manifest = json.loads(path.read_text())
+        manifest["files"] = file_digests(path.parent, skip=("manifest.json",))
+        path.write_text(json.dumps(manifest))
 
 
 def _users(run_dir) -> list[str]:
@@ -68,7 +86,7 @@ def test_three_swaps_and_a_rollback_under_load_fail_none_of_10000_requests(stack
     assert versions(cfg.repository, CATALOGUE_SCORER) == [2, 3, 4]
     history = json.loads((cfg.repository / "deployments.json").read_text())
     assert [h["version"] for h in history] == [2, 3, 4, 3]
-    rows = {r.version: r for r in status(cfg)}
+    rows = {r.version: r for r in status(cfg)[0]}
     assert rows[3].serving and not rows[4].serving and rows[3].metric is not None
 
 
@@ -77,6 +95,9 @@ def test_a_broken_version_is_refused_before_triton_sees_it(stack, run_dir):
     before = _serving(running)
     version = export_run(run_dir, cfg.repository).version
     (cfg.repository / PAIR_SCORER / str(version) / "model.onnx").write_bytes(b"not onnx")
+    with pytest.raises(DeployError, match="checksum mismatch in model.onnx"):
+        deploy(cfg, version=version)
+    reseal(cfg.repository, version)  # as if exported broken: the smoke inference refuses it
     with pytest.raises(DeployError, match="does not load"):
         deploy(cfg, version=version)
     shutil.rmtree(cfg.repository / CATALOGUE_SCORER / str(version) / "vocab")
@@ -108,6 +129,7 @@ def test_a_version_triton_cannot_load_leaves_the_old_one_serving(stack, run_dir)
     model_py = cfg.repository / CATALOGUE_SCORER / str(version) / "model.py"
     broken = "def initialize(self, args):\n        raise RuntimeError('boom')"
     model_py.write_text(model_py.read_text().replace("def initialize(self, args):", broken))
+    reseal(cfg.repository, version)  # exported like that: only Triton finds out
     with pytest.raises(DeployError, match=f"version {before} keeps serving"):
         deploy(cfg, version=version)
     assert _serving(running) == before
@@ -122,10 +144,17 @@ def _serving(running) -> int:
         return client.serving_info().model_version
 
 
-def test_cli_status_deploy_and_rollback_errors_are_one_line(stack, capsys):
+def test_cli_status_deploy_and_rollback_errors_are_one_line(stack, capsys, monkeypatch):
     from app.main import main as musicrec
 
     running, cfg = stack
+    monkeypatch.delenv(admin_key.ENV_VAR, raising=False)
+    missing = ["--admin-key-file", str(cfg.repository / "no-such-key")]
+    ops = ["--repository", str(cfg.repository), "--triton-url", cfg.triton_url, *missing]
+    assert musicrec(["status", *ops]) == 0  # reading needs no key
+    assert musicrec(["deploy", "--version", "1", *ops]) == 2
+    assert "no Triton admin key" in capsys.readouterr().out
+    monkeypatch.setenv(admin_key.ENV_VAR, running.triton.admin_key)
     ops = ["--repository", str(cfg.repository), "--triton-url", cfg.triton_url]
     assert musicrec(["status", *ops]) == 0
     out = capsys.readouterr().out
@@ -138,3 +167,107 @@ def test_cli_status_deploy_and_rollback_errors_are_one_line(stack, capsys):
     assert musicrec(["rollback", *unreachable]) == 2
     out = capsys.readouterr().out
     assert "not reachable" in out and "Traceback" not in out
+
+
+def _pins(cfg) -> set[tuple[int, ...]]:
+    return {tuple(serving_policy(cfg.repository / name) or ()) for name in SERVED_MODELS}
+
+
+def test_an_artifact_the_gateway_cannot_load_is_refused_before_anything_is_pinned(stack, run_dir):
+    running, cfg = stack
+    before = _serving(running)
+    version = export_run(run_dir, cfg.repository).version
+    plays = cfg.repository / CATALOGUE_SCORER / str(version) / "plays.npz"
+    plays.write_bytes(plays.read_bytes()[:100])
+    with pytest.raises(DeployError, match="checksum mismatch in plays.npz"):
+        deploy(cfg, version=version)
+    reseal(cfg.repository, version)
+    with pytest.raises(DeployError, match=f"version {version}: the gateway cannot load it"):
+        deploy(cfg, version=version)
+    assert _pins(cfg) == {(before,)} and _serving(running) == before
+
+
+def test_a_gateway_that_does_not_switch_restores_the_previous_pin(stack, run_dir):
+    running, cfg = stack
+    before = _serving(running)
+    version = export_run(run_dir, cfg.repository).version
+    nowhere = dataclasses.replace(cfg, gateway=f"127.0.0.1:{free_port()}", timeout_s=2)
+    with pytest.raises(DeployError, match=f"did not switch.*version {before} keeps serving"):
+        deploy(nowhere, version=version)
+    assert _pins(cfg) == {(before,)}
+    assert eventually(lambda: _serving(running) == before)
+    assert not (cfg.repository / ".deploy-intent.json").exists()
+
+
+def test_a_deploy_that_died_mid_swap_is_repaired_by_the_next_status(stack, run_dir):
+    running, cfg = stack
+    before = _serving(running)
+    version = export_run(run_dir, cfg.repository).version
+    # The state a deploy killed after its first step leaves: the intent and both pinned.
+    records.begin(cfg.repository, "deploy", version, before)
+    client = tritonclient.grpc.InferenceServerClient(cfg.triton_url)
+    for name in SERVED_MODELS:
+        write_configs(cfg.repository / name, name, serving=[before, version])
+        client.load_model(name, headers=running.triton.admin_headers)
+    rows, recovered = status(cfg)
+    assert f"interrupted deploy of version {version}: version {before} serves" in recovered
+    assert _pins(cfg) == {(before,)}
+    assert [r.version for r in rows if r.serving] == [before]
+    assert records.pending(cfg.repository) is None
+    assert _serving(running) == before
+
+
+def test_two_rollbacks_in_a_row_never_serve_a_rolled_back_version_again(stack, run_dir):
+    running, cfg = stack
+    before = _serving(running)
+    version = export_run(run_dir, cfg.repository).version
+    deploy(cfg, version=version, force=True)
+    assert rollback(cfg).version == before
+    second = records.rollback_target(cfg.repository, before)
+    assert second != version  # what the old rule picked: the version just rolled back
+    if second is not None and second in versions(cfg.repository, CATALOGUE_SCORER):
+        assert rollback(cfg).version == second
+    else:
+        with pytest.raises(DeployError):
+            rollback(cfg)
+    assert _serving(running) != version
+
+
+def test_concurrent_deploys_run_one_at_a_time_and_lose_no_record(stack, run_dir):
+    running, cfg = stack
+    candidates = [export_run(run_dir, cfg.repository).version for _ in range(2)]
+    history_before = len(json.loads((cfg.repository / "deployments.json").read_text()))
+    with cf.ThreadPoolExecutor(2) as pool:
+        reports = list(pool.map(lambda v: deploy(cfg, version=v, force=True), candidates))
+    history = json.loads((cfg.repository / "deployments.json").read_text())
+    assert len(history) == history_before + 2
+    assert sorted(h["version"] for h in history[-2:]) == sorted(candidates)
+    last = history[-1]["version"]
+    assert {r.version for r in reports} == set(candidates)
+    assert _pins(cfg) == {(last,)} and _serving(running) == last
+
+
+def test_cli_refuses_bad_metric_drops_and_reports_disk_errors_in_one_line(
+    stack, tmp_path, capsys, monkeypatch
+):
+    from app.main import main as musicrec
+
+    running, cfg = stack
+    monkeypatch.setenv(admin_key.ENV_VAR, running.triton.admin_key)
+    ops = ["--repository", str(cfg.repository), "--triton-url", cfg.triton_url]
+    for drop in ("nan", "-0.1", "inf"):
+        assert musicrec(["deploy", "--version", "1", "--max-metric-drop", drop, *ops]) == 2
+        assert "max metric drop must be a finite number >= 0" in capsys.readouterr().out
+    a_file = tmp_path / "not-a-directory"
+    a_file.write_text("")
+    assert musicrec(["deploy", "--version", "1", "--repository", str(a_file / "repo"),
+                     "--triton-url", cfg.triton_url]) == 2  # fmt: skip
+    out = capsys.readouterr().out
+    assert out.startswith("error:") and "Not a directory" in out and "Traceback" not in out
+
+
+def eventually(check, timeout_s: float = 30.0):
+    deadline = time.monotonic() + timeout_s
+    while not (result := check()) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    return result

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import re
 import subprocess
 from importlib.metadata import version
@@ -18,10 +19,33 @@ COMPOSE = yaml.safe_load((ROOT / "docker-compose.yml").read_text())
 SERVICES = COMPOSE["services"]
 
 
+def _compose_config(env: dict[str, str]) -> subprocess.CompletedProcess:
+    return subprocess.run(["docker-compose", "-f", str(ROOT / "docker-compose.yml"), "config",
+                           "-q"], capture_output=True, text=True, cwd=ROOT,
+                          env={k: v for k, v in {**os.environ, **env}.items() if v})  # fmt: skip
+
+
 def test_docker_compose_parses_with_debians_docker_compose():
-    result = subprocess.run(["docker-compose", "-f", str(ROOT / "docker-compose.yml"), "config",
-                             "-q"], capture_output=True, text=True, cwd=ROOT)  # fmt: skip
+    result = _compose_config({"TRITON_ADMIN_KEY": "k" * 32})
     assert result.returncode == 0, result.stderr
+
+
+def test_compose_has_no_default_secret():
+    result = _compose_config({"TRITON_ADMIN_KEY": ""})
+    assert result.returncode != 0 and "set TRITON_ADMIN_KEY" in result.stderr
+
+
+def test_control_plane_and_dashboards_are_closed():
+    triton = " ".join(SERVICES["triton"]["command"])
+    for flag in ("--grpc-restricted-protocol=model-repository:musicrec-admin-key=${TRITON",
+                 "--http-restricted-api=model-repository:musicrec-admin-key=${TRITON"):  # fmt: skip
+        assert flag in triton
+    grafana = SERVICES["grafana"]["environment"]
+    assert grafana["GF_AUTH_ANONYMOUS_ENABLED"] == "false"
+    assert grafana["GF_SECURITY_ADMIN_PASSWORD__FILE"].startswith("/run/secrets/")
+    assert "GF_SECURITY_ADMIN_PASSWORD" not in grafana  # never a password in the file
+    assert COMPOSE["secrets"]["grafana_admin_password"]["file"].startswith("./secrets/")
+    assert SERVICES["prometheus"]["ports"] == ["127.0.0.1:9090:9090"]
 
 
 @pytest.mark.parametrize("name", sorted(SERVICES))

@@ -225,15 +225,15 @@ def test_new_version_loads_under_traffic_and_a_corrupt_one_never_serves(served, 
         t.start()
     try:
         assert export_run(run_dir, repo).version == 2
-        client.load_model(PAIR_SCORER)  # explicit model control: pick up version 2
+        client.load_model(PAIR_SCORER, headers=server.admin_headers)  # pick up version 2
         assert client.is_model_ready(PAIR_SCORER, "2")
         assert not client.is_model_ready(PAIR_SCORER, "1")  # version policy: latest 1
         # A corrupt version 3 fails to load; version 2 keeps serving.
         broken = repo / PAIR_SCORER / "3"
         shutil.copytree(repo / PAIR_SCORER / "2", broken)
         (broken / "model.onnx").write_bytes(b"not an onnx model")
-        with pytest.raises(InferenceServerException):
-            client.load_model(PAIR_SCORER)
+        with pytest.raises(InferenceServerException, match="load failed .* version 3"):
+            client.load_model(PAIR_SCORER, headers=server.admin_headers)
         assert client.is_model_ready(PAIR_SCORER, "2")
         time.sleep(1.0)
     finally:

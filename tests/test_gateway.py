@@ -340,7 +340,7 @@ def test_a_new_version_switches_vocabulary_and_version_together(stack, tmp_path_
         time.sleep(0.5)
         triton = tritonclient.grpc.InferenceServerClient(stack.triton.grpc_url)
         for model in (PAIR_SCORER, CATALOGUE_SCORER):  # the default mode's model last
-            triton.load_model(model)
+            triton.load_model(model, headers=stack.triton.admin_headers)
         deadline = time.monotonic() + 30
         while time.monotonic() < deadline and not any(a.model_version == 2 for a in answers):
             time.sleep(0.2)

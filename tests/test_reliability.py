@@ -4,7 +4,9 @@ poller, health that must tell the truth."""
 from __future__ import annotations
 
 import json
+import os
 import shutil
+import signal
 import time
 import urllib.request
 from pathlib import Path
@@ -18,8 +20,9 @@ from core.contract import CATALOGUE_SCORER, MANIFEST, PLAYS, SERVED_MODELS
 from export.repository import export_run
 from export.triton_config import write_configs
 from gateway.config import GatewayConfig
+from loadtests.async_load import AsyncLoad
 from serving.gateway_process import health_status
-from serving.processes import free_port
+from serving.processes import free_port, group_members
 from serving.stack import StackConfig, serving_stack
 from training.run import load_run
 
@@ -37,12 +40,12 @@ def clone_version(repo: Path, source: int, target: int) -> None:
         path.write_text(json.dumps({**manifest, "version": target}))
 
 
-def serve_only(repo: Path, triton_url: str, version: int) -> None:
+def serve_only(repo: Path, triton, version: int) -> None:
     """Pin ``version`` in every model and have Triton load it (what a deploy ends with)."""
-    client = grpcclient.InferenceServerClient(triton_url)
+    client = grpcclient.InferenceServerClient(triton.grpc_url)
     for name in SERVED_MODELS:
         write_configs(repo / name, name, serving=[version])
-        client.load_model(name)
+        client.load_model(name, headers=triton.admin_headers)
 
 
 def eventually(check, timeout_s: float = 30.0, every_s: float = 0.1):
@@ -82,10 +85,12 @@ def test_a_corrupt_version_is_reported_health_turns_false_and_a_valid_one_serves
     address = running.gateway.address
     with RecommenderClient(address, timeout_s=10) as client:
         assert client.recommend(user, k=3).model_version == 1
+        info = client.serving_info()  # says which run, never where it lies on the host
+        assert info.source_run == run_dir.name and "/" not in info.source_run
         clone_version(repo, 1, 2)
         plays = repo / CATALOGUE_SCORER / "2" / PLAYS
         plays.write_bytes(plays.read_bytes()[:100])  # truncated: not a zip any more
-        serve_only(repo, running.triton.grpc_url, 2)  # Triton serves it; the gateway cannot
+        serve_only(repo, running.triton, 2)  # Triton serves it; the gateway cannot
 
         assert eventually(lambda: health_status(address) == "NOT_SERVING"), "health lied"
         with pytest.raises(RecommenderError) as err:
@@ -97,6 +102,53 @@ def test_a_corrupt_version_is_reported_health_turns_false_and_a_valid_one_serves
         assert "cannot load model version 2" in log and "BadZipFile" in log
 
         clone_version(repo, 1, 3)  # a valid version: the poller is alive and picks it up
-        serve_only(repo, running.triton.grpc_url, 3)
+        serve_only(repo, running.triton, 3)
         assert eventually(lambda: health_status(address) == "SERVING")
         assert client.recommend(user, k=3).model_version == 3
+
+
+def _triton_processes(repo: Path) -> list[int]:
+    """Processes whose command line names ``repo`` (tritonserver and its stubs)."""
+    found = []
+    for cmdline in Path("/proc").glob("[0-9]*/cmdline"):
+        try:
+            if str(repo) in cmdline.read_bytes().decode(errors="replace"):
+                found.append(int(cmdline.parent.name))
+        except OSError:
+            continue
+    return [p for p in found if p != os.getpid()]
+
+
+def test_a_killed_triton_comes_back_alone_and_leaves_no_stub_behind(run_dir, tmp_path):
+    repo = tmp_path / "model_repository"
+    export_run(run_dir, repo)
+    run = load_run(run_dir)
+    users = [u for i, u in enumerate(run.vocab.user_ids) if run.plays[i].nnz]
+    cfg = StackConfig(repo, free_port(), free_port(), free_port(),
+                      gateway=GatewayConfig(port=free_port(), metrics_port=0, backend="cpu",
+                                            poll_interval_s=0.2),
+                      log_dir=tmp_path / "logs")  # fmt: skip
+    with serving_stack(cfg) as running:
+        gateway_pid, old = running.gateway.process.pid, running.triton.process.pid
+        stubs = [p for p in group_members(old) if p != old]
+        assert stubs, "the Python backend runs its models in stub processes"
+        with AsyncLoad(running.gateway.address, users, concurrency=4) as load:
+            assert load.wait_for(50, timeout_s=60)
+            killed = time.monotonic()
+            os.kill(old, signal.SIGKILL)
+
+            def back() -> bool:
+                proc = running.triton.process
+                return (proc is not None and proc.pid != old
+                        and health_status(running.gateway.address) == "SERVING")  # fmt: skip
+
+            assert eventually(back, timeout_s=90), "Triton was not restarted"
+            recovery_s = time.monotonic() - killed
+            answered = load.ok
+            assert load.wait_for(answered + 100, timeout_s=60), "no answers after the restart"
+        assert group_members(old) == [], "a stub of the killed Triton survived"
+        assert running.gateway.process.pid == gateway_pid and running.gateway.process.poll() is None
+        assert running.supervisor.restarts == 1
+        assert all(f.startswith("UNAVAILABLE") for f in load.failures), load.failures[:3]
+        print(f"recovered in {recovery_s:.1f} s; {load.ok} answered, {len(load.failures)} failed")
+    assert eventually(lambda: _triton_processes(repo) == [], timeout_s=10), "left behind"

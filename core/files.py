@@ -1,0 +1,77 @@
+"""Safe file operations on the shared model repository: atomic writes through unique temporary
+files, one-at-a-time changes under an ``fcntl`` lock, and per-file checksums."""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import hashlib
+import os
+import tempfile
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+LOCK_FILE = ".lock"
+_held = threading.local()  # repositories this thread holds the lock of (re-entrant)
+
+
+def write_atomically(path: Path, text: str) -> None:
+    """Replace ``path`` with ``text`` in one step, through a temporary file unique to this call
+    (concurrent writers never share one), flushed to disk before the rename."""
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
+
+
+@contextlib.contextmanager
+def repository_lock(repository: Path, timeout_s: float = 900.0) -> Iterator[None]:
+    """Hold the repository's exclusive lock: export, deploy and rollback run one at a time,
+    across processes. Re-entrant within a thread (a deploy exports under its own lock)."""
+    key = str(Path(repository).resolve())
+    held: set[str] = getattr(_held, "keys", set())
+    if key in held:
+        yield
+        return
+    Path(repository).mkdir(parents=True, exist_ok=True)
+    with open(Path(repository) / LOCK_FILE, "a+") as f:
+        deadline = time.monotonic() + timeout_s
+        while True:
+            try:
+                fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                if time.monotonic() > deadline:
+                    raise TimeoutError(f"{repository} stayed locked by another deploy or "
+                                       f"export for {timeout_s:.0f} s") from None  # fmt: skip
+                time.sleep(0.05)
+        _held.keys = held | {key}
+        try:
+            yield
+        finally:
+            _held.keys = held
+            fcntl.flock(f, fcntl.LOCK_UN)
+
+
+def file_digests(directory: Path, *, skip: tuple[str, ...] = ()) -> dict[str, str]:
+    """``{relative path: sha256}`` of every file under ``directory`` but those in ``skip`` and
+    Python's bytecode caches (Triton's Python backend writes ``__pycache__`` beside model.py)."""
+    digests = {}
+    for path in sorted(p for p in Path(directory).rglob("*") if p.is_file()):
+        rel = path.relative_to(directory).as_posix()
+        if rel not in skip and "__pycache__" not in path.relative_to(directory).parts:
+            h = hashlib.sha256()
+            with open(path, "rb") as f:
+                for block in iter(lambda: f.read(1 << 20), b""):
+                    h.update(block)
+            digests[rel] = h.hexdigest()
+    return digests

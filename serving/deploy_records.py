@@ -1,0 +1,67 @@
+"""What deploys leave in the repository: the history (``deployments.json``), the intent record
+of a swap in progress (``.deploy-intent.json``), and old versions to retire."""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import shutil
+from pathlib import Path
+
+from core.contract import CATALOGUE_SCORER, SERVED_MODELS, versions
+from core.files import write_atomically
+
+HISTORY_FILE = "deployments.json"
+INTENT_FILE = ".deploy-intent.json"
+
+
+def now() -> str:
+    return dt.datetime.now(dt.UTC).isoformat(timespec="seconds")
+
+
+def read_history(repository: Path) -> list[dict]:
+    path = repository / HISTORY_FILE
+    return json.loads(path.read_text()) if path.is_file() else []
+
+
+def record(repository: Path, entry: dict) -> None:
+    """Append one entry to the history (callers hold the repository lock)."""
+    write_atomically(repository / HISTORY_FILE,
+                     json.dumps([*read_history(repository), entry], indent=2))  # fmt: skip
+
+
+def rollback_target(repository: Path, current: int | None) -> int | None:
+    """The version that served before ``current`` was deployed: deploy records only, so two
+    rollbacks in a row never serve again a version that was rolled back."""
+    deploys = [e for e in read_history(repository)
+               if e.get("action") == "deploy" and e.get("version") == current]  # fmt: skip
+    return deploys[-1].get("previous") if deploys else None
+
+
+def begin(repository: Path, action: str, version: int, previous: int | None) -> None:
+    """Record a swap about to start; a later command that finds it finishes the recovery."""
+    intent = {"action": action, "version": version, "previous": previous, "at": now()}
+    write_atomically(repository / INTENT_FILE, json.dumps(intent))
+
+
+def pending(repository: Path) -> dict | None:
+    """The intent of a swap that did not finish, if one died between its steps."""
+    path = repository / INTENT_FILE
+    return json.loads(path.read_text()) if path.is_file() else None
+
+
+def done(repository: Path) -> None:
+    (repository / INTENT_FILE).unlink(missing_ok=True)
+
+
+def retire(repository: Path, keep: int, protect: set[int], newest_served: int) -> list[int]:
+    """Delete the oldest versions beyond ``keep``; never one in ``protect`` or any version
+    newer than ``newest_served`` (exported candidates)."""
+    on_disk = versions(repository, CATALOGUE_SCORER)
+    old = [v for v in on_disk if v <= newest_served and v not in protect]
+    room = max(0, keep - len(protect & set(on_disk)))
+    doomed = old[: max(0, len(old) - room)]
+    for v in doomed:
+        for name in SERVED_MODELS:
+            shutil.rmtree(repository / name / str(v), ignore_errors=True)
+    return doomed
