@@ -55,7 +55,9 @@ def _recommend(client: RecommenderClient, args: argparse.Namespace) -> int:
     if rec.popularity_fallback:
         console.print("[yellow]no known artist in the history: most-listened artists shown[/]")
     if rec.unknown_artists:
-        console.print(f"unknown to the model (ignored): {', '.join(rec.unknown_artists)}")
+        more = rec.unknown_artist_count - len(rec.unknown_artists)
+        console.print(f"unknown to the model (ignored): {', '.join(rec.unknown_artists)}"
+                      + (f" and {more} more" if more > 0 else ""))  # fmt: skip
     return 0
 
 

@@ -52,8 +52,9 @@ class Recommendation:
     model_version: int
     similar_users: list[SimilarUser]
     popularity_fallback: bool
-    unknown_artists: list[str]
+    unknown_artists: list[str]  # distinct, at most the first 100
     scoring: str
+    unknown_artist_count: int = 0  # distinct unknown items in all
 
     def names(self) -> list[str]:
         return [a.name for a in self.artists]
@@ -67,6 +68,7 @@ class Recommendation:
             popularity_fallback=r.fallback == pb.FALLBACK_POPULARITY,
             unknown_artists=list(r.unknown_artists),
             scoring=_MODE_NAMES.get(r.scoring, "popularity"),
+            unknown_artist_count=r.unknown_artist_count or len(r.unknown_artists),
         )
 
 
@@ -92,7 +94,8 @@ class ServingInfo:
 class SimilarUsers:
     users: list[SimilarUser]
     model_version: int
-    unknown_artists: list[str]
+    unknown_artists: list[str]  # distinct, at most the first 100
+    unknown_artist_count: int = 0
 
     @classmethod
     def from_proto(cls, r: pb.SimilarUsersResponse) -> SimilarUsers:
@@ -100,4 +103,5 @@ class SimilarUsers:
             [SimilarUser(u.user_id, u.similarity) for u in r.users],
             r.model_version,
             list(r.unknown_artists),
+            r.unknown_artist_count or len(r.unknown_artists),
         )

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import unicodedata
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -83,6 +84,11 @@ class ScoredArtist:
     score: float
 
 
+def name_key(name: str) -> str:
+    """How display names are compared: NFC-normalised, trimmed, case-folded."""
+    return unicodedata.normalize("NFC", name.strip()).casefold()
+
+
 @dataclass(frozen=True)
 class ArtistLookup:
     """Artist columns by id and by case-insensitive name (the first artist of a name wins)."""
@@ -95,14 +101,14 @@ class ArtistLookup:
     def of(cls, vocab: Vocabulary) -> ArtistLookup:
         by_name: dict[str, int] = {}
         for i, name in enumerate(vocab.artist_names):
-            by_name.setdefault(name.casefold(), i)
+            by_name.setdefault(name_key(name), i)
         return cls(vocab, vocab.artist_index(), by_name)
 
     def by_artist_id(self, artist_id: str) -> int | None:
         return self.by_id.get(artist_id)
 
     def by_artist_name(self, name: str) -> int | None:
-        return self.by_name.get(name.strip().casefold())
+        return self.by_name.get(name_key(name))
 
     def by_id_or_name(self, key: str) -> int | None:
         """An id first, else a display name."""

@@ -8,6 +8,7 @@ ready, so names, user ids and the similar-user index always match the weights th
 from __future__ import annotations
 
 import json
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -18,6 +19,9 @@ import scipy.sparse as sp
 from core.contract import CATALOGUE_SCORER, MANIFEST, PLAYS, VOCAB_DIR
 from core.similarity import ArrayBackend, SimilarityIndex
 from core.vocabulary import ArtistLookup, Vocabulary
+from gateway.errors import InvalidArgument
+
+MAX_PLAYS = 1e9  # per artist after summing: beyond it, more plays say nothing more
 
 
 class ArtifactError(RuntimeError):
@@ -97,21 +101,26 @@ class ModelVersion:
         return u if u is not None and self.plays.indptr[u + 1] > self.plays.indptr[u] else None
 
     def resolve(self, items: Sequence[ArtistRef]) -> ResolvedHistory:
-        """Map artist ids / names (case-insensitive) to columns; unknown ones are listed."""
-        cols, counts, unknown = [], [], []
+        """Map artist ids / names (case-insensitive) to columns, summing the plays of repeated
+        artists in float64 (capped at :data:`MAX_PLAYS`); unknown items are listed once each."""
+        sums: dict[int, float] = {}
+        unknown: dict[str, None] = {}
         for item in items:
             if item.id is not None:
                 col = self.artists.by_artist_id(item.id)
             else:
                 col = self.artists.by_artist_name(item.name or "")
             if col is None:
-                unknown.append(item.id if item.id is not None else item.name or "")
-            else:
-                cols.append(col)
-                counts.append(item.plays)
-        row = sp.csr_matrix(
-            (np.asarray(counts, np.float32), (np.zeros(len(cols), np.int64), cols)),
-            shape=(1, self.n_artists),
-        )
-        row.sum_duplicates()
+                unknown[item.id if item.id is not None else item.name or ""] = None
+                continue
+            total = sums.get(col, 0.0) + float(item.plays)
+            if not math.isfinite(total):
+                raise InvalidArgument(f"history: the plays of {item.id or item.name!r} do not "
+                                      "sum to a finite number")  # fmt: skip
+            sums[col] = total
+        cols = np.fromiter(sums.keys(), np.int64, len(sums))
+        plays = np.minimum(np.fromiter(sums.values(), np.float64, len(sums)), MAX_PLAYS)
+        row = sp.csr_matrix((plays.astype(np.float32), (np.zeros(len(cols), np.int64), cols)),
+                            shape=(1, self.n_artists))  # fmt: skip
+        row.sort_indices()
         return ResolvedHistory(row, tuple(unknown))

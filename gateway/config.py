@@ -44,6 +44,16 @@ class GatewayConfig:
             raise ValueError(f"scoring must be one of {', '.join(MODE_NAMES)}")
         if self.backend not in BACKENDS:
             raise ValueError(f"backend must be one of {', '.join(BACKENDS)}")
+        for name in ("max_k", "max_neighbours", "max_history", "default_k"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1")
+        for name in ("port", "metrics_port"):
+            if not 0 <= getattr(self, name) <= 65_535:
+                raise ValueError(f"{name} must be a TCP port (0..65535)")
+        if self.max_message_bytes < 1024:
+            raise ValueError("max_message_bytes must be >= 1024")
+        if self.grace_s < 0:
+            raise ValueError("grace_s must be >= 0")
         if not 1 <= self.neighbours <= self.max_neighbours:
             raise ValueError(f"neighbours must be in 1..{self.max_neighbours}")
         if not 1 <= self.default_k <= self.max_k:

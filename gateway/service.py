@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import logging
 import math
+import unicodedata
 from pathlib import Path
 
 import grpc
@@ -31,6 +32,7 @@ log = logging.getLogger(__name__)
 MODE_BY_ENUM = {pb.ScoringMode.Value(m.proto_name): name for name, m in MODES.items()}
 ENUM_BY_MODE = {name: value for value, name in MODE_BY_ENUM.items()}
 MAX_ID_LENGTH = 1024
+MAX_UNKNOWN_LISTED = 100  # unknown artists named in an answer; the count says how many in all
 
 
 def _in_range(field: str, value: int, default: int, limit: int) -> int:
@@ -42,11 +44,14 @@ def _in_range(field: str, value: int, default: int, limit: int) -> int:
 
 
 def _text(field: str, value: str) -> str:
+    """A non-empty id or name without control characters, NFC-normalised."""
     if not value.strip():
         raise InvalidArgument(f"{field} must not be empty")
     if len(value) > MAX_ID_LENGTH:
         raise InvalidArgument(f"{field} is longer than {MAX_ID_LENGTH} characters")
-    return value
+    if any(unicodedata.category(c) == "Cc" for c in value):
+        raise InvalidArgument(f"{field} contains control characters")
+    return unicodedata.normalize("NFC", value)
 
 
 def parse_listener(request: pb.RecommendRequest | pb.SimilarUsersRequest, max_history: int):
@@ -96,7 +101,8 @@ def to_response(result: RecommendResult) -> pb.RecommendResponse:
         model_version=result.version,
         similar_users=_users(result.similar_users),
         fallback=pb.FALLBACK_POPULARITY if result.fallback else pb.FALLBACK_NONE,
-        unknown_artists=list(result.unknown_artists),
+        unknown_artists=list(result.unknown_artists[:MAX_UNKNOWN_LISTED]),
+        unknown_artist_count=len(result.unknown_artists),
         scoring=ENUM_BY_MODE.get(result.mode, pb.SCORING_MODE_UNSPECIFIED),
     )
 
@@ -153,5 +159,6 @@ class RecommenderServicer(pb_grpc.RecommenderServicer):
         return pb.SimilarUsersResponse(
             users=_users(result.users),
             model_version=result.version,
-            unknown_artists=list(result.unknown_artists),
+            unknown_artists=list(result.unknown_artists[:MAX_UNKNOWN_LISTED]),
+            unknown_artist_count=len(result.unknown_artists),
         )

@@ -201,6 +201,8 @@ def test_history_without_known_artists_falls_back_to_popularity_unless_strict(st
         ({"history": pb.History(items=[pb.ArtistPlay(name="a", plays=-2)])},
          "history.items[0].plays"),
         ({"history": _history(["a"] * 10_001)}, "history has 10001 items"),
+        ({"history": _history(["Ra\x00dio"])}, "history.items[0].name contains control"),
+        ({"user_id": "u\nv"}, "user_id contains control characters"),
     ],
 )  # fmt: skip
 def test_bad_input_is_invalid_argument_naming_the_field(stub, request_fields, field):
@@ -208,6 +210,39 @@ def test_bad_input_is_invalid_argument_naming_the_field(stub, request_fields, fi
         stub.Recommend(pb.RecommendRequest(**request_fields), timeout=10)
     assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
     assert field in err.value.details()
+
+
+def test_huge_play_counts_of_one_artist_are_summed_not_overflowed(stack, offline):
+    """Two items of one artist at 3e38 plays overflowed float32 to inf: the row emptied and a
+    strict caller was told none of the artists is known."""
+    played = offline.run.plays[offline.vocab.user_index()[_USERS[0]]].indices[:2]
+    names = [offline.vocab.artist_names[i] for i in played]
+    items = [pb.ArtistPlay(name=names[0], plays=3e38), pb.ArtistPlay(name=names[0], plays=3e38),
+             pb.ArtistPlay(name=names[1], plays=5)]  # fmt: skip
+    with grpc.insecure_channel(stack.address) as channel:
+        reply = pb_grpc.RecommenderStub(channel).Recommend(
+            pb.RecommendRequest(history=pb.History(items=items), k=5, strict=True), timeout=10
+        )
+    assert reply.fallback == pb.FALLBACK_NONE and len(reply.artists) == 5
+    assert reply.similar_users and all(np.isfinite(a.score) for a in reply.artists)
+
+
+def test_unknown_artists_are_listed_once_and_at_most_a_hundred(stack):
+    names = [f"nobody {i}" for i in range(150)]
+    with RecommenderClient(stack.address) as client:
+        rec = client.recommend(artists=names + names[:10] + ["NOBODY 0"], k=3)
+    assert rec.unknown_artists == names[:100] and rec.unknown_artist_count == 151
+
+
+def test_names_match_in_any_unicode_normal_form():
+    import unicodedata
+
+    from core.vocabulary import ArtistLookup, Vocabulary
+
+    composed = unicodedata.normalize("NFC", "Björk")
+    lookup = ArtistLookup.of(Vocabulary(("u",), ("a1", "a2"), ("Sigur Rós", composed)))
+    assert lookup.by_artist_name(unicodedata.normalize("NFD", "björk ")) == 1
+    assert lookup.by_artist_name(unicodedata.normalize("NFD", "SIGUR RÓS")) == 0
 
 
 def test_similar_users_bad_input_and_unknown_user(stub):

@@ -107,3 +107,12 @@ def test_a_supervised_task_that_dies_or_returns_is_logged_and_started_again(capl
         asyncio.run(main())
     assert len(runs) == 3 and len(restarts) == 2
     assert "poller died; restarting it" in caplog.text and "poller exited" in caplog.text
+
+
+@pytest.mark.parametrize(
+    "bad", [{"max_k": 0}, {"port": 70_000}, {"max_message_bytes": 10}, {"grace_s": -1},
+            {"max_history": 0}],
+)  # fmt: skip
+def test_gateway_limits_are_validated_at_start(bad):
+    with pytest.raises(ValueError):
+        GatewayConfig(**bad)

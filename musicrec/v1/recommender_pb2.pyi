@@ -76,20 +76,22 @@ class SimilarUser(_message.Message):
     def __init__(self, user_id: _Optional[str] = ..., similarity: _Optional[float] = ...) -> None: ...
 
 class RecommendResponse(_message.Message):
-    __slots__ = ("artists", "model_version", "similar_users", "fallback", "unknown_artists", "scoring")
+    __slots__ = ("artists", "model_version", "similar_users", "fallback", "unknown_artists", "scoring", "unknown_artist_count")
     ARTISTS_FIELD_NUMBER: _ClassVar[int]
     MODEL_VERSION_FIELD_NUMBER: _ClassVar[int]
     SIMILAR_USERS_FIELD_NUMBER: _ClassVar[int]
     FALLBACK_FIELD_NUMBER: _ClassVar[int]
     UNKNOWN_ARTISTS_FIELD_NUMBER: _ClassVar[int]
     SCORING_FIELD_NUMBER: _ClassVar[int]
+    UNKNOWN_ARTIST_COUNT_FIELD_NUMBER: _ClassVar[int]
     artists: _containers.RepeatedCompositeFieldContainer[ScoredArtist]
     model_version: int
     similar_users: _containers.RepeatedCompositeFieldContainer[SimilarUser]
     fallback: Fallback
     unknown_artists: _containers.RepeatedScalarFieldContainer[str]
     scoring: ScoringMode
-    def __init__(self, artists: _Optional[_Iterable[_Union[ScoredArtist, _Mapping]]] = ..., model_version: _Optional[int] = ..., similar_users: _Optional[_Iterable[_Union[SimilarUser, _Mapping]]] = ..., fallback: _Optional[_Union[Fallback, str]] = ..., unknown_artists: _Optional[_Iterable[str]] = ..., scoring: _Optional[_Union[ScoringMode, str]] = ...) -> None: ...
+    unknown_artist_count: int
+    def __init__(self, artists: _Optional[_Iterable[_Union[ScoredArtist, _Mapping]]] = ..., model_version: _Optional[int] = ..., similar_users: _Optional[_Iterable[_Union[SimilarUser, _Mapping]]] = ..., fallback: _Optional[_Union[Fallback, str]] = ..., unknown_artists: _Optional[_Iterable[str]] = ..., scoring: _Optional[_Union[ScoringMode, str]] = ..., unknown_artist_count: _Optional[int] = ...) -> None: ...
 
 class SimilarUsersRequest(_message.Message):
     __slots__ = ("user_id", "history", "n")
@@ -102,14 +104,16 @@ class SimilarUsersRequest(_message.Message):
     def __init__(self, user_id: _Optional[str] = ..., history: _Optional[_Union[History, _Mapping]] = ..., n: _Optional[int] = ...) -> None: ...
 
 class SimilarUsersResponse(_message.Message):
-    __slots__ = ("users", "model_version", "unknown_artists")
+    __slots__ = ("users", "model_version", "unknown_artists", "unknown_artist_count")
     USERS_FIELD_NUMBER: _ClassVar[int]
     MODEL_VERSION_FIELD_NUMBER: _ClassVar[int]
     UNKNOWN_ARTISTS_FIELD_NUMBER: _ClassVar[int]
+    UNKNOWN_ARTIST_COUNT_FIELD_NUMBER: _ClassVar[int]
     users: _containers.RepeatedCompositeFieldContainer[SimilarUser]
     model_version: int
     unknown_artists: _containers.RepeatedScalarFieldContainer[str]
-    def __init__(self, users: _Optional[_Iterable[_Union[SimilarUser, _Mapping]]] = ..., model_version: _Optional[int] = ..., unknown_artists: _Optional[_Iterable[str]] = ...) -> None: ...
+    unknown_artist_count: int
+    def __init__(self, users: _Optional[_Iterable[_Union[SimilarUser, _Mapping]]] = ..., model_version: _Optional[int] = ..., unknown_artists: _Optional[_Iterable[str]] = ..., unknown_artist_count: _Optional[int] = ...) -> None: ...
 
 class ServingInfoRequest(_message.Message):
     __slots__ = ()
