@@ -87,8 +87,8 @@ class ObservingInterceptor(grpc.aio.ServerInterceptor):
             return handler
         method = handler_call_details.method.rsplit("/", 1)[-1]
         return grpc.unary_unary_rpc_method_handler(
-            self._observed(method, handler.unary_unary),
-            request_deserializer=handler.request_deserializer,
+            self._observed(method, _refusing_undecodable(handler.unary_unary)),
+            request_deserializer=_tolerant(handler.request_deserializer),
             response_serializer=handler.response_serializer,
         )
 
@@ -120,6 +120,34 @@ class ObservingInterceptor(grpc.aio.ServerInterceptor):
                 )
 
         return observed
+
+
+_UNDECODABLE = object()  # what a request that is not its message type parses to
+
+
+def _tolerant(deserialize: Callable[[bytes], Any] | None) -> Callable[[bytes], Any] | None:
+    """The deserializer, but bytes that are not the message give a marker instead of raising
+    (gRPC would answer INTERNAL, as if the gateway had failed)."""
+    if deserialize is None:
+        return None
+
+    def parse(data: bytes) -> Any:
+        try:
+            return deserialize(data)
+        except Exception:
+            return _UNDECODABLE
+
+    return parse
+
+
+def _refusing_undecodable(behaviour: Handler) -> Handler:
+    async def refusing(request: Any, context: grpc.aio.ServicerContext) -> Any:
+        if request is _UNDECODABLE:
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT,
+                                "the request is not a valid message of this method")  # fmt: skip
+        return await behaviour(request, context)
+
+    return refusing
 
 
 def _status(code: grpc.StatusCode | int | None) -> grpc.StatusCode | None:
