@@ -29,7 +29,9 @@ _RETRY = {
         "name": [{"service": "musicrec.v1.Recommender"}, {"service": "grpc.health.v1.Health"}],
         "retryPolicy": {"maxAttempts": 4, "initialBackoff": "0.1s", "maxBackoff": "1s",
                         "backoffMultiplier": 2, "retryableStatusCodes": ["UNAVAILABLE"]},
-    }]
+    }],
+    # Retries stop when more than half the recent calls failed: an outage is not multiplied.
+    "retryThrottling": {"maxTokens": 10, "tokenRatio": 0.1},
 }  # fmt: skip
 CHANNEL_OPTIONS = [("grpc.enable_retries", 1), ("grpc.service_config", json.dumps(_RETRY))]
 

@@ -36,6 +36,7 @@ class GatewayConfig:
     poll_interval_s: float = 1.0  # how often Triton is asked which version is ready
     max_message_bytes: int = 4 * 1024 * 1024
     max_concurrent_rpcs: int = 256  # beyond this, RESOURCE_EXHAUSTED at once (0: no limit)
+    drain_s: float = 0.0  # on SIGTERM: NOT_SERVING but still answering, this long first
     grace_s: float = 5.0  # in-flight requests get this long to finish on shutdown
     log_json: bool = True
 
@@ -52,8 +53,8 @@ class GatewayConfig:
                 raise ValueError(f"{name} must be a TCP port (0..65535)")
         if self.max_message_bytes < 1024:
             raise ValueError("max_message_bytes must be >= 1024")
-        if self.grace_s < 0:
-            raise ValueError("grace_s must be >= 0")
+        if self.grace_s < 0 or self.drain_s < 0:
+            raise ValueError("grace_s and drain_s must be >= 0")
         if not 1 <= self.neighbours <= self.max_neighbours:
             raise ValueError(f"neighbours must be in 1..{self.max_neighbours}")
         if not 1 <= self.default_k <= self.max_k:

@@ -9,6 +9,7 @@ popularity fallback (or INVALID_ARGUMENT when the caller asked for ``strict``).
 
 from __future__ import annotations
 
+import asyncio
 import time
 from dataclasses import dataclass
 
@@ -27,6 +28,8 @@ from gateway.errors import (
 from gateway.metrics import GatewayMetrics
 from gateway.modes import ModeScorer, ScoringRequest
 from gateway.versions import VersionTracker
+
+INLINE_HISTORY = 64  # longer histories are resolved and matched off the event loop
 
 
 @dataclass(frozen=True)
@@ -130,7 +133,14 @@ class RecommendationService:
                 raise
             raise Unavailable(f"Triton did not answer within {deadline.cap_s:g} s") from None
 
-    def similar_users(self, listener: Listener, n: int) -> SimilarUsersResult:
+    async def similar_users(self, listener: Listener, n: int) -> SimilarUsersResult:
+        """The ``n`` known users most similar to the listener, best first (a long history is
+        resolved off the event loop)."""
+        if _heavy(listener):
+            return await asyncio.to_thread(self._similar_users, listener, n)
+        return self._similar_users(listener, n)
+
+    def _similar_users(self, listener: Listener, n: int) -> SimilarUsersResult:
         """The ``n`` known users most similar to the listener, best first."""
         mv = self.tracker.serving()
         if listener.user_id is not None:
@@ -142,7 +152,10 @@ class RecommendationService:
         return SimilarUsersResult(_similar(mv, idx, sims), mv.version, resolved.unknown)
 
     async def _recommend(self, mv: ModelVersion, q: Query, deadline: Deadline) -> RecommendResult:
-        group = self._group(mv, q)
+        if _heavy(q.listener):  # CPU work that would stall health checks: a worker thread
+            group = await asyncio.to_thread(self._group, mv, q)
+        else:
+            group = self._group(mv, q)
         exclude = group.played if q.exclude_played else np.zeros(0, np.int64)
         if len(group.users) == 0:
             if q.strict:
@@ -185,6 +198,10 @@ class RecommendationService:
             raise NotFound(f"user_id {user_id!r} is not a known user of model version "
                            f"{mv.version}; send their artist history instead")  # fmt: skip
         return u
+
+
+def _heavy(listener: Listener) -> bool:
+    return len(listener.history or ()) > INLINE_HISTORY
 
 
 def _similar(mv: ModelVersion, idx: np.ndarray, sims: np.ndarray) -> list[Neighbour]:

@@ -26,6 +26,7 @@ from gateway.config import GatewayConfig, add_arguments, from_arguments
 from gateway.inference import Inference
 from gateway.metrics import GatewayMetrics, ObservingInterceptor
 from gateway.modes import mode_scorers
+from gateway.overload import LoadShedder
 from gateway.recommender import RecommendationService
 from gateway.service import RecommenderServicer
 from gateway.versions import VersionTracker
@@ -47,9 +48,10 @@ class Gateway:
             ("grpc.max_send_message_length", config.max_message_bytes),
             ("grpc.max_receive_message_length", config.max_message_bytes),
         ]
-        self.server = grpc.aio.server(
-            interceptors=[ObservingInterceptor(self.metrics)], options=options,
-            maximum_concurrent_rpcs=config.max_concurrent_rpcs or None,  # shed load, don't queue
+        self.server = grpc.aio.server(  # sheds Recommender calls, never health checks
+            interceptors=[ObservingInterceptor(self.metrics),
+                          LoadShedder(config.max_concurrent_rpcs)],
+            options=options,
         )  # fmt: skip
         self.port = self.server.add_insecure_port(config.address)
         if self.port == 0:
@@ -107,8 +109,12 @@ class Gateway:
                                      "metrics_port": self.config.metrics_port})  # fmt: skip
 
     async def stop(self) -> None:
-        """Report NOT_SERVING, let in-flight RPCs finish (up to ``grace_s``), then close."""
+        """Report NOT_SERVING and keep answering for ``drain_s`` (load balancers stop sending),
+        then let in-flight RPCs finish (up to ``grace_s``) and close."""
         await self.health.enter_graceful_shutdown()
+        if self.config.drain_s:
+            log.info("draining", extra={"drain_s": self.config.drain_s})
+            await asyncio.sleep(self.config.drain_s)
         await self.server.stop(self.config.grace_s)
         if self._poller:
             self._poller.cancel()

@@ -150,7 +150,7 @@ class RecommenderServicer(pb_grpc.RecommenderServicer):
         try:
             listener = parse_listener(request, self.config.max_history)
             n = _in_range("n", request.n, self.config.neighbours, self.config.max_neighbours)
-            result = self.service.similar_users(listener, n)
+            result = await self.service.similar_users(listener, n)
         except GatewayError as exc:
             await context.abort(exc.code, str(exc))
         except Exception:

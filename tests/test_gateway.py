@@ -16,6 +16,7 @@ import grpc
 import numpy as np
 import pytest
 import tritonclient.grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha.proto_reflection_descriptor_database import (
     ProtoReflectionDescriptorDatabase,
 )
@@ -462,20 +463,40 @@ def test_overload_is_shed_with_resource_exhausted_not_queued(tmp_path, stack):
     async def burst():
         async with grpc.aio.insecure_channel(gw.address) as channel:
             stub = pb_grpc.RecommenderStub(channel)
-            calls = [stub.Recommend(pb.RecommendRequest(user_id=_USERS[0]), timeout=10)
-                     for _ in range(6)]  # fmt: skip
-            return await asyncio.gather(*calls, return_exceptions=True)
+            calls = [asyncio.ensure_future(stub.Recommend(pb.RecommendRequest(user_id=u),
+                                                          timeout=10))
+                     for u in _USERS[:6]]  # fmt: skip
+            await asyncio.sleep(1.0)  # both slots held: health must still answer, not be shed
+            health = await health_pb2_grpc.HealthStub(channel).Check(
+                health_pb2.HealthCheckRequest(), timeout=2)  # fmt: skip
+            return await asyncio.gather(*calls, return_exceptions=True), health.status
 
     try:
         start = time.monotonic()
-        answers = asyncio.run(burst())
+        answers, health_during = asyncio.run(burst())
     finally:
         os.killpg(stack.triton.process.pid, signal.SIGCONT)
         gw.stop()
     codes = [a.code() for a in answers if isinstance(a, grpc.RpcError)]
-    assert codes.count(grpc.StatusCode.RESOURCE_EXHAUSTED) >= 3, codes
-    assert time.monotonic() - start < 8
+    assert codes.count(grpc.StatusCode.RESOURCE_EXHAUSTED) == 4, codes
+    assert health_during == health_pb2.HealthCheckResponse.SERVING
+    assert time.monotonic() - start < 12
     _wait_until_answered(stack)
+
+
+def test_sigterm_reports_not_serving_and_keeps_answering_for_the_drain_window(tmp_path, stack):
+    config = GatewayConfig(port=free_port(), metrics_port=0, triton_url=stack.triton.grpc_url,
+                           repository=stack.root / "model_repository", backend="cpu",
+                           drain_s=3.0)  # fmt: skip
+    gw = GatewayProcess(config, log_file=tmp_path / "gw.log").start()
+    try:
+        gw.process.send_signal(signal.SIGTERM)
+        assert _eventually(lambda: health_status(gw.address) == "NOT_SERVING", 2.0)
+        with RecommenderClient(gw.address, timeout_s=5) as client:  # a balancer's last calls
+            assert len(client.recommend(_USERS[0], k=3).artists) == 3
+        assert gw.process.wait(timeout=20) == 0
+    finally:
+        gw.stop()
 
 
 def test_shutdown_drains_in_flight_requests(stack):
