@@ -66,11 +66,13 @@ def test_three_swaps_and_a_rollback_under_load_fail_none_of_10000_requests(stack
     running, cfg = stack
     reports = []
     with AsyncLoad(running.gateway.address, _users(run_dir)) as load:
-        load.wait_for(200)
+        assert load.wait_for(200)
         for version in (2, 3, 4):
             reports.append(deploy(cfg, version=version))
         reports.append(rollback(cfg))
-        load.wait_for(max(10_000, load.ok + 1_000))  # traffic after the rollback too
+        target = max(10_000, load.ok + 1_000)  # traffic after the rollback too
+        assert load.wait_for(target), f"the load stopped at {load.ok} answers"
+    assert load.ok >= 10_000
     assert load.failures == [], load.failures[:5]
     print(f"{load.ok} requests, {len(load.failures)} failed")
     assert [(r.action, r.version, r.previous) for r in reports] == [

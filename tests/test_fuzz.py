@@ -14,7 +14,14 @@ from hypothesis import strategies as st
 
 from export.repository import export_run
 from gateway.config import GatewayConfig
-from musicrec.v1 import recommender_pb2 as pb
+from loadtests.fuzz import (
+    DOCUMENTED,
+    METHODS,
+    answer,
+    recommend_request,
+    request_fields,
+    similar_users_request,
+)
 from musicrec.v1 import recommender_pb2_grpc as pb_grpc
 from serving.gateway_process import health_status
 from serving.processes import free_port
@@ -22,9 +29,6 @@ from serving.stack import StackConfig, serving_stack
 from training.run import load_run
 
 pytestmark = pytest.mark.slow
-DOCUMENTED = {grpc.StatusCode.OK, grpc.StatusCode.INVALID_ARGUMENT, grpc.StatusCode.NOT_FOUND,
-              grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED,
-              grpc.StatusCode.RESOURCE_EXHAUSTED}  # fmt: skip
 FUZZ = settings(max_examples=400, deadline=None, derandomize=True, database=None,
                 suppress_health_check=list(HealthCheck))  # fmt: skip
 SENT: dict[str, int] = {}
@@ -43,38 +47,8 @@ def gateway(run_dir, tmp_path_factory):
         yield running, ch, run.vocab
 
 
-def _text(vocab_words: list[str]) -> st.SearchStrategy[str]:
-    return st.one_of(st.sampled_from(vocab_words), st.text(max_size=40),
-                     st.text(min_size=1000, max_size=1100), st.just(""), st.just("  "))  # fmt: skip
-
-
-def _requests(vocab) -> st.SearchStrategy:
-    words = list(vocab.user_ids[:20]) + list(vocab.artist_names[:20]) + list(vocab.artist_ids[:20])
-    plays = st.one_of(st.floats(allow_nan=True, allow_infinity=True, width=32),
-                      st.sampled_from([0.0, 1.0, 3e38, -1.0]))  # fmt: skip
-    item = st.builds(lambda key, value, p: pb.ArtistPlay(**({key: value} if key else {}), plays=p),
-                     st.sampled_from(["id", "name", None]), _text(words), plays)  # fmt: skip
-    listener = st.one_of(
-        st.builds(lambda u: {"user_id": u}, _text(words)),
-        st.builds(
-            lambda items: {"history": pb.History(items=items)}, st.lists(item, max_size=30)
-        ),  # fmt: skip
-        st.just({}),
-    )
-    count = st.one_of(st.integers(0, 600), st.integers(0, 2**32 - 1))
-    return st.fixed_dictionaries({
-        "listener": listener, "k": count, "neighbours": count,
-        "scoring": st.integers(-3, 6), "strict": st.booleans(),
-        "exclude": st.one_of(st.none(), st.booleans()),
-    })  # fmt: skip
-
-
 def _check(call) -> None:
-    try:
-        call()
-        code, details = grpc.StatusCode.OK, "ok"
-    except grpc.RpcError as err:
-        code, details = err.code(), err.details() or ""
+    code, details = answer(call)
     assert code in DOCUMENTED, (code, details)
     assert details, code
 
@@ -84,14 +58,10 @@ def test_recommend_answers_every_request_with_a_documented_status(gateway):
     stub = pb_grpc.RecommenderStub(channel)
 
     @FUZZ
-    @given(_requests(vocab))
+    @given(request_fields(_words(vocab)))
     def fuzz(r):
-        request = pb.RecommendRequest(**r["listener"], k=r["k"], neighbours=r["neighbours"],
-                                      scoring=r["scoring"], strict=r["strict"])  # fmt: skip
-        if r["exclude"] is not None:
-            request.exclude_played = r["exclude"]
         SENT["recommend"] = SENT.get("recommend", 0) + 1
-        _check(lambda: stub.Recommend(request, timeout=20))
+        _check(lambda: stub.Recommend(recommend_request(r), timeout=20))
 
     fuzz()
     assert SENT["recommend"] >= 400  # with the other two tests: 1,050 requests
@@ -103,11 +73,10 @@ def test_similar_users_answers_every_request_with_a_documented_status(gateway):
     stub = pb_grpc.RecommenderStub(channel)
 
     @settings(FUZZ, max_examples=400)
-    @given(_requests(vocab))
+    @given(request_fields(_words(vocab)))
     def fuzz(r):
         SENT["similar"] = SENT.get("similar", 0) + 1
-        request = pb.SimilarUsersRequest(**r["listener"], n=r["neighbours"])
-        _check(lambda: stub.SimilarUsers(request, timeout=20))
+        _check(lambda: stub.SimilarUsers(similar_users_request(r), timeout=20))
 
     fuzz()
     assert SENT["similar"] >= 400
@@ -116,12 +85,10 @@ def test_similar_users_answers_every_request_with_a_documented_status(gateway):
 
 def test_raw_bytes_on_any_method_are_invalid_argument_never_internal(gateway):
     running, channel, _ = gateway
-    methods = ["/musicrec.v1.Recommender/Recommend", "/musicrec.v1.Recommender/SimilarUsers",
-               "/musicrec.v1.Recommender/ServingInfo", "/grpc.health.v1.Health/Check"]  # fmt: skip
     before = _rss_kb(running.gateway.process.pid)
 
     @settings(FUZZ, max_examples=250)
-    @given(st.sampled_from(methods), st.binary(max_size=2048))
+    @given(st.sampled_from(METHODS), st.binary(max_size=2048))
     def fuzz(method, data):
         SENT["raw"] = SENT.get("raw", 0) + 1
         _check(lambda: channel.unary_unary(method)(data, timeout=20))
@@ -130,6 +97,10 @@ def test_raw_bytes_on_any_method_are_invalid_argument_never_internal(gateway):
     assert SENT["raw"] >= 250
     assert health_status(running.gateway.address) == "SERVING"
     assert _rss_kb(running.gateway.process.pid) - before < 200_000  # memory stays bounded
+
+
+def _words(vocab) -> list[str]:
+    return [*vocab.user_ids[:20], *vocab.artist_names[:20], *vocab.artist_ids[:20]]
 
 
 def _rss_kb(pid: int) -> int:

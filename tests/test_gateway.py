@@ -401,14 +401,12 @@ def test_a_stalled_triton_gives_a_deadline_error_not_a_hang(stack):
             with pytest.raises(RecommenderError) as err:
                 client.recommend(_USERS[0], timeout_s=1.5)  # the caller's deadline
             assert time.monotonic() - start < 3
-            assert err.value.code in {grpc.StatusCode.DEADLINE_EXCEEDED,
-                                      grpc.StatusCode.UNAVAILABLE}  # fmt: skip
+            assert err.value.code == grpc.StatusCode.DEADLINE_EXCEEDED  # the caller's deadline
             start = time.monotonic()
             with pytest.raises(RecommenderError) as err:  # a loose caller deadline: the
                 client.recommend(_USERS[1])  # gateway's own triton_timeout_s (3 s) bounds it
             assert time.monotonic() - start < 8  # (the client retries UNAVAILABLE 3 times)
-            assert err.value.code in {grpc.StatusCode.DEADLINE_EXCEEDED,
-                                      grpc.StatusCode.UNAVAILABLE}  # fmt: skip
+            assert err.value.code == grpc.StatusCode.UNAVAILABLE  # Triton, not the caller, late
     finally:
         os.killpg(stack.triton.process.pid, signal.SIGCONT)
     _wait_until_answered(stack)

@@ -116,3 +116,26 @@ def test_a_supervised_task_that_dies_or_returns_is_logged_and_started_again(capl
 def test_gateway_limits_are_validated_at_start(bad):
     with pytest.raises(ValueError):
         GatewayConfig(**bad)
+
+
+def test_triton_failures_become_the_status_the_caller_should_see():
+    import grpc
+    from tritonclient.utils import InferenceServerException
+
+    from gateway.errors import DeadlineExceeded, GatewayError, Unavailable, VersionRetired
+    from gateway.inference import translate
+
+    def as_gateway(message: str, status: str | None = None) -> GatewayError:
+        return translate(InferenceServerException(message, status=status), "triton:8001")
+
+    assert type(as_gateway("late", "StatusCode.DEADLINE_EXCEEDED")) is DeadlineExceeded
+    down = as_gateway("connection refused", "StatusCode.UNAVAILABLE")
+    assert type(down) is Unavailable and "triton:8001" in str(down)
+    retired = as_gateway("Request for unknown model: 'catalogue_scorer' version 3 is not at "
+                         "ready state", "StatusCode.UNAVAILABLE")  # fmt: skip
+    assert type(retired) is Unavailable  # the transport status wins: Triton is going away
+    retired = as_gateway("Request for unknown model: 'catalogue_scorer' version 3 is not at "
+                         "ready state", "StatusCode.NOT_FOUND")  # fmt: skip
+    assert type(retired) is VersionRetired and retired.code == grpc.StatusCode.UNAVAILABLE
+    other = as_gateway("onnxruntime failed", "StatusCode.INTERNAL")
+    assert type(other) is GatewayError and other.code == grpc.StatusCode.INTERNAL

@@ -3,9 +3,7 @@ poller, health that must tell the truth."""
 
 from __future__ import annotations
 
-import json
 import os
-import shutil
 import signal
 import time
 import urllib.request
@@ -16,28 +14,18 @@ import pytest
 import tritonclient.grpc as grpcclient
 
 from client import RecommenderClient, RecommenderError
-from core.contract import CATALOGUE_SCORER, MANIFEST, PLAYS, SERVED_MODELS
+from core.contract import CATALOGUE_SCORER, PLAYS, SERVED_MODELS
 from export.repository import export_run
 from export.triton_config import write_configs
 from gateway.config import GatewayConfig
 from loadtests.async_load import AsyncLoad
+from loadtests.faults import clone_version, truncate
 from serving.gateway_process import health_status
 from serving.processes import free_port, group_members
 from serving.stack import StackConfig, serving_stack
 from training.run import load_run
 
 pytestmark = pytest.mark.slow
-
-
-def clone_version(repo: Path, source: int, target: int) -> None:
-    """Copy ``source`` to ``target`` in every model, manifests renumbered (a hand-made version,
-    as an operator copying a served one would make)."""
-    for name in SERVED_MODELS:
-        shutil.copytree(repo / name / str(source), repo / name / str(target),
-                        ignore=shutil.ignore_patterns("model.savedmodel"))  # fmt: skip
-        path = repo / name / str(target) / MANIFEST
-        manifest = json.loads(path.read_text())
-        path.write_text(json.dumps({**manifest, "version": target}))
 
 
 def serve_only(repo: Path, triton, version: int) -> None:
@@ -88,8 +76,7 @@ def test_a_corrupt_version_is_reported_health_turns_false_and_a_valid_one_serves
         info = client.serving_info()  # says which run, never where it lies on the host
         assert info.source_run == run_dir.name and "/" not in info.source_run
         clone_version(repo, 1, 2)
-        plays = repo / CATALOGUE_SCORER / "2" / PLAYS
-        plays.write_bytes(plays.read_bytes()[:100])  # truncated: not a zip any more
+        truncate(repo / CATALOGUE_SCORER / "2" / PLAYS)  # not a zip any more
         serve_only(repo, running.triton, 2)  # Triton serves it; the gateway cannot
 
         assert eventually(lambda: health_status(address) == "NOT_SERVING"), "health lied"

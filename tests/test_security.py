@@ -4,9 +4,6 @@ inference stays open."""
 
 from __future__ import annotations
 
-import ipaddress
-from pathlib import Path
-
 import numpy as np
 import pytest
 import tritonclient.grpc as grpcclient
@@ -14,30 +11,12 @@ from tritonclient.utils import InferenceServerException
 
 from core.contract import ARTIST_INPUT, PAIR_SCORER, SERVED_MODELS, USER_INPUT
 from export.repository import export_run
+from loadtests.faults import listening
 from serving import admin_key
 from serving.processes import free_port
 from serving.triton_server import TritonConfig, TritonServer
 
 pytestmark = pytest.mark.slow
-
-
-def listening(port: int) -> set[str]:
-    """Local addresses with a listening TCP socket on ``port`` (from /proc/net/tcp{,6})."""
-    found = set()
-    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
-        for line in Path(table).read_text().splitlines()[1:]:
-            local, state = line.split()[1], line.split()[3]
-            address, hex_port = local.rsplit(":", 1)
-            if state == "0A" and int(hex_port, 16) == port:  # 0A: LISTEN
-                found.add(_address(address))
-    return found
-
-
-def _address(hex_address: str) -> str:
-    """/proc's hex address (32-bit words in host order) as text; IPv4-mapped IPv6 as IPv4."""
-    raw = bytes.fromhex(hex_address)
-    ip = ipaddress.ip_address(b"".join(raw[i : i + 4][::-1] for i in range(0, len(raw), 4)))
-    return str(ip.ipv4_mapped if ip.version == 6 and ip.ipv4_mapped else ip)
 
 
 @pytest.fixture(scope="module")
