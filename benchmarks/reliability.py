@@ -101,6 +101,18 @@ def _rss_kb(pid: int) -> int:
     return int(next(line.split()[1] for line in status.splitlines() if line.startswith("VmRSS")))
 
 
+def _submit_examples(count: int, strategy: st.SearchStrategy, submit) -> None:
+    """Draw ``count`` examples of ``strategy`` with hypothesis and hand each to ``submit``."""
+
+    @settings(max_examples=count, deadline=None, database=None,
+              suppress_health_check=list(HealthCheck))  # fmt: skip
+    @given(strategy)
+    def draw(example) -> None:
+        submit(example)
+
+    draw()
+
+
 def fuzz(root: Path, requests: int) -> tuple[dict, dict]:
     cfg, repo = _stack(root, "fuzz")
     words = _words(_export(root, repo), repo)
@@ -118,14 +130,8 @@ def fuzz(root: Path, requests: int) -> tuple[dict, dict]:
                 max_size=2048)), lambda mb: ch.unary_unary(mb[0])(mb[1], timeout=20)),
         ]  # fmt: skip
         for count, strategy, send in calls:
-
-            @settings(max_examples=count, deadline=None, database=None,
-                      suppress_health_check=list(HealthCheck))  # fmt: skip
-            @given(strategy)
-            def one(example, send=send):
-                pending.append(pool.submit(answer, lambda: send(example)))
-
-            one()
+            _submit_examples(count, strategy, lambda example, send=send: pending.append(
+                pool.submit(answer, lambda: send(example))))  # fmt: skip
         for future in pending:
             code, _ = future.result()
             codes[code.name] += 1
