@@ -7,6 +7,7 @@ from pathlib import Path
 
 from rich.table import Table
 
+from client import Credentials
 from core.console import console
 from core.paths import DEFAULT_REPOSITORY
 
@@ -22,10 +23,12 @@ def _deploy_config(args: argparse.Namespace, *, needs_key: bool = True):
         if needs_key:
             raise
         key = None
+    token = args.gateway_token_file.read_text().strip() if args.gateway_token_file else None
+    gateway = Credentials(args.gateway_tls_ca, args.gateway_tls_cert, args.gateway_tls_key, token)
     return DeployConfig(args.repository, args.triton_url, args.gateway,
                         keep=getattr(args, "keep", 3),
                         max_metric_drop=getattr(args, "max_metric_drop", 0.01),
-                        admin_key=key)  # fmt: skip
+                        admin_key=key, gateway_credentials=gateway)  # fmt: skip
 
 
 def _print_report(report) -> None:
@@ -71,6 +74,10 @@ def _operations(p: argparse.ArgumentParser) -> None:
     p.add_argument("--repository", type=Path, default=DEFAULT_REPOSITORY)
     p.add_argument("--triton-url", default="127.0.0.1:8001", help="Triton gRPC")
     p.add_argument("--gateway", help="host:port: wait until the gateway serves the version")
+    p.add_argument("--gateway-tls-ca", type=Path, help="TLS: the gateway's CA certificate")
+    p.add_argument("--gateway-tls-cert", type=Path, help="mutual TLS: this tool's certificate")
+    p.add_argument("--gateway-tls-key", type=Path, help="mutual TLS: this tool's private key")
+    p.add_argument("--gateway-token-file", type=Path, help="the gateway's bearer token")
     p.add_argument("--admin-key-file", type=Path, default=None,
                    help="Triton's model-control key (env MUSICREC_TRITON_ADMIN_KEY; default: "
                         "the file the embedded Triton writes)")  # fmt: skip

@@ -10,6 +10,7 @@ with RecommenderClient("127.0.0.1:50051") as rec:
 from client._client import AsyncRecommenderClient, RecommenderClient
 from client.types import (
     Artist,
+    Credentials,
     Recommendation,
     RecommenderError,
     ServingInfo,
@@ -20,6 +21,7 @@ from client.types import (
 __all__ = [
     "Artist",
     "AsyncRecommenderClient",
+    "Credentials",
     "Recommendation",
     "RecommenderClient",
     "RecommenderError",

@@ -18,7 +18,14 @@ from collections.abc import Mapping, Sequence
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from client.types import SCORING_MODES, Recommendation, RecommenderError, ServingInfo, SimilarUsers
+from client.types import (
+    SCORING_MODES,
+    Credentials,
+    Recommendation,
+    RecommenderError,
+    ServingInfo,
+    SimilarUsers,
+)
 from musicrec.v1 import recommender_pb2 as pb
 from musicrec.v1 import recommender_pb2_grpc as pb_grpc
 
@@ -32,6 +39,8 @@ _RETRY = {
     }],
     # Retries stop when more than half the recent calls failed: an outage is not multiplied.
     "retryThrottling": {"maxTokens": 10, "tokenRatio": 0.1},
+    # A target naming several gateways spreads calls over the healthy ones.
+    "loadBalancingConfig": [{"round_robin": {}}],
 }  # fmt: skip
 CHANNEL_OPTIONS = [("grpc.enable_retries", 1), ("grpc.service_config", json.dumps(_RETRY))]
 
@@ -90,23 +99,36 @@ def _status_name(reply: health_pb2.HealthCheckResponse) -> str:
     return health_pb2.HealthCheckResponse.ServingStatus.Name(reply.status)
 
 
-def _metadata(request_id: str | None) -> tuple[tuple[str, str], ...]:
-    return ((REQUEST_ID_HEADER, request_id or uuid.uuid4().hex),)
+def _metadata(request_id: str | None, token: str | None) -> tuple[tuple[str, str], ...]:
+    rid = ((REQUEST_ID_HEADER, request_id or uuid.uuid4().hex),)
+    return (*rid, ("authorization", f"Bearer {token}")) if token else rid
+
+
+def _channel(address: str, credentials: Credentials, aio: bool):
+    grpc_ = grpc.aio if aio else grpc
+    if credentials.uses_tls:
+        return grpc_.secure_channel(address, credentials.channel_credentials(),
+                                    options=CHANNEL_OPTIONS)  # fmt: skip
+    return grpc_.insecure_channel(address, options=CHANNEL_OPTIONS)
 
 
 class RecommenderClient:
-    """Blocking client; use as a context manager or call :meth:`close`."""
+    """Blocking client; use as a context manager or call :meth:`close`. ``address`` may name
+    several gateways (``ipv4:10.0.0.1:50051,10.0.0.2:50051`` or ``dns:///gateway:50051``);
+    ``credentials`` turn on TLS, mutual TLS and a bearer token."""
 
-    def __init__(self, address: str = DEFAULT_ADDRESS, *, timeout_s: float = 5.0) -> None:
+    def __init__(self, address: str = DEFAULT_ADDRESS, *, timeout_s: float = 5.0,
+                 credentials: Credentials | None = None) -> None:  # fmt: skip
         self.timeout_s = timeout_s
-        self._channel = grpc.insecure_channel(address, options=CHANNEL_OPTIONS)
+        self.credentials = credentials or Credentials()
+        self._channel = _channel(address, self.credentials, aio=False)
         self._stub = pb_grpc.RecommenderStub(self._channel)
         self._health = health_pb2_grpc.HealthStub(self._channel)
 
     def _call(self, method, request, timeout_s: float | None, request_id: str | None = None):
         try:
             return method(request, timeout=timeout_s or self.timeout_s,
-                          metadata=_metadata(request_id))  # fmt: skip
+                          metadata=_metadata(request_id, self.credentials.token))  # fmt: skip
         except grpc.RpcError as exc:
             raise RecommenderError.from_rpc(exc) from None
 
@@ -152,9 +174,11 @@ class RecommenderClient:
 class AsyncRecommenderClient:
     """asyncio client with the methods of :class:`RecommenderClient` (see there)."""
 
-    def __init__(self, address: str = DEFAULT_ADDRESS, *, timeout_s: float = 5.0) -> None:
+    def __init__(self, address: str = DEFAULT_ADDRESS, *, timeout_s: float = 5.0,
+                 credentials: Credentials | None = None) -> None:  # fmt: skip
         self.timeout_s = timeout_s
-        self._channel = grpc.aio.insecure_channel(address, options=CHANNEL_OPTIONS)
+        self.credentials = credentials or Credentials()
+        self._channel = _channel(address, self.credentials, aio=True)
         self._stub = pb_grpc.RecommenderStub(self._channel)
         self._health = health_pb2_grpc.HealthStub(self._channel)
 
@@ -162,7 +186,7 @@ class AsyncRecommenderClient:
                     request_id: str | None = None):  # fmt: skip
         try:
             return await method(request, timeout=timeout_s or self.timeout_s,
-                                metadata=_metadata(request_id))  # fmt: skip
+                                metadata=_metadata(request_id, self.credentials.token))  # fmt: skip
         except grpc.RpcError as exc:
             raise RecommenderError.from_rpc(exc) from None
 

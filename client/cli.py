@@ -15,12 +15,13 @@ import os
 import sys
 from collections.abc import Sequence
 from dataclasses import asdict
+from pathlib import Path
 
 from rich.console import Console
 from rich.table import Table
 
 from client._client import DEFAULT_ADDRESS, RecommenderClient
-from client.types import SCORING_MODES, Recommendation, RecommenderError, SimilarUsers
+from client.types import SCORING_MODES, Credentials, Recommendation, RecommenderError, SimilarUsers
 
 console = Console()
 
@@ -101,6 +102,27 @@ def build_parser() -> argparse.ArgumentParser:
         help="gateway host:port (env MUSICREC_GATEWAY)",
     )
     parser.add_argument("-t", "--timeout", type=float, default=10.0, help="deadline, seconds")
+    env = os.environ.get
+    parser.add_argument(
+        "--tls-ca",
+        type=Path,
+        default=env("MUSICREC_GATEWAY_TLS_CA"),
+        help="TLS: the gateway's CA certificate (env MUSICREC_GATEWAY_TLS_CA)",
+    )
+    parser.add_argument(
+        "--tls-cert",
+        type=Path,
+        default=env("MUSICREC_GATEWAY_TLS_CERT"),
+        help="mutual TLS: this client's certificate",
+    )
+    parser.add_argument(
+        "--tls-key",
+        type=Path,
+        default=env("MUSICREC_GATEWAY_TLS_KEY"),
+        help="mutual TLS: this client's private key",
+    )
+    parser.add_argument("--token-file", type=Path, default=env("MUSICREC_GATEWAY_TOKEN_FILE"),
+                        help="send the bearer token in this file")  # fmt: skip
     sub = parser.add_subparsers(dest="command", required=True)
 
     def listener(p: argparse.ArgumentParser) -> None:
@@ -137,8 +159,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     errors; messages are one line, never a traceback."""
     args = build_parser().parse_args(argv)
     try:
-        with RecommenderClient(args.address, timeout_s=args.timeout) as client:
+        credentials = Credentials(
+            args.tls_ca,
+            args.tls_cert,
+            args.tls_key,
+            args.token_file.read_text().strip() if args.token_file else None,
+        )
+        with RecommenderClient(args.address, timeout_s=args.timeout,
+                               credentials=credentials) as client:  # fmt: skip
             return args.func(client, args)
+    except OSError as exc:  # an unreadable certificate, key or token file
+        console.print(f"[red]error:[/] {exc}", highlight=False)
+        return 2
     except ValueError as exc:
         console.print(f"[red]error:[/] {exc}", highlight=False)
         return 2

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 
 import grpc
 
@@ -16,6 +17,32 @@ SCORING_MODES: dict[str, int] = {
     if value != pb.SCORING_MODE_UNSPECIFIED
 }
 _MODE_NAMES = {value: name for name, value in SCORING_MODES.items()}
+
+
+@dataclass(frozen=True)
+class Credentials:
+    """How the client checks the gateway and proves itself: TLS against ``ca_file`` (the
+    gateway's CA; the system's roots when None), mutual TLS with ``cert_file``/``key_file``,
+    and a bearer ``token``. All None: plaintext (the default on 127.0.0.1 only)."""
+
+    ca_file: Path | None = None
+    cert_file: Path | None = None
+    key_file: Path | None = None
+    token: str | None = None
+    tls: bool = False  # TLS with the system's roots even without ca_file
+
+    def __post_init__(self) -> None:
+        if (self.cert_file is None) != (self.key_file is None):
+            raise ValueError("give both cert_file and key_file (mutual TLS), or neither")
+
+    @property
+    def uses_tls(self) -> bool:
+        return self.tls or self.ca_file is not None or self.cert_file is not None
+
+    def channel_credentials(self) -> grpc.ChannelCredentials:
+        read = lambda p: Path(p).read_bytes() if p else None  # noqa: E731
+        return grpc.ssl_channel_credentials(read(self.ca_file), read(self.key_file),
+                                            read(self.cert_file))  # fmt: skip
 
 
 class RecommenderError(Exception):

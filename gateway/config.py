@@ -39,8 +39,22 @@ class GatewayConfig:
     drain_s: float = 0.0  # on SIGTERM: NOT_SERVING but still answering, this long first
     grace_s: float = 5.0  # in-flight requests get this long to finish on shutdown
     log_json: bool = True
+    tls_cert_file: Path | None = None  # serve TLS with this certificate chain (PEM) ...
+    tls_key_file: Path | None = None  # ... and its private key
+    tls_client_ca_file: Path | None = None  # mutual TLS: clients need a certificate of this CA
+    token_file: Path | None = None  # callers must send "authorization: Bearer <its content>"
+    allow_plaintext: bool = False  # plaintext beyond loopback (behind a private network only)
 
     def __post_init__(self) -> None:
+        if (self.tls_cert_file is None) != (self.tls_key_file is None):
+            raise ValueError("give both tls_cert_file and tls_key_file, or neither")
+        if self.tls_client_ca_file is not None and self.tls_cert_file is None:
+            raise ValueError("mutual TLS (tls_client_ca_file) needs tls_cert_file and "
+                             "tls_key_file")  # fmt: skip
+        loopback = self.host in ("127.0.0.1", "localhost", "::1")
+        if not (loopback or self.tls_cert_file or self.allow_plaintext):
+            raise ValueError(f"plaintext on {self.host} is refused: give tls_cert_file and "
+                             "tls_key_file, or allow_plaintext on a private network")  # fmt: skip
         if self.scoring not in MODE_NAMES:
             raise ValueError(f"scoring must be one of {', '.join(MODE_NAMES)}")
         if self.backend not in BACKENDS:
@@ -92,7 +106,7 @@ def from_arguments(args: argparse.Namespace) -> GatewayConfig:
 
 
 def _converter(type_name: Any) -> Any:
-    return {"int": int, "float": float, "Path": Path}.get(type_name, str)
+    return {"int": int, "float": float, "Path": Path, "Path | None": Path}.get(type_name, str)
 
 
 def _parse(type_name: Any, raw: str) -> Any:

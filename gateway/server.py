@@ -22,6 +22,7 @@ from grpc_reflection.v1alpha import reflection
 
 from core.similarity import array_backend
 from gateway import logs
+from gateway.auth import TokenAuth, read_token, server_credentials
 from gateway.config import GatewayConfig, add_arguments, from_arguments
 from gateway.inference import Inference
 from gateway.metrics import GatewayMetrics, ObservingInterceptor
@@ -48,12 +49,17 @@ class Gateway:
             ("grpc.max_send_message_length", config.max_message_bytes),
             ("grpc.max_receive_message_length", config.max_message_bytes),
         ]
-        self.server = grpc.aio.server(  # sheds Recommender calls, never health checks
-            interceptors=[ObservingInterceptor(self.metrics),
-                          LoadShedder(config.max_concurrent_rpcs)],
-            options=options,
-        )  # fmt: skip
-        self.port = self.server.add_insecure_port(config.address)
+        interceptors = [ObservingInterceptor(self.metrics)]
+        if config.token_file:
+            interceptors.append(TokenAuth(read_token(config.token_file)))
+        interceptors.append(LoadShedder(config.max_concurrent_rpcs))  # never sheds health
+        self.server = grpc.aio.server(interceptors=interceptors, options=options)
+        if config.tls_cert_file and config.tls_key_file:
+            credentials = server_credentials(config.tls_cert_file, config.tls_key_file,
+                                             config.tls_client_ca_file)  # fmt: skip
+            self.port = self.server.add_secure_port(config.address, credentials)
+        else:
+            self.port = self.server.add_insecure_port(config.address)
         if self.port == 0:
             raise OSError(f"cannot listen on {config.address}")
         self.triton = triton.InferenceServerClient(config.triton_url)
@@ -166,7 +172,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     logs.configure(config.log_json)
     try:
         asyncio.run(serve(config))
-    except OSError as exc:
+    except (OSError, ValueError) as exc:  # unreadable certificate or token, port taken
         print(f"error: {exc}", file=sys.stderr)
         return 2
     return 0

@@ -13,10 +13,33 @@ from typing import Any
 
 import grpc
 import grpc.experimental.gevent as grpc_gevent
-from locust import User
+from locust import User, events
 from locust.env import Environment
 
+from client.types import Credentials
+
 grpc_gevent.init_gevent()  # before any channel: gRPC must cooperate with gevent
+
+
+@events.init_command_line_parser.add_listener
+def _security_flags(parser) -> None:
+    """The client library's TLS / mutual TLS / bearer-token options, for a secured gateway
+    (``--grpc-`` prefixed: Locust's own ``--tls-cert`` is its web UI's)."""
+    for flag, env, what in (
+        ("--grpc-tls-ca", "MUSICREC_GATEWAY_TLS_CA", "the gateway's CA certificate (TLS)"),
+        ("--grpc-tls-cert", "MUSICREC_GATEWAY_TLS_CERT", "this client's certificate (mTLS)"),
+        ("--grpc-tls-key", "MUSICREC_GATEWAY_TLS_KEY", "this client's private key (mTLS)"),
+        ("--grpc-token-file", "MUSICREC_GATEWAY_TOKEN_FILE", "a file holding the bearer token"),
+    ):
+        parser.add_argument(flag, default=None, env_var=env, help=what)
+
+
+def credentials(options: Any) -> Credentials:
+    """:class:`client.types.Credentials` from Locust's parsed options (plaintext when unset)."""
+    get = lambda name: getattr(options, name, None)  # noqa: E731
+    token = get("grpc_token_file")
+    return Credentials(get("grpc_tls_ca"), get("grpc_tls_cert"), get("grpc_tls_key"),
+                       open(token).read().strip() if token else None)  # fmt: skip
 
 
 class LocustInterceptor(grpc.UnaryUnaryClientInterceptor):
@@ -52,7 +75,10 @@ class GrpcUser(User):
         super().__init__(environment)
         if self.stub_class is None or not self.host:
             raise ValueError("set stub_class and --host host:port")
-        self._channel = grpc.insecure_channel(self.host)
+        creds = credentials(environment.parsed_options)
+        self.metadata = (("authorization", f"Bearer {creds.token}"),) if creds.token else ()
+        self._channel = (grpc.secure_channel(self.host, creds.channel_credentials())
+                         if creds.uses_tls else grpc.insecure_channel(self.host))  # fmt: skip
         self._raw_stub = self.stub_class(self._channel)
         intercepted = grpc.intercept_channel(self._channel, LocustInterceptor(environment))
         self.stub = self.stub_class(intercepted)

@@ -69,13 +69,13 @@ class RecommenderUser(GrpcUser):
 
     @task(10)
     def known_user(self) -> None:
-        self.stub.Recommend(pb.RecommendRequest(user_id=self.rng.choice(self.listeners.users),
-                                                k=10), timeout=10)  # fmt: skip
+        request = pb.RecommendRequest(user_id=self.rng.choice(self.listeners.users), k=10)
+        self.stub.Recommend(request, timeout=10, metadata=self.metadata)
 
     @task(9)
     def new_listener(self) -> None:
-        self.stub.Recommend(pb.RecommendRequest(history=self.listeners.history(self.rng), k=10),
-                            timeout=10)  # fmt: skip
+        request = pb.RecommendRequest(history=self.listeners.history(self.rng), k=10)
+        self.stub.Recommend(request, timeout=10, metadata=self.metadata)
 
     @task(1)
     def invalid_request(self) -> None:
@@ -83,5 +83,6 @@ class RecommenderUser(GrpcUser):
             pb.RecommendRequest(user_id=self.rng.choice(self.listeners.users), k=501),
             pb.RecommendRequest(history=pb.History(items=[pb.ArtistPlay(name="")])),
         ])  # fmt: skip
-        self.expect("Recommend (invalid)", lambda stub: stub.Recommend(bad, timeout=10),
+        self.expect("Recommend (invalid)",
+                    lambda stub: stub.Recommend(bad, timeout=10, metadata=self.metadata),
                     grpc.StatusCode.INVALID_ARGUMENT)  # fmt: skip

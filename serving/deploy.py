@@ -29,7 +29,7 @@ from pathlib import Path
 import tritonclient.grpc as grpcclient
 from tritonclient.utils import InferenceServerException
 
-from client import RecommenderClient, RecommenderError
+from client import Credentials, RecommenderClient, RecommenderError
 from core.contract import CATALOGUE_SCORER, MANIFEST, SERVED_MODELS, common_versions, versions
 from core.files import repository_lock
 from core.modes import DEFAULT_MODE, MODES
@@ -54,6 +54,7 @@ class DeployConfig:
     max_metric_drop: float = 0.01  # NDCG@10 (known users) the new version may lose
     timeout_s: float = 120.0
     admin_key: str | None = field(default=None, repr=False)  # unlocks Triton's load/unload
+    gateway_credentials: Credentials | None = field(default=None, repr=False)  # TLS, token
 
     @property
     def admin_headers(self) -> dict[str, str] | None:
@@ -104,7 +105,8 @@ def _wait_for_gateway(cfg: DeployConfig, version: int) -> None:
     if not cfg.gateway:
         return
     deadline = time.monotonic() + cfg.timeout_s
-    with RecommenderClient(cfg.gateway, timeout_s=5) as gateway:
+    with RecommenderClient(cfg.gateway, timeout_s=5,
+                           credentials=cfg.gateway_credentials) as gateway:  # fmt: skip
         while time.monotonic() < deadline:
             with contextlib.suppress(RecommenderError):
                 if gateway.serving_info().model_version == version:

@@ -27,14 +27,18 @@ def command(config: GatewayConfig) -> list[str]:
         flag = "--" + f.name.replace("_", "-")
         if isinstance(value, bool):
             cmd.append(flag if value else "--no-" + flag[2:])
-        else:
+        elif value is not None:
             cmd += [flag, str(value)]
     return cmd
 
 
-def health_status(address: str, timeout_s: float = 1.0) -> str:
-    """The gateway's overall health (``SERVING``, ``NOT_SERVING``...) or ``UNREACHABLE``."""
-    with grpc.insecure_channel(address) as channel:
+def health_status(address: str, timeout_s: float = 1.0,
+                  credentials: grpc.ChannelCredentials | None = None) -> str:  # fmt: skip
+    """The gateway's overall health (``SERVING``, ``NOT_SERVING``...) or ``UNREACHABLE``;
+    ``credentials`` for a gateway that serves TLS."""
+    channel = (grpc.secure_channel(address, credentials) if credentials
+               else grpc.insecure_channel(address))  # fmt: skip
+    with channel:
         try:
             reply = health_pb2_grpc.HealthStub(channel).Check(
                 health_pb2.HealthCheckRequest(service=""), timeout=timeout_s
@@ -50,9 +54,11 @@ class GatewayProcess(ChildProcess):
     name = "gateway"
     error = GatewayStartError
 
-    def __init__(self, config: GatewayConfig, log_file: Path | None = None) -> None:
+    def __init__(self, config: GatewayConfig, log_file: Path | None = None, *,
+                 probe_credentials: grpc.ChannelCredentials | None = None) -> None:  # fmt: skip
         super().__init__(log_file)
         self.config = config
+        self.probe_credentials = probe_credentials  # to check the health of a TLS gateway
         self.wait_for = "SERVING"
 
     @property
@@ -69,7 +75,7 @@ class GatewayProcess(ChildProcess):
         return {"": self.config.port, "metrics": self.config.metrics_port}
 
     def is_ready(self) -> bool:
-        status = health_status(self.address)
+        status = health_status(self.address, credentials=self.probe_credentials)
         return status == self.wait_for or (self.wait_for == "ANY" and status != "UNREACHABLE")
 
     def start(self, wait_for: str = "SERVING", timeout_s: float = 60.0) -> GatewayProcess:

@@ -4,6 +4,10 @@ inference stays open."""
 
 from __future__ import annotations
 
+import datetime as dt
+import ipaddress
+from pathlib import Path
+
 import numpy as np
 import pytest
 import tritonclient.grpc as grpcclient
@@ -55,3 +59,80 @@ def test_model_control_needs_the_key_and_inference_does_not(triton):
     index = client.get_model_repository_index(headers=triton.admin_headers)
     assert {m.name for m in index.models} >= set(SERVED_MODELS)
     client.load_model(PAIR_SCORER, headers=triton.admin_headers)
+
+
+def _certificates(directory: Path) -> None:
+    """A CA made now, a server certificate for 127.0.0.1 and a client certificate it signed."""
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    now = dt.datetime.now(dt.UTC)
+
+    def issue(name: str, key, issuer_name, issuer_key, *, ca: bool, san=None):
+        subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, name)])
+        builder = (x509.CertificateBuilder().subject_name(subject).issuer_name(issuer_name)
+                   .public_key(key.public_key()).serial_number(x509.random_serial_number())
+                   .not_valid_before(now - dt.timedelta(minutes=5))
+                   .not_valid_after(now + dt.timedelta(days=1))
+                   .add_extension(x509.BasicConstraints(ca=ca, path_length=None),
+                                  critical=True))  # fmt: skip
+        if san:
+            builder = builder.add_extension(x509.SubjectAlternativeName(san), critical=False)
+        return builder.sign(issuer_key, hashes.SHA256())
+
+    def write(name: str, key, cert) -> None:
+        (directory / f"{name}.key").write_bytes(key.private_bytes(
+            serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption()))  # fmt: skip
+        (directory / f"{name}.pem").write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+
+    ca_key = ec.generate_private_key(ec.SECP256R1())
+    ca_name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "musicrec test CA")])
+    ca = issue("musicrec test CA", ca_key, ca_name, ca_key, ca=True)
+    write("ca", ca_key, ca)
+    server_key = ec.generate_private_key(ec.SECP256R1())
+    san = [x509.IPAddress(ipaddress.ip_address("127.0.0.1")), x509.DNSName("localhost")]
+    write("server", server_key, issue("gateway", server_key, ca_name, ca_key, ca=False, san=san))
+    client_key = ec.generate_private_key(ec.SECP256R1())
+    write("client", client_key, issue("a service", client_key, ca_name, ca_key, ca=False))
+
+
+def test_gateway_serves_mutual_tls_and_checks_bearer_tokens(triton, tmp_path):
+    import grpc
+
+    from client import Credentials, RecommenderClient, RecommenderError
+    from gateway.config import GatewayConfig
+    from serving.gateway_process import GatewayProcess, health_status
+
+    _certificates(tmp_path)
+    token = tmp_path / "token"
+    token.write_text("a-long-random-bearer-token-value\n")
+    config = GatewayConfig(
+        port=free_port(), metrics_port=0, triton_url=triton.grpc_url, backend="cpu",
+        repository=triton.config.repository, tls_cert_file=tmp_path / "server.pem",
+        tls_key_file=tmp_path / "server.key", tls_client_ca_file=tmp_path / "ca.pem",
+        token_file=token,
+    )  # fmt: skip
+    ca, cert, key = (tmp_path / "ca.pem", tmp_path / "client.pem", tmp_path / "client.key")
+    mtls = Credentials(ca, cert, key)
+    probe = mtls.channel_credentials()
+    with GatewayProcess(config, tmp_path / "gw.log", probe_credentials=probe) as gw:
+        assert health_status(gw.address) == "UNREACHABLE"  # plaintext gets nowhere
+        assert health_status(gw.address, credentials=Credentials(ca).channel_credentials()) == (
+            "UNREACHABLE")  # TLS without a client certificate: refused  # fmt: skip
+        assert health_status(gw.address, credentials=probe) == "SERVING"  # health needs no token
+
+        def recommend(credentials: Credentials):
+            with RecommenderClient(gw.address, timeout_s=5, credentials=credentials) as client:
+                return client.serving_info()
+
+        for wrong in (None, "not-the-right-token-at-all"):
+            with pytest.raises(RecommenderError) as err:
+                recommend(Credentials(ca, cert, key, wrong))
+            assert err.value.code == grpc.StatusCode.UNAUTHENTICATED
+        assert recommend(Credentials(ca, cert, key, token.read_text().strip())).model_version == 1
+
+    with pytest.raises(ValueError, match="plaintext on 0.0.0.0 is refused"):
+        GatewayConfig(host="0.0.0.0")
