@@ -22,6 +22,7 @@ CATALOGUE_SCORER = "catalogue_scorer"
 
 # pair_scorer: the Keras network's own input/output names (training/models/network.py).
 USER_INPUT, ARTIST_INPUT, SCORE_OUTPUT = "user", "artist", "score"
+MAX_PLAYS = 1e9  # one listener's plays of one artist, after summing: more says nothing more
 MANIFEST, VOCAB_DIR, PLAYS, ONNX_FILE, PYTHON_MODEL_FILE = (
     "manifest.json", "vocab", "plays.npz", "model.onnx", "model.py",
 )  # fmt: skip

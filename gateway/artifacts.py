@@ -16,12 +16,10 @@ from pathlib import Path
 import numpy as np
 import scipy.sparse as sp
 
-from core.contract import CATALOGUE_SCORER, MANIFEST, PLAYS, VOCAB_DIR
+from core.contract import CATALOGUE_SCORER, MANIFEST, MAX_PLAYS, PLAYS, VOCAB_DIR
 from core.similarity import ArrayBackend, SimilarityIndex
 from core.vocabulary import ArtistLookup, Vocabulary
 from gateway.errors import InvalidArgument
-
-MAX_PLAYS = 1e9  # per artist after summing: beyond it, more plays say nothing more
 
 
 class ArtifactError(RuntimeError):

@@ -32,3 +32,27 @@ def test_dataset_kind_is_detected(hetrec):
     assert detect_kind(SPOTIFY_SAMPLE) == "spotify"
     data, report = load_dataset(f"spotify:{SPOTIFY_SAMPLE}")
     assert report["records"] == 499 and data.nnz == 499
+
+
+def test_counts_past_float32_are_summed_in_float64_and_capped(tmp_path):
+    import numpy as np
+    import pandas as pd
+
+    from core.contract import MAX_PLAYS
+    from training.data import from_frame
+
+    frame = pd.DataFrame({"user_id": ["a", "a", "b"], "artist_id": ["x", "x", "y"],
+                          "count": [3e38, 3e38, 1e39]})  # fmt: skip
+    data = from_frame(frame)
+    assert np.all(np.isfinite(data.matrix.data)) and data.matrix.max() == np.float32(MAX_PLAYS)
+
+
+def test_an_artist_id_listed_twice_keeps_its_first_name(tmp_path, caplog):
+    from training.data import load_hetrec
+
+    (tmp_path / "user_artists.dat").write_text("userID\tartistID\tweight\n1\t7\t5\n2\t7\t3\n")
+    (tmp_path / "artists.dat").write_text("id\tname\turl\tpictureURL\n7\tFirst\tu\tp\n"
+                                          "7\tSecond\tu\tp\n")  # fmt: skip
+    data = load_hetrec(tmp_path)
+    assert data.vocab.artist_names == ("First",)
+    assert "1 duplicate artist ids" in caplog.text

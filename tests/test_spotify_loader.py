@@ -91,3 +91,23 @@ def test_generator_is_seeded_and_has_power_law_popularity(tmp_path):
     top_share = users_per_artist[:20].sum() / users_per_artist.sum()
     assert top_share > 0.1  # 1% of artists hold over 10% of the listening pairs
     assert np.median(users_per_artist) <= 5
+
+
+def test_bytes_that_are_not_utf8_are_counted_not_merged_and_long_lines_are_capped(tmp_path):
+    from training.data.spotify import MAX_LINE_CHARS
+
+    path = tmp_path / "bad.csv"
+    rows = [
+        b'"user_id", "artistname", "trackname", "playlistname"',
+        b'"u1", "Bj\xc3\xb6rk", "Army of Me", "p"',  # valid UTF-8: kept
+        b'"u1", "Bj\xf6rk", "Army of Me", "p"',  # Latin-1 byte: would have merged as Bj\ufffdrk
+        b'"u2", "Bj\xfcrk", "Hyper", "p"',  # another look-alike: also not merged
+        b'"u2", "' + b"x" * (MAX_LINE_CHARS + 10) + b'", "t", "p"',  # a line too long to hold
+        b'"u3", "Sigur R\xc3\xb3s", "Svefn", "p"',
+    ]
+    path.write_bytes(b"\n".join(rows) + b"\n")
+    data, report = load_spotify_playlists(path)
+    assert report.invalid_utf8 == 2 and report.long_lines == 1
+    assert report.records == 2 and report.malformed == 1
+    assert sorted(data.vocab.artist_ids) == ["Björk", "Sigur Rós"]
+    assert report.as_dict()["invalid_utf8"] == 2

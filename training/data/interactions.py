@@ -10,6 +10,7 @@ import numpy as np
 import pandas as pd
 import scipy.sparse as sp
 
+from core.contract import MAX_PLAYS
 from core.vocabulary import Vocabulary
 
 log = logging.getLogger(__name__)
@@ -71,19 +72,22 @@ def from_frame(
     """
     users = frame[user_col].astype(str)
     artists = frame[artist_col].astype(str)
-    counts = (
-        frame[count_col].to_numpy(np.float32)
+    counts = (  # float64: counts past float32's range (3.4e38) stay finite until capped
+        frame[count_col].to_numpy(np.float64)
         if count_col is not None
-        else np.ones(len(frame), np.float32)
+        else np.ones(len(frame), np.float64)
     )
     if len(counts) and (not np.all(np.isfinite(counts)) or counts.min() <= 0):
-        raise ValueError("play counts must be finite and positive")
+        bad = counts[~(np.isfinite(counts) & (counts > 0))][:3]
+        raise ValueError(f"play counts must be finite and positive, found {bad.tolist()}")
     u_codes, u_keys = pd.factorize(users, sort=True)
     a_codes, a_keys = pd.factorize(artists, sort=True)
-    matrix = sp.csr_matrix(
-        (counts, (u_codes, a_codes)), shape=(len(u_keys), len(a_keys)), dtype=np.float32
+    summed = sp.csr_matrix(
+        (counts, (u_codes, a_codes)), shape=(len(u_keys), len(a_keys)), dtype=np.float64
     )
-    matrix.sum_duplicates()
+    summed.sum_duplicates()  # in float64, then capped: no sum overflows float32 to inf
+    summed.data = np.minimum(summed.data, MAX_PLAYS)
+    matrix = sp.csr_matrix(summed, dtype=np.float32)
     names = artist_names or {}
     vocab = Vocabulary(
         tuple(u_keys),

@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import csv
+import logging
 from pathlib import Path
 
 import pandas as pd
 
 from training.data.interactions import Interactions, from_frame
+
+log = logging.getLogger(__name__)
 
 
 def load_hetrec(directory: Path | str) -> Interactions:
@@ -21,8 +24,9 @@ def load_hetrec(directory: Path | str) -> Interactions:
     if not plays_path.is_file():
         raise FileNotFoundError(f"HetRec Last.fm directory lacks user_artists.dat: {directory}")
     plays = pd.read_csv(plays_path, sep="\t", dtype={"userID": str, "artistID": str})
+    artists_path = directory / "artists.dat"
     names = pd.read_csv(
-        directory / "artists.dat",
+        artists_path,
         sep="\t",
         quoting=csv.QUOTE_NONE,
         usecols=["id", "name"],
@@ -34,9 +38,20 @@ def load_hetrec(directory: Path | str) -> Interactions:
         user_col="userID",
         artist_col="artistID",
         count_col="weight",
-        artist_names=dict(zip(names["id"], names["name"], strict=True)),
+        artist_names=first_names(names["id"], names["name"], artists_path),
         source=f"hetrec:{directory}",
     )
+
+
+def first_names(ids: pd.Series, names: pd.Series, where: Path) -> dict[str, str]:
+    """Artist id -> name; an id listed twice keeps its first name (counted in a warning)."""
+    out: dict[str, str] = {}
+    for artist_id, name in zip(ids, names, strict=True):
+        out.setdefault(artist_id, name)
+    if len(out) < len(ids):
+        log.warning("%s: %d duplicate artist ids; each keeps its first name", where.name,
+                    len(ids) - len(out))  # fmt: skip
+    return out
 
 
 def load_audioscrobbler(directory: Path | str) -> Interactions:
@@ -49,7 +64,7 @@ def load_audioscrobbler(directory: Path | str) -> Interactions:
     plays = pd.read_csv(
         found[0], sep=" ", header=None, names=["user", "artist", "count"], dtype=str
     )
-    plays["count"] = plays["count"].astype("float32")
+    plays["count"] = plays["count"].astype("float64")  # float32 would overflow to inf
 
     def two_columns(pattern: str, names: list[str]) -> pd.DataFrame:
         files = sorted(directory.glob(pattern))
@@ -75,6 +90,6 @@ def load_audioscrobbler(directory: Path | str) -> Interactions:
         user_col="user",
         artist_col="artist",
         count_col="count",
-        artist_names=dict(zip(names["id"], names["name"].str.strip(), strict=True)),
+        artist_names=first_names(names["id"], names["name"].str.strip(), directory),
         source=f"audioscrobbler:{directory}",
     )

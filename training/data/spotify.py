@@ -29,6 +29,7 @@ log = logging.getLogger(__name__)
 
 COLUMNS = ("user_id", "artistname", "trackname", "playlistname")
 _LINE_BUFFER = 256  # lines kept to re-parse after a record swallowed several lines
+MAX_LINE_CHARS = 64 * 1024  # a longer "line" is not a playlist row: skipped, never held whole
 
 
 class SpotifyDialect(csv.Dialect):
@@ -52,6 +53,8 @@ class LoadReport:
     records: int = 0
     malformed: int = 0
     empty_fields: int = 0
+    invalid_utf8: int = 0  # rows whose user or artist has bytes that are not UTF-8 (skipped)
+    long_lines: int = 0  # lines over MAX_LINE_CHARS (skipped; also counted as malformed)
     header: bool = False
     malformed_lines: list[int] = field(default_factory=list)  # first few, 1-based
 
@@ -66,6 +69,8 @@ class LoadReport:
             "records": self.records,
             "malformed": self.malformed,
             "empty_fields": self.empty_fields,
+            "invalid_utf8": self.invalid_utf8,
+            "long_lines": self.long_lines,
             "header": self.header,
             "malformed_lines": self.malformed_lines,
         }
@@ -143,9 +148,33 @@ def iter_records(lines: Iterable[str], report: LoadReport) -> Iterator[tuple[str
             if not user or not artist:
                 report.empty_fields += 1
                 continue
+            if not (_valid_text(user) and _valid_text(artist)):
+                report.invalid_utf8 += 1  # not merged with a look-alike under U+FFFD
+                continue
             report.records += 1
             yield user, artist, track, playlist
     report.lines = reader.line_num
+
+
+def _valid_text(text: str) -> bool:
+    """False when decoding met bytes that are not UTF-8 (kept as lone surrogates)."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
+def bounded_lines(fh, report: LoadReport, limit: int = MAX_LINE_CHARS) -> Iterator[str]:
+    """The file's lines, each read at most ``limit`` characters at a time: a longer line is
+    counted and replaced by a blank one (a malformed row), never held in memory whole."""
+    while line := fh.readline(limit + 1):
+        if len(line) > limit and not line.endswith("\n"):
+            report.long_lines += 1
+            while (rest := fh.readline(limit + 1)) and not rest.endswith("\n"):
+                pass
+            line = "\n"
+        yield line
 
 
 class _Coder:
@@ -199,10 +228,11 @@ def load_spotify_playlists(
 
     size = path.stat().st_size
     with (
-        path.open("r", encoding="utf-8", errors="replace", newline="") as fh,
+        path.open("r", encoding="utf-8", errors="surrogateescape", newline="") as fh,
         tqdm(total=size, unit="B", unit_scale=True, disable=not progress, desc=path.name) as bar,
     ):
-        for n, (user, artist, _track, _playlist) in enumerate(iter_records(fh, report), 1):
+        records = iter_records(bounded_lines(fh, report), report)
+        for n, (user, artist, _track, _playlist) in enumerate(records, 1):
             buf_u.append(user)
             buf_a.append(artist)
             if n % chunk_rows == 0:
@@ -221,11 +251,9 @@ def load_spotify_playlists(
     )
     matrix.sum_duplicates()
     vocab = Vocabulary(tuple(user_keys), tuple(artist_keys), tuple(artist_keys))
-    if report.malformed or report.empty_fields:
-        log.warning(
-            "%s: skipped %d malformed rows and %d rows with an empty user or artist",
-            path.name,
-            report.malformed,
-            report.empty_fields,
-        )
+    if report.malformed or report.empty_fields or report.invalid_utf8:
+        log.warning("%s: skipped %d malformed rows (%d over-long lines), %d rows with an empty "
+                    "user or artist and %d with bytes that are not UTF-8", path.name,
+                    report.malformed, report.long_lines, report.empty_fields,
+                    report.invalid_utf8)  # fmt: skip
     return Interactions(matrix, vocab, f"spotify:{path}"), report
