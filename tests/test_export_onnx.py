@@ -27,6 +27,11 @@ def test_pair_scorer_matches_keras_on_10k_pairs(network):
     assert not dims[0].HasField("dim_value")  # dynamic batch dimension
     report = check_pair_scorer(network, proto, pairs=10_000)
     assert report.max_abs_diff <= 1e-4
+    rng = np.random.default_rng(7)  # and checked here directly, not through the gate
+    feed = {"user": rng.integers(0, 60, (500, 1), dtype=np.int32),
+            "artist": rng.integers(0, 2_000, (500, 1), dtype=np.int32)}  # fmt: skip
+    expected = network.predict(feed, verbose=0)
+    np.testing.assert_allclose(session(proto).run(None, feed)[0], expected, atol=1e-5)
 
 
 def test_catalogue_top_k_is_the_pairwise_ranking(network):

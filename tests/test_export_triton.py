@@ -170,6 +170,63 @@ def test_a_bad_request_gets_its_own_error_and_the_server_keeps_serving(served, r
     assert client.infer(PAIR_SCORER, inputs, client_timeout=30).as_numpy("score").shape == (1, 1)
 
 
+def test_bad_requests_batched_with_good_ones_fail_alone(served, run_dir):
+    """Concurrent single-pair requests, every fourth with an artist outside the catalogue:
+    Triton batches them together (fewer executions than requests), each bad one gets its own
+    INVALID_ARGUMENT and every good one its exact score."""
+    repo, server = served
+    n_artists = json.loads((repo / PAIR_SCORER / "1" / "manifest.json").read_text())["artists"]
+    model = load_run(run_dir).load_model()
+    url = f"http://127.0.0.1:{server.config.metrics_port}/metrics"
+    scrape = lambda name: _metric(urllib.request.urlopen(url, timeout=10).read().decode(),  # noqa: E731
+                                  name, PAIR_SCORER)  # fmt: skip
+    before = scrape("nv_inference_exec_count"), scrape("nv_inference_count")
+
+    def one(i: int):
+        artist = n_artists + i if i % 4 == 0 else i
+        inputs = [grpcclient.InferInput(USER_INPUT, [1, 1], "INT32"),
+                  grpcclient.InferInput(ARTIST_INPUT, [1, 1], "INT32")]  # fmt: skip
+        inputs[0].set_data_from_numpy(np.full((1, 1), i % 7, np.int32))
+        inputs[1].set_data_from_numpy(np.full((1, 1), artist, np.int32))
+        try:
+            return i, grpcclient.InferenceServerClient(server.grpc_url).infer(
+                PAIR_SCORER, inputs, client_timeout=30).as_numpy("score")[0, 0]  # fmt: skip
+        except InferenceServerException as exc:
+            return i, exc
+
+    with cf.ThreadPoolExecutor(32) as pool:
+        answers = dict(pool.map(one, range(128)))
+    for i in range(0, 128, 4):
+        got = answers[i]
+        assert isinstance(got, InferenceServerException), i
+        assert "invalid request" in str(got) and got.status() == "StatusCode.INVALID_ARGUMENT"
+    good = np.array([i for i in range(128) if i % 4])
+    feed = {USER_INPUT: (good % 7).astype(np.int32).reshape(-1, 1),
+            ARTIST_INPUT: good.astype(np.int32).reshape(-1, 1)}  # fmt: skip
+    expected = model.predict(feed, verbose=0).ravel()
+    np.testing.assert_allclose([answers[i] for i in good], expected, atol=1e-4)
+    executions = scrape("nv_inference_exec_count") - before[0]
+    assert executions < 96, executions  # the 96 good ones were joined into fewer runs
+
+
+def test_a_parity_failure_leaves_the_repository_untouched(served, run_dir, monkeypatch):
+    from export import repository
+    from export.onnx_models import pair_scorer
+    from export.parity import ParityError
+    from training.models.network import build_network
+
+    repo, _ = served
+    before = sorted(p.relative_to(repo) for p in repo.rglob("*"))
+    manifest = json.loads((repo / PAIR_SCORER / "1" / "manifest.json").read_text())
+    other = build_network(manifest["users"], manifest["artists"], seed=3)  # other weights
+    gate = repository.BUILDERS[PAIR_SCORER][1]
+    monkeypatch.setitem(repository.BUILDERS, PAIR_SCORER, (lambda _: pair_scorer(other), gate))
+    with pytest.raises(ParityError):
+        export_run(run_dir, repo)
+    assert sorted(p.relative_to(repo) for p in repo.rglob("*")) == before
+    assert not list(repo.parent.glob(".export-*"))
+
+
 def test_a_model_that_fails_on_valid_tensors_is_a_model_error_not_the_callers(served, tmp_path):
     repo, _ = served
     broken = tmp_path / "model_repository"

@@ -49,9 +49,22 @@ def test_query_rejects_a_history_over_other_artists():
         SimilarityIndex(sp.csr_matrix((3, 4), dtype=np.float32)).query(sp.csr_matrix((1, 5)), 2)
 
 
-def test_backend_choice():
+def _cuda_device() -> bool:
+    try:
+        import cupy
+
+        return cupy.cuda.runtime.getDeviceCount() > 0
+    except Exception:
+        return False
+
+
+def test_backend_choice_follows_the_machine():
     assert array_backend("cpu").name == "cpu"
-    assert array_backend("auto").name in {"cpu", "gpu"}  # gpu only where CuPy sees a device
+    has_gpu = _cuda_device()
+    assert array_backend("auto").name == ("gpu" if has_gpu else "cpu")
+    if not has_gpu:  # asking for the GPU where there is none is an error, not a silent CPU
+        with pytest.raises(ValueError, match="needs CuPy and a CUDA device"):
+            array_backend("gpu")
     with pytest.raises(ValueError, match="unknown backend"):
         array_backend("tpu")
 
