@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import re
 import signal
 import threading
 import time
@@ -32,6 +33,7 @@ from musicrec.v1 import recommender_pb2 as pb
 from musicrec.v1 import recommender_pb2_grpc as pb_grpc
 from serving.gateway_process import GatewayProcess, health_status
 from serving.processes import free_port
+from serving.stack import StackConfig, serving_stack
 from serving.triton_server import TritonConfig, TritonServer
 from training.data.generator import GeneratorConfig, generate_spotify_csv
 from training.recommend import RunRecommender
@@ -300,17 +302,38 @@ def test_a_message_over_the_size_limit_is_refused(stub):
 
 
 def test_prometheus_endpoint_counts_requests_by_code_and_shows_the_version(stack):
+    url = f"http://127.0.0.1:{stack.gateway.config.metrics_port}/metrics"
+
+    def counts() -> dict[str, float]:
+        text = urllib.request.urlopen(url, timeout=5).read().decode()
+        found = re.findall(r'^musicrec_gateway_requests_total\{code="(\w+)",method="Recommend"\} '
+                           r"([0-9.e+]+)$", text, re.MULTILINE)  # fmt: skip
+        return {code: float(value) for code, value in found}
+
+    before = counts()
     with RecommenderClient(stack.address) as client:
         client.recommend(_USERS[0])
-    url = f"http://127.0.0.1:{stack.gateway.config.metrics_port}/metrics"
+        client.recommend(_USERS[1])
+        for bad in ({"user_id": "nobody-at-all"}, {"user_id": _USERS[0], "k": 0}):
+            with pytest.raises((RecommenderError, ValueError)):
+                client.recommend(**bad)
+    # k=501 passes the client's own checks; the gateway's limit refuses it
+    with grpc.insecure_channel(stack.address) as channel, pytest.raises(grpc.RpcError):
+        pb_grpc.RecommenderStub(channel).Recommend(
+            pb.RecommendRequest(user_id=_USERS[0], k=501), timeout=5)  # fmt: skip
+    after = counts()
+    delta = {code: after.get(code, 0) - before.get(code, 0) for code in after}
+    assert delta == {"OK": 2, "NOT_FOUND": 1, "INVALID_ARGUMENT": 1}, delta
     text = urllib.request.urlopen(url, timeout=5).read().decode()
-    assert 'musicrec_gateway_requests_total{code="OK",method="Recommend"}' in text
-    assert 'musicrec_gateway_requests_total{code="NOT_FOUND",method="Recommend"}' in text
-    assert 'musicrec_gateway_requests_total{code="INVALID_ARGUMENT",method="Recommend"}' in text
-    assert "musicrec_gateway_model_version 1.0" in text
+    assert f"musicrec_gateway_model_version {float(_served_version(stack))}" in text
     assert 'musicrec_gateway_triton_seconds_count{mode="all_artists"}' in text
     assert "musicrec_gateway_similarity_seconds_count" in text
     assert 'musicrec_gateway_request_seconds_bucket{le="0.005",method="Recommend"}' in text
+
+
+def _served_version(stack) -> int:
+    with RecommenderClient(stack.address) as client:
+        return client.serving_info().model_version
 
 
 def test_client_cli_prints_tables_and_exits_non_zero_on_errors(stack, capsys):
@@ -346,16 +369,27 @@ def test_async_client_serves_concurrent_requests(stack):
     assert all(len(a.artists) == 5 and a.model_version == 1 for a in answers)
 
 
-def test_a_new_version_switches_vocabulary_and_version_together(stack, tmp_path_factory):
+def test_a_new_version_switches_vocabulary_and_version_together(run_dir, tmp_path_factory):
     """Version 2 (another catalogue) is loaded while a client keeps asking: every answer
-    is whole (names from its own version's vocabulary), none fails, and the gateway ends on 2."""
+    is whole (names from its own version's vocabulary), none fails, and the gateway ends on 2.
+    On a stack of its own, so the shared one keeps serving version 1 to the other tests."""
     root = tmp_path_factory.mktemp("second")
+    repo = root / "model_repository"
+    export_run(run_dir, repo)
+    own = StackConfig(repo, free_port(), free_port(), free_port(),
+                      gateway=GatewayConfig(port=free_port(), metrics_port=0, backend="cpu",
+                                            poll_interval_s=0.3),
+                      log_dir=root / "logs")  # fmt: skip
+    with serving_stack(own) as running:
+        _switch_under_traffic(running, root, repo)
+
+
+def _switch_under_traffic(stack, root: Path, repo: Path) -> None:
     csv = generate_spotify_csv(
         root / "plays.csv", GeneratorConfig(rows=6_000, users=80, artists=150, seed=9)
     )
     assert musicrec(["train", "--data", str(csv), "--run-dir", str(root / "run"),
                      "--max-epochs", "1"]) == 0  # fmt: skip
-    repo = stack.root / "model_repository"
     vocabs = {1: set(load_run(_RUN[0]).vocab.artist_names),
               2: set(load_run(root / "run").vocab.artist_names)}  # fmt: skip
     shared = sorted(vocabs[1] & vocabs[2])[:3] or sorted(vocabs[2])[:3]
@@ -363,7 +397,7 @@ def test_a_new_version_switches_vocabulary_and_version_together(stack, tmp_path_
     answers, errors, stop = [], [], threading.Event()
 
     def traffic():
-        with RecommenderClient(stack.address, timeout_s=10) as client:
+        with RecommenderClient(stack.gateway.address, timeout_s=10) as client:
             while not stop.is_set():
                 try:
                     answers.append(client.recommend(artists=shared, k=5))
@@ -389,8 +423,6 @@ def test_a_new_version_switches_vocabulary_and_version_together(stack, tmp_path_
     for a in answers:
         assert set(a.names()) <= vocabs[a.model_version]
     assert answers[-1].model_version == 2
-    second = load_run(root / "run")  # later tests ask for users the served version knows
-    _USERS[:] = [u for i, u in enumerate(second.vocab.user_ids) if second.plays[i].nnz]
 
 
 def test_a_stalled_triton_gives_a_deadline_error_not_a_hang(stack):
@@ -497,14 +529,18 @@ def test_sigterm_reports_not_serving_and_keeps_answering_for_the_drain_window(tm
         gw.stop()
 
 
-def test_shutdown_drains_in_flight_requests(stack):
+def test_shutdown_drains_in_flight_requests(stack, tmp_path):
+    config = GatewayConfig(port=free_port(), metrics_port=0, triton_url=stack.triton.grpc_url,
+                           repository=stack.root / "model_repository", backend="cpu",
+                           grace_s=10.0)  # fmt: skip
+    gateway = GatewayProcess(config, log_file=tmp_path / "gw.log").start()  # its own: it stops
     os.killpg(stack.triton.process.pid, signal.SIGSTOP)  # hold requests in flight
 
     async def in_flight():
-        async with AsyncRecommenderClient(stack.address, timeout_s=20) as client:
+        async with AsyncRecommenderClient(gateway.address, timeout_s=20) as client:
             calls = [asyncio.ensure_future(client.recommend(u, k=3)) for u in _USERS[:4]]
             await asyncio.sleep(0.5)
-            stack.gateway.process.send_signal(signal.SIGTERM)  # graceful stop begins
+            gateway.process.send_signal(signal.SIGTERM)  # graceful stop begins
             await asyncio.sleep(0.5)
             os.killpg(stack.triton.process.pid, signal.SIGCONT)
             return await asyncio.gather(*calls, return_exceptions=True)
@@ -514,4 +550,5 @@ def test_shutdown_drains_in_flight_requests(stack):
     finally:
         os.killpg(stack.triton.process.pid, signal.SIGCONT)
     assert all(not isinstance(a, BaseException) and len(a.artists) == 3 for a in answers), answers
-    assert stack.gateway.process.wait(timeout=20) == 0
+    assert gateway.process.wait(timeout=20) == 0
+    gateway.stop()
