@@ -139,3 +139,33 @@ def test_a_killed_triton_comes_back_alone_and_leaves_no_stub_behind(run_dir, tmp
         assert all(f.startswith("UNAVAILABLE") for f in load.failures), load.failures[:3]
         print(f"recovered in {recovery_s:.1f} s; {load.ok} answered, {len(load.failures)} failed")
     assert eventually(lambda: _triton_processes(repo) == [], timeout_s=10), "left behind"
+
+
+def test_a_client_of_two_gateways_loses_no_request_when_one_is_killed(stack, run_dir, tmp_path):
+    """Issue 11, replicated gateways: one target naming two gateways (round_robin), SIGKILL one
+    under load; the client's retries on UNAVAILABLE carry every call to the other."""
+    from serving.gateway_process import GatewayProcess
+
+    running, repo, cfg = stack
+    run = load_run(run_dir)
+    users = [u for i, u in enumerate(run.vocab.user_ids) if run.plays[i].nnz]
+    gateways = [
+        GatewayProcess(GatewayConfig(port=free_port(), metrics_port=0, backend="cpu",
+                                     triton_url=running.triton.grpc_url, repository=repo),
+                       log_file=tmp_path / f"gw{i}.log").start()
+        for i in range(2)
+    ]  # fmt: skip
+    target = "ipv4:" + ",".join(g.address for g in gateways)
+    try:
+        with AsyncLoad(target, users, concurrency=4) as load:
+            assert load.wait_for(300, timeout_s=60)
+            served = [(tmp_path / f"gw{i}.log").read_text().count('"msg": "rpc"') for i in (0, 1)]
+            assert min(served) > 50, served  # round_robin: both take their share
+            gateways[0].process.send_signal(signal.SIGKILL)
+            assert load.wait_for(load.ok + 5_000, timeout_s=120), "the survivor did not carry on"
+        assert gateways[0].process.wait(timeout=5) == -signal.SIGKILL
+        assert load.failures == [], load.failures[:3]
+        print(f"{load.ok} requests through two gateways, one killed: 0 failed")
+    finally:
+        for g in gateways:
+            g.stop()
