@@ -1,11 +1,20 @@
-"""Helpers shared by the benchmarks: latency summaries and networks with random weights."""
+"""Helpers shared by the benchmarks: latency summaries, networks with random weights, and new
+listeners' histories driven through the gateway."""
 
 from __future__ import annotations
 
-import keras
-import numpy as np
+import asyncio
+import time
+from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
-from training.models.network import build_network
+import numpy as np
+import scipy.sparse as sp
+
+from client import AsyncRecommenderClient
+
+if TYPE_CHECKING:  # TensorFlow only when a network is built (benchmarks.gpu runs without it)
+    import keras
 
 
 def summary(latencies_s: list[float] | np.ndarray, wall_s: float, concurrency: int) -> dict:
@@ -22,8 +31,43 @@ def summary(latencies_s: list[float] | np.ndarray, wall_s: float, concurrency: i
 
 def random_network(n_users: int, n_artists: int, seed: int = 0) -> keras.Model:
     """The seed architecture with N(0, 0.1) weights: the speed of a trained one, no training."""
+    from training.models.network import build_network
+
     model = build_network(n_users, n_artists, seed=seed)
     rng = np.random.default_rng(seed)
     for w in model.weights:
         w.assign(rng.normal(0, 0.1, w.shape).astype(np.float32))
     return model
+
+
+def history_requests(plays: sp.csr_matrix, names: Sequence[str], n: int, length: int = 10,
+                     seed: int = 0) -> list[list[str]]:  # fmt: skip
+    """``n`` new-listener histories: ``length`` artist names of a random listener each."""
+    rng = np.random.default_rng(seed)
+    users = rng.choice(np.flatnonzero(np.diff(plays.indptr) >= length), n)
+    out = []
+    for u in users:
+        row = plays.indices[plays.indptr[u] : plays.indptr[u + 1]]
+        out.append([names[a] for a in rng.choice(row, length, replace=False)])
+    return out
+
+
+async def drive(address: str, requests: list[list[str]], concurrency: int, mode: str,
+                k: int = 10) -> dict:  # fmt: skip
+    """Send every history as a Recommend in ``mode`` from ``concurrency`` workers; returns
+    :func:`summary` (after one warm-up request)."""
+    async with AsyncRecommenderClient(address, timeout_s=300) as client:
+        await client.recommend(artists=requests[0], k=k, scoring=mode)  # warm up
+        queue = list(requests)
+        latencies: list[float] = []
+
+        async def worker() -> None:
+            while queue:
+                history = queue.pop()
+                t0 = time.perf_counter()
+                await client.recommend(artists=history, k=k, scoring=mode)
+                latencies.append(time.perf_counter() - t0)
+
+        t0 = time.perf_counter()
+        await asyncio.gather(*[worker() for _ in range(concurrency)])
+        return summary(latencies, time.perf_counter() - t0, concurrency)

@@ -31,8 +31,7 @@ import numpy as np
 import scipy.sparse as sp
 from rich.table import Table
 
-from benchmarks.common import random_network, summary
-from client import AsyncRecommenderClient
+from benchmarks.common import drive, history_requests, random_network, summary
 from core.console import console
 from core.contract import ARTIST_INPUT, USER_INPUT
 from core.paths import HETREC_DIR
@@ -50,32 +49,11 @@ K = 10
 
 def histories(data, n: int, seed: int = 0) -> list[list[str]]:
     """``n`` new-listener histories: 10 artist names of a random HetRec user each."""
-    rng = np.random.default_rng(seed)
-    m, names = data.matrix, data.vocab.artist_names
-    users = rng.choice(np.flatnonzero(np.diff(m.indptr) >= HISTORY), n)
-    out = []
-    for u in users:
-        row = m.indices[m.indptr[u] : m.indptr[u + 1]]
-        out.append([names[a] for a in rng.choice(row, HISTORY, replace=False)])
-    return out
+    return history_requests(data.matrix, data.vocab.artist_names, n, HISTORY, seed)
 
 
 async def _drive(address: str, requests: list[list[str]], concurrency: int, mode: str) -> dict:
-    async with AsyncRecommenderClient(address, timeout_s=120) as client:
-        await client.recommend(artists=requests[0], k=K, scoring=mode)  # warm up
-        queue = list(requests)
-        latencies: list[float] = []
-
-        async def worker() -> None:
-            while queue:
-                history = queue.pop()
-                t0 = time.perf_counter()
-                await client.recommend(artists=history, k=K, scoring=mode)
-                latencies.append(time.perf_counter() - t0)
-
-        t0 = time.perf_counter()
-        await asyncio.gather(*[worker() for _ in range(concurrency)])
-        return summary(latencies, time.perf_counter() - t0, concurrency)
+    return await drive(address, requests, concurrency, mode, K)
 
 
 def seed_style(model, data, requests: list[list[str]], batch_size: int | None) -> dict:

@@ -6,7 +6,8 @@ tolerance; deploy smoke-runs each version with the spec's example feed; the gate
 models by these tensor names. A drift fails the export instead of the first request.
 
 Version directory ``<repository>/<model>/<version>/``: ``model.onnx``, ``model.py`` (Python
-backend), ``manifest.json``, ``vocab/`` (``users.json``, ``artists.json``), ``plays.npz``.
+backend), ``manifest.json``, ``vocab/`` (``users.json``, ``artists.json``), ``plays.npz``; the
+versions of :data:`ARTIFACT_MODEL` (the ones the gateway reads) also ``item_neighbours.npz``.
 """
 
 from __future__ import annotations
@@ -19,6 +20,8 @@ import numpy as np
 
 PAIR_SCORER = "pair_scorer"
 CATALOGUE_SCORER = "catalogue_scorer"
+CANDIDATE_SCORER = "candidate_scorer"
+ARTIFACT_MODEL = CATALOGUE_SCORER  # whose version directories also carry the item-item table
 
 # pair_scorer: the Keras network's own input/output names (training/models/network.py).
 USER_INPUT, ARTIST_INPUT, SCORE_OUTPUT = "user", "artist", "score"
@@ -26,6 +29,7 @@ MAX_PLAYS = 1e9  # one listener's plays of one artist, after summing: more says 
 MANIFEST, VOCAB_DIR, PLAYS, ONNX_FILE, PYTHON_MODEL_FILE = (
     "manifest.json", "vocab", "plays.npz", "model.onnx", "model.py",
 )  # fmt: skip
+ITEM_NEIGHBOURS = "item_neighbours.npz"  # stage-1 item-item table, in ARTIFACT_MODEL's versions
 VERSION_FILES = (ONNX_FILE, PYTHON_MODEL_FILE, MANIFEST, PLAYS, f"{VOCAB_DIR}/users.json",
                  f"{VOCAB_DIR}/artists.json")  # fmt: skip
 
@@ -70,6 +74,11 @@ def _catalogue_feed() -> dict[str, np.ndarray]:
             "k": np.array([[3]], np.int64)}  # fmt: skip
 
 
+def _candidate_feed() -> dict[str, np.ndarray]:
+    return {"users": np.zeros((1, 2), np.int64), "weights": np.ones((1, 2), np.float32),
+            "candidates": np.zeros((1, 3), np.int64), "mask": np.ones((1, 3), bool)}  # fmt: skip
+
+
 PAIR = ModelSpec(
     PAIR_SCORER,
     inputs=(
@@ -97,7 +106,21 @@ CATALOGUE = ModelSpec(
     parity_tolerance=1e-3,  # scores summed over a weighted group, then top-K
     example_feed=_catalogue_feed,
 )
-MODELS: dict[str, ModelSpec] = {spec.name: spec for spec in (CATALOGUE, PAIR)}
+CANDIDATES = ModelSpec(
+    CANDIDATE_SCORER,
+    inputs=(
+        TensorSpec("users", "TYPE_INT64", (-1,), "users"),
+        TensorSpec("weights", "TYPE_FP32", (-1,)),
+        TensorSpec("candidates", "TYPE_INT64", (-1,), "artists"),
+        TensorSpec("mask", "TYPE_BOOL", (-1,)),  # False: a padding slot, scored -inf
+    ),  # fmt: skip
+    outputs=(TensorSpec("scores", "TYPE_FP32", (-1,)),),
+    max_batch_size=64,
+    cpu_max_batch_size=8,  # [batch, group, candidates, 128] floats: 8 x 10 x 500 is 20 MB
+    parity_tolerance=1e-3,  # scores summed over a weighted group
+    example_feed=_candidate_feed,
+)
+MODELS: dict[str, ModelSpec] = {spec.name: spec for spec in (CATALOGUE, CANDIDATES, PAIR)}
 SERVED_MODELS = tuple(MODELS)  # one export = one version of each
 
 

@@ -13,18 +13,20 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from core.contract import CATALOGUE_SCORER, PAIR_SCORER
+from core.contract import CANDIDATE_SCORER, CATALOGUE_SCORER, PAIR_SCORER
 
 PROTO_PREFIX = "SCORING_MODE_"
 
 
 @dataclass(frozen=True)
 class ScoringMode:
-    """One scoring mode: its name and the Triton models it calls."""
+    """One scoring mode: its name, the Triton models it calls and whether it ranks stage-1
+    candidates (``core/candidates.py``) rather than the whole catalogue."""
 
     name: str
     models: tuple[str, ...]
     summary: str
+    uses_candidates: bool = False
 
     @property
     def proto_name(self) -> str:
@@ -35,6 +37,9 @@ class ScoringMode:
 MODES: dict[str, ScoringMode] = {
     m.name: m
     for m in (
+        ScoringMode("two_stage", (CANDIDATE_SCORER,),
+                    "similar users', item neighbours' and popular artists ranked by "
+                    "candidate_scorer, blended with their stage-1 scores", uses_candidates=True),
         ScoringMode("all_artists", (CATALOGUE_SCORER,),
                     "one catalogue_scorer call: top K over the whole catalogue inside Triton"),
         ScoringMode("pairwise", (PAIR_SCORER,),
@@ -42,7 +47,7 @@ MODES: dict[str, ScoringMode] = {
     )
 }  # fmt: skip
 MODE_NAMES = tuple(MODES)
-DEFAULT_MODE = "all_artists"
+DEFAULT_MODE = "two_stage"  # NDCG@10 0.21 against all_artists' 0.18 on HetRec (quality.json)
 
 
 def mode_from_proto_name(proto_name: str) -> str | None:

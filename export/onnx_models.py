@@ -1,4 +1,4 @@
-"""The two ONNX models served by Triton, built from one trained network.
+"""The three ONNX models served by Triton, built from one trained network.
 
 * ``pair_scorer``: the Keras network itself, converted with tf2onnx. Inputs ``user`` and
   ``artist`` (int32, ``[batch, 1]``), output ``score`` (float32, ``[batch, 1]``).
@@ -12,18 +12,24 @@
   ``[batch, G]``), ``weights`` (float32 ``[batch, G]``) and ``k``
   (int64 ``[batch, 1]``; the largest k of a batch is used for all of it); outputs ``artists``
   (int64 ``[batch, K]``) and ``scores`` (float32 ``[batch, K]``), best first.
+* ``candidate_scorer``: stage 2 of two-stage serving: the same weighted group sum, over the
+  candidate artists a request names (see :func:`candidate_scorer`).
 """
 
 from __future__ import annotations
 
-import keras
+from typing import TYPE_CHECKING
+
 import numpy as np
 import onnx
-import tensorflow as tf
 from onnx import TensorProto, helper, numpy_helper
 
 from core.contract import ARTIST_INPUT, SCORE_OUTPUT, USER_INPUT
-from training.models.network import NetworkWeights
+
+if TYPE_CHECKING:  # TensorFlow only where pair_scorer converts a Keras model
+    import keras
+
+    from training.models.network import NetworkWeights
 
 OPSET = 17
 # Artists per Scan step: [B*G, C, H] float32 stays cache-sized (1.3 MB for 10 users, H=128).
@@ -32,7 +38,8 @@ ARTIST_CHUNK = 128
 
 def pair_scorer(model: keras.Model) -> onnx.ModelProto:
     """Convert the Keras network to ONNX with a dynamic batch dimension."""
-    import tf2onnx  # heavy import, only needed at export time
+    import tensorflow as tf
+    import tf2onnx  # heavy imports, only needed to convert a Keras model
 
     signature = (
         tf.TensorSpec((None, 1), tf.int32, name=USER_INPUT),
@@ -115,6 +122,59 @@ def catalogue_scorer(weights: NetworkWeights, chunk: int = ARTIST_CHUNK) -> onnx
             helper.make_tensor_value_info("artists", TensorProto.INT64, ["B", "K"]),
             helper.make_tensor_value_info("scores", TensorProto.FLOAT, ["B", "K"]),
         ],
+        init,
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", OPSET)])
+    model.ir_version = 8
+    onnx.checker.check_model(model)
+    return model
+
+
+def candidate_scorer(weights: NetworkWeights) -> onnx.ModelProto:
+    """Build the stage-2 ranker: a weighted group of users against given candidate artists.
+
+    Inputs ``users`` (int64 ``[B, G]``), ``weights`` (float32 ``[B, G]``), ``candidates``
+    (int64 ``[B, C]``) and ``mask`` (bool ``[B, C]``, False on padding); output ``scores``
+    (float32 ``[B, C]``): ``sum_g weights[g] * network(users[g], candidate)``, ``-inf`` where
+    the mask is False. The first Dense layer is split as in :func:`catalogue_scorer`, so each
+    (member, candidate) pair costs an add, a ReLU and a dot product.
+    """
+    user_half = weights.user_embedding @ weights.hidden_kernel[: weights.dim]
+    init = [
+        numpy_helper.from_array(user_half.astype(np.float32), "user_half_table"),
+        numpy_helper.from_array(weights.artist_half().astype(np.float32), "artist_half_table"),
+        numpy_helper.from_array(weights.output_kernel.astype(np.float32), "out_kernel"),
+        numpy_helper.from_array(weights.output_bias.astype(np.float32), "out_bias"),
+        numpy_helper.from_array(np.array([-1], np.int64), "axis_last"),
+        numpy_helper.from_array(np.array([1], np.int64), "axis_one"),
+        numpy_helper.from_array(np.array([2], np.int64), "axis_two"),
+        numpy_helper.from_array(np.array(-np.inf, np.float32), "minus_inf"),
+    ]
+    nodes = [
+        helper.make_node("Gather", ["user_half_table", "users"], ["members"], axis=0),  # [B,G,H]
+        helper.make_node("Unsqueeze", ["members", "axis_two"], ["members4"]),  # [B, G, 1, H]
+        helper.make_node("Gather", ["artist_half_table", "candidates"], ["arts"], axis=0),
+        helper.make_node("Unsqueeze", ["arts", "axis_one"], ["arts4"]),  # [B, 1, C, H]
+        helper.make_node("Add", ["members4", "arts4"], ["pre"]),  # [B, G, C, H]
+        helper.make_node("Relu", ["pre"], ["act"]),
+        helper.make_node("MatMul", ["act", "out_kernel"], ["col"]),  # [B, G, C, 1]
+        helper.make_node("Squeeze", ["col", "axis_last"], ["grid"]),  # [B, G, C]
+        helper.make_node("Add", ["grid", "out_bias"], ["grid_b"]),
+        helper.make_node("Unsqueeze", ["weights", "axis_last"], ["w3"]),  # [B, G, 1]
+        helper.make_node("Mul", ["grid_b", "w3"], ["weighted"]),
+        helper.make_node("ReduceSum", ["weighted", "axis_one"], ["summed"], keepdims=0),
+        helper.make_node("Where", ["mask", "summed", "minus_inf"], ["scores"]),
+    ]  # fmt: skip
+    graph = helper.make_graph(
+        nodes,
+        "candidate_scorer",
+        [
+            helper.make_tensor_value_info("users", TensorProto.INT64, ["B", "G"]),
+            helper.make_tensor_value_info("weights", TensorProto.FLOAT, ["B", "G"]),
+            helper.make_tensor_value_info("candidates", TensorProto.INT64, ["B", "C"]),
+            helper.make_tensor_value_info("mask", TensorProto.BOOL, ["B", "C"]),
+        ],
+        [helper.make_tensor_value_info("scores", TensorProto.FLOAT, ["B", "C"])],
         init,
     )
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", OPSET)])

@@ -9,7 +9,7 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 
-from core.contract import ARTIST_INPUT, CATALOGUE, PAIR, USER_INPUT
+from core.contract import ARTIST_INPUT, CANDIDATES, CATALOGUE, PAIR, USER_INPUT
 from core.errors import MusicrecError
 from training.models.network import CatalogueScorer
 
@@ -89,3 +89,34 @@ def check_catalogue_scorer(
         )
     return ParityReport(pairs=groups * group_size * reference.shape[1], max_abs_diff=diff,
                         groups=groups, topk_agreement=in_top)  # fmt: skip
+
+
+def check_candidate_scorer(
+    keras_model: keras.Model,
+    onnx_model: onnx.ModelProto,
+    *,
+    groups: int = 8,
+    group_size: int = 10,
+    candidates: int = 300,
+    tolerance: float = CANDIDATES.parity_tolerance,
+    seed: int = 0,
+) -> ParityReport:
+    """The candidate model's scores must be the pairwise network's weighted group sums, and
+    masked slots ``-inf``."""
+    scorer = CatalogueScorer.from_model(keras_model)
+    n_users, n_artists = scorer.weights.user_embedding.shape[0], scorer.artist_half.shape[0]
+    rng = np.random.default_rng(seed)
+    users = rng.integers(0, n_users, (groups, group_size))
+    weights = rng.random((groups, group_size)).astype(np.float32)
+    chosen = rng.integers(0, n_artists, (groups, candidates))
+    mask = rng.random((groups, candidates)) < 0.9
+    (scores,) = session(onnx_model).run(
+        ["scores"], {"users": users.astype(np.int64), "weights": weights,
+                     "candidates": chosen.astype(np.int64), "mask": mask},
+    )  # fmt: skip
+    expected = np.take_along_axis(scorer.score_groups(users, weights), chosen, axis=1)
+    diff = float(np.max(np.abs(expected[mask] - scores[mask])))
+    if not diff <= tolerance or not np.all(np.isneginf(scores[~mask])):
+        raise ParityError(f"candidate_scorer disagrees with the network: score diff {diff:.3g}"
+                          " or a masked slot not -inf")  # fmt: skip
+    return ParityReport(pairs=int(mask.sum()) * group_size, max_abs_diff=diff, groups=groups)

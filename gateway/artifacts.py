@@ -16,7 +16,8 @@ from pathlib import Path
 import numpy as np
 import scipy.sparse as sp
 
-from core.contract import CATALOGUE_SCORER, MANIFEST, MAX_PLAYS, PLAYS, VOCAB_DIR
+from core.candidates import CandidateIndex, TwoStageSettings
+from core.contract import ARTIFACT_MODEL, ITEM_NEIGHBOURS, MANIFEST, MAX_PLAYS, PLAYS, VOCAB_DIR
 from core.similarity import ArrayBackend, SimilarityIndex
 from core.vocabulary import ArtistLookup, Vocabulary
 from gateway.errors import InvalidArgument
@@ -60,16 +61,21 @@ class ModelVersion:
     artists: ArtistLookup = field(repr=False)
     listeners: np.ndarray = field(repr=False)  # known users per artist
     popular: np.ndarray = field(repr=False)  # artist indices, most listeners first
+    two_stage: TwoStageSettings = field(repr=False)
+    candidates: CandidateIndex = field(repr=False)  # stage 1 of the two_stage mode
 
     @classmethod
     def load(cls, repository: Path, version: int, backend: str | ArrayBackend) -> ModelVersion:
         """Read ``<repository>/catalogue_scorer/<version>/``; raise :class:`ArtifactError`."""
-        directory = Path(repository) / CATALOGUE_SCORER / str(version)
+        directory = Path(repository) / ARTIFACT_MODEL / str(version)
         try:
             manifest = json.loads((directory / MANIFEST).read_text())
             vocab = Vocabulary.load(directory / VOCAB_DIR)
             plays = sp.load_npz(directory / PLAYS).tocsr()
-        except (OSError, ValueError, KeyError) as exc:
+            table = sp.load_npz(directory / ITEM_NEIGHBOURS).tocsr()
+            two_stage = TwoStageSettings.from_dict(manifest.get("two_stage"))
+            candidates = CandidateIndex(plays, table, two_stage.candidates)
+        except (OSError, ValueError, KeyError, TypeError) as exc:
             raise ArtifactError(f"version {version} in {directory}: {exc}") from exc
         if plays.shape != (vocab.n_users, vocab.n_artists):
             raise ArtifactError(f"version {version}: plays {plays.shape} do not fit the vocabulary")
@@ -87,6 +93,8 @@ class ModelVersion:
             artists=ArtistLookup.of(vocab),
             listeners=listeners.astype(np.float32),
             popular=np.argsort(-listeners, kind="stable"),
+            two_stage=two_stage,
+            candidates=candidates,
         )
 
     @property

@@ -14,7 +14,8 @@ import numpy as np
 import tritonclient.grpc.aio as triton
 from tritonclient.utils import InferenceServerException
 
-from core.contract import CATALOGUE_SCORER, SERVED_MODELS, common_versions
+from core.contract import SERVED_MODELS, common_versions
+from core.modes import DEFAULT_MODE, MODES
 from gateway.errors import DeadlineExceeded, GatewayError, Unavailable, VersionRetired
 from gateway.logs import current_request_id
 
@@ -59,11 +60,14 @@ class Inference:
             raise translate(exc, self.url) from None
 
     async def is_ready(self, version: int, timeout_s: float) -> bool:
-        """Whether the default model still serves ``version`` (true mid-swap)."""
+        """Whether the default mode's models still serve ``version`` (true mid-swap: deploy
+        loads them last)."""
         try:
-            return await self.client.is_model_ready(
-                CATALOGUE_SCORER, str(version), client_timeout=timeout_s
-            )
+            ready = await asyncio.gather(*(
+                self.client.is_model_ready(m, str(version), client_timeout=timeout_s)
+                for m in MODES[DEFAULT_MODE].models
+            ))  # fmt: skip
+            return all(ready)
         except InferenceServerException as exc:
             raise translate(exc, self.url) from None
 

@@ -1,8 +1,9 @@
 """The gateway's Prometheus metrics and the interceptor that records every RPC.
 
 Exported on ``--metrics-port`` (``/metrics``), beside Triton's own ``:8002/metrics``:
-requests by method and status code, latency of the whole request, of the similarity step and
-of the Triton call (by scoring mode), popularity fallbacks, and the serving model version.
+requests by method and status code, latency of the whole request, of each of its stages
+(resolve, similarity, candidates, triton, response), of the Triton call by scoring mode,
+popularity fallbacks, and the serving model version.
 """
 
 from __future__ import annotations
@@ -39,6 +40,10 @@ class GatewayMetrics:
         self.triton_seconds = Histogram("musicrec_gateway_triton_seconds",
                                         "Triton scoring latency by mode", ["mode"],
                                         buckets=_BUCKETS, registry=r)  # fmt: skip
+        self.stage_seconds = Histogram("musicrec_gateway_stage_seconds",
+                                       "Time per request stage: resolve, similarity, candidates, "
+                                       "triton, response", ["stage"], buckets=_BUCKETS,
+                                       registry=r)  # fmt: skip
         self.fallbacks = Counter(
             "musicrec_gateway_popularity_fallbacks",
             "Histories answered with the popularity fallback",
@@ -50,6 +55,9 @@ class GatewayMetrics:
             registry=r,
         )
         self.triton_up = Gauge("musicrec_gateway_triton_up", "1 when Triton answers", registry=r)
+        self.triton_replicas = Gauge("musicrec_gateway_triton_replicas",
+                                     "Triton replicas by state at the last poll", ["state"],
+                                     registry=r)  # fmt: skip
         self.version_load_errors = Counter(
             "musicrec_gateway_version_load_errors",
             "Model versions whose artifacts failed to load (each attempt)",
@@ -58,6 +66,10 @@ class GatewayMetrics:
         self.task_restarts = Counter("musicrec_gateway_task_restarts",
                                      "Background tasks restarted after they ended", ["task"],
                                      registry=r)  # fmt: skip
+
+    def stage(self, name: str) -> Any:
+        """A context manager timing one stage of a request."""
+        return self.stage_seconds.labels(name).time()
 
     def serve(self, port: int, host: str = "0.0.0.0") -> None:
         """Expose ``/metrics`` over HTTP on ``port`` (a daemon thread)."""

@@ -5,6 +5,10 @@ of one. A new listener's history goes through the similar-user lookup: their ``n
 most similar known users, whose scores are summed weighted by similarity, as in the seed. A
 history with no artist the model knows gets the most-listened artists instead, flagged as a
 popularity fallback (or INVALID_ARGUMENT when the caller asked for ``strict``).
+
+In the ``two_stage`` mode the listener's similar users (a known user's own, never themselves)
+also give stage 1's candidates (``core.candidates``), which Triton ranks; the version's blend
+for known users or for histories (tuned on validation at training) makes the final score.
 """
 
 from __future__ import annotations
@@ -15,7 +19,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from core.modes import DEFAULT_MODE
+from core.candidates import Candidates
+from core.modes import DEFAULT_MODE, MODES
 from core.vocabulary import ScoredArtist
 from gateway.artifacts import ArtistRef, ModelVersion
 from gateway.errors import (
@@ -85,6 +90,8 @@ class _Group:
     weights: np.ndarray
     played: np.ndarray
     unknown: tuple[str, ...]
+    candidates: Candidates | None = None
+    known_user: bool = False
 
 
 class Deadline:
@@ -164,29 +171,44 @@ class RecommendationService:
             top = mv.popular[~np.isin(mv.popular, exclude)][: q.k]
             return RecommendResult(mv.artists.named(top, mv.listeners[top]), mv.version, [],
                                    True, group.unknown, "popularity")  # fmt: skip
+        blend = mv.two_stage.known if group.known_user else mv.two_stage.history
         request = ScoringRequest(mv.version, mv.n_artists, group.users, group.weights, q.k,
-                                 exclude, deadline.left())  # fmt: skip
-        with self.metrics.triton_seconds.labels(q.mode).time():
+                                 exclude, deadline.left(), group.candidates, blend)  # fmt: skip
+        with self.metrics.triton_seconds.labels(q.mode).time(), self.metrics.stage("triton"):
             ranked = await self.modes[q.mode].top_k(request)
         similar = _similar(mv, group.users, group.weights)
         return RecommendResult(mv.artists.named(ranked.artists, ranked.scores), mv.version,
                                similar, False, group.unknown, q.mode)  # fmt: skip
 
     def _group(self, mv: ModelVersion, q: Query) -> _Group:
+        staged = MODES[q.mode].uses_candidates
         if q.listener.user_id is not None:
             u = self._known_user(mv, q.listener.user_id)
             played = mv.plays.indices[mv.plays.indptr[u] : mv.plays.indptr[u + 1]]
-            return _Group(np.array([u]), np.ones(1, np.float32), played.astype(np.int64), ())
-        resolved = mv.resolve(q.listener.history or ())
+            candidates = None
+            if staged:  # candidates from the user's neighbours; their own embedding ranks
+                idx, sims = self._lookup(mv, mv.plays[u], q.neighbours, exclude=u)
+                candidates = self._candidates(mv, q, mv.plays[u], idx, sims)
+            return _Group(np.array([u]), np.ones(1, np.float32), played.astype(np.int64), (),
+                          candidates, known_user=True)  # fmt: skip
+        with self.metrics.stage("resolve"):
+            resolved = mv.resolve(q.listener.history or ())
         if resolved.row.nnz == 0:
             return _Group(np.zeros(0, np.int64), np.zeros(0, np.float32),
                           np.zeros(0, np.int64), resolved.unknown)  # fmt: skip
         idx, sims = self._lookup(mv, resolved.row, q.neighbours)
         keep = idx >= 0
-        return _Group(idx[keep], sims[keep], resolved.artists.astype(np.int64), resolved.unknown)
+        candidates = self._candidates(mv, q, resolved.row, idx, sims) if staged else None
+        return _Group(idx[keep], sims[keep], resolved.artists.astype(np.int64), resolved.unknown,
+                      candidates)  # fmt: skip
+
+    def _candidates(self, mv: ModelVersion, q: Query, row, idx, sims) -> Candidates:
+        exclude = None if q.exclude_played else np.zeros(0, np.int64)
+        with self.metrics.stage("candidates"):
+            return mv.candidates.candidates(row, idx, sims, exclude)
 
     def _lookup(self, mv: ModelVersion, row, n: int, exclude: int | None = None):
-        with self.metrics.similarity_seconds.time():
+        with self.metrics.similarity_seconds.time(), self.metrics.stage("similarity"):
             ex = None if exclude is None else np.array([exclude])
             idx, sims = mv.similarity.query(row, n, exclude=ex)
         return idx[0], sims[0]

@@ -120,7 +120,9 @@ class RecommenderServicer(pb_grpc.RecommenderServicer):
         try:
             query = parse_recommend(request, self.config)
             deadline = Deadline(context.time_remaining(), self.config.triton_timeout_s)
-            return to_response(await self.service.recommend(query, deadline))
+            result = await self.service.recommend(query, deadline)
+            with self.service.metrics.stage("response"):
+                return to_response(result)
         except GatewayError as exc:
             await context.abort(exc.code, str(exc))
         except Exception:

@@ -19,6 +19,7 @@ import scipy.sparse as sp
 from locust import between, events, task
 
 from core.contract import CATALOGUE_SCORER, PLAYS, VOCAB_DIR, versions
+from core.modes import MODE_NAMES, MODES
 from core.paths import DEFAULT_REPOSITORY
 from core.vocabulary import Vocabulary
 from loadtests.grpc_user import GrpcUser
@@ -31,6 +32,9 @@ def _flags(parser) -> None:
     parser.add_argument("--repository", default=str(DEFAULT_REPOSITORY),
                         env_var="MUSICREC_REPOSITORY",
                         help="model repository whose newest version supplies users")  # fmt: skip
+    parser.add_argument("--scoring", default="", choices=["", *MODE_NAMES],
+                        env_var="MUSICREC_SCORING",
+                        help="scoring mode of every request (default: the gateway's)")  # fmt: skip
 
 
 class Listeners:
@@ -66,15 +70,19 @@ class RecommenderUser(GrpcUser):
             _LISTENERS[repository] = Listeners(Path(repository))
         self.listeners = _LISTENERS[repository]
         self.rng = random.Random()
+        mode = self.environment.parsed_options.scoring
+        self.scoring = pb.ScoringMode.Value(MODES[mode].proto_name) if mode else 0
 
     @task(10)
     def known_user(self) -> None:
-        request = pb.RecommendRequest(user_id=self.rng.choice(self.listeners.users), k=10)
+        request = pb.RecommendRequest(user_id=self.rng.choice(self.listeners.users), k=10,
+                                      scoring=self.scoring)  # fmt: skip
         self.stub.Recommend(request, timeout=10, metadata=self.metadata)
 
     @task(9)
     def new_listener(self) -> None:
-        request = pb.RecommendRequest(history=self.listeners.history(self.rng), k=10)
+        request = pb.RecommendRequest(history=self.listeners.history(self.rng), k=10,
+                                      scoring=self.scoring)  # fmt: skip
         self.stub.Recommend(request, timeout=10, metadata=self.metadata)
 
     @task(1)

@@ -25,12 +25,13 @@ from grpc_reflection.v1alpha.proto_reflection_descriptor_database import (
 from app.main import main as musicrec
 from client import AsyncRecommenderClient, RecommenderClient, RecommenderError
 from client.cli import main as client_cli
-from core.contract import CATALOGUE_SCORER, PAIR_SCORER, SERVED_MODELS
+from core.contract import CATALOGUE_SCORER, SERVED_MODELS
 from core.similarity import SimilarityIndex
 from export.repository import export_run
 from gateway.config import GatewayConfig
 from musicrec.v1 import recommender_pb2 as pb
 from musicrec.v1 import recommender_pb2_grpc as pb_grpc
+from serving.deploy import LOAD_ORDER
 from serving.gateway_process import GatewayProcess, health_status
 from serving.processes import free_port
 from serving.stack import StackConfig, serving_stack
@@ -124,7 +125,7 @@ def test_known_user_gets_the_offline_ranking_without_played_artists(stack, offli
     run = offline.run
     user = run.vocab.user_ids[3]
     with RecommenderClient(stack.address) as client:
-        rec = client.recommend(user, k=10)
+        rec = client.recommend(user, k=10, scoring="all_artists")
     expected = offline.for_user(user, 10)
     _assert_same_ranking([(a.id, a.score) for a in rec.artists],
                          [(r.id, r.score) for r in expected])  # fmt: skip
@@ -138,7 +139,8 @@ def test_new_listener_gets_the_offline_ranking_through_similar_users(stack, offl
     vocab = offline.vocab
     names = [vocab.artist_names[i] for i in (5, 17, 40, 41)]
     with RecommenderClient(stack.address) as client:
-        rec = client.recommend(artists=[*names, "Nobody Plays This Band"], k=15)
+        rec = client.recommend(artists=[*names, "Nobody Plays This Band"], k=15,
+                               scoring="all_artists")  # fmt: skip
     expected = offline.for_history(names, 15)
     _assert_same_ranking([(a.name, a.score) for a in rec.artists],
                          [(r.name, r.score) for r in expected])  # fmt: skip
@@ -159,6 +161,30 @@ def test_both_scoring_modes_rank_the_same(stack, offline):
             assert (a.scoring, p.scoring) == ("all_artists", "pairwise")
             _assert_same_ranking([(x.id, x.score) for x in p.artists],
                                  [(x.id, x.score) for x in a.artists])  # fmt: skip
+
+
+def test_two_stage_answers_equal_the_offline_two_stage_recommender(stack, offline):
+    run, vocab = offline.run, offline.vocab
+    assert run.two_stage is not None  # the run tuned its blend on validation
+    manifest = json.loads((stack.root / "model_repository" / CATALOGUE_SCORER / "1" /
+                           "manifest.json").read_text())  # fmt: skip
+    assert manifest["two_stage"] == run.two_stage.to_dict()  # the blend travels with the version
+    with RecommenderClient(stack.address) as client:
+        for u in (3, 7, 20):
+            user = vocab.user_ids[u]
+            rec = client.recommend(user, k=10, scoring="two_stage")
+            assert rec.scoring == "two_stage"
+            expected = offline.for_user(user, 10, two_stage=True)
+            _assert_same_ranking([(a.id, a.score) for a in rec.artists],
+                                 [(r.id, r.score) for r in expected])  # fmt: skip
+            played = {vocab.artist_ids[i] for i in run.plays[u].indices}
+            assert not played & {a.id for a in rec.artists}
+        names = [vocab.artist_names[i] for i in (5, 17, 40, 41)]
+        rec = client.recommend(artists=names, k=15, scoring="two_stage")
+    expected = offline.for_history(names, 15, two_stage=True)
+    _assert_same_ranking([(a.name, a.score) for a in rec.artists],
+                         [(r.name, r.score) for r in expected])  # fmt: skip
+    assert len(rec.artists) == 15 and not set(names) & set(rec.names())
 
 
 def test_similar_users_match_the_offline_index(stack, offline):
@@ -326,8 +352,10 @@ def test_prometheus_endpoint_counts_requests_by_code_and_shows_the_version(stack
     assert delta == {"OK": 2, "NOT_FOUND": 1, "INVALID_ARGUMENT": 1}, delta
     text = urllib.request.urlopen(url, timeout=5).read().decode()
     assert f"musicrec_gateway_model_version {float(_served_version(stack))}" in text
-    assert 'musicrec_gateway_triton_seconds_count{mode="all_artists"}' in text
+    assert 'musicrec_gateway_triton_seconds_count{mode="two_stage"}' in text  # the default
     assert "musicrec_gateway_similarity_seconds_count" in text
+    for stage in ("similarity", "candidates", "triton", "response"):
+        assert f'musicrec_gateway_stage_seconds_count{{stage="{stage}"}}' in text
     assert 'musicrec_gateway_request_seconds_bucket{le="0.005",method="Recommend"}' in text
 
 
@@ -349,9 +377,7 @@ def test_client_cli_prints_tables_and_exits_non_zero_on_errors(stack, capsys):
     assert client_cli([*base, "info"]) == 0
     info = json.loads(capsys.readouterr().out)
     assert (
-        info["model_version"] == 1
-        and info["triton_up"]
-        and info["default_scoring"] == "all_artists"
+        info["model_version"] == 1 and info["triton_up"] and info["default_scoring"] == "two_stage"
     )
     assert client_cli([*base, "recommend", "--user", "nobody"]) == 1
     out = capsys.readouterr().out
@@ -409,7 +435,7 @@ def _switch_under_traffic(stack, root: Path, repo: Path) -> None:
     try:
         time.sleep(0.5)
         triton = tritonclient.grpc.InferenceServerClient(stack.triton.grpc_url)
-        for model in (PAIR_SCORER, CATALOGUE_SCORER):  # the default mode's model last
+        for model in LOAD_ORDER:  # the default mode's model last, as deploy does
             triton.load_model(model, headers=stack.triton.admin_headers)
         deadline = time.monotonic() + 30
         while time.monotonic() < deadline and not any(a.model_version == 2 for a in answers):

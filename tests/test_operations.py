@@ -16,6 +16,7 @@ import pytest
 import yaml
 
 from client import RecommenderClient
+from core.modes import DEFAULT_MODE, MODES
 from export.repository import export_run
 from gateway.config import GatewayConfig
 from serving.processes import free_port, spawn, stop_group
@@ -23,6 +24,7 @@ from serving.stack import StackConfig, serving_stack
 from training.run import load_run
 
 pytestmark = pytest.mark.slow
+DEFAULT_MODEL = MODES[DEFAULT_MODE].models[0]  # what a Recommend calls by default
 ROOT = Path(__file__).resolve().parent.parent
 
 
@@ -85,7 +87,7 @@ def test_prometheus_scrapes_triton_and_the_gateway(stack, run_dir, tmp_path):
         while time.monotonic() < deadline and not (triton and gateway):
             time.sleep(1)
             try:
-                triton = _query(port, 'nv_inference_request_success{model="catalogue_scorer"}')
+                triton = _query(port, f'nv_inference_request_success{{model="{DEFAULT_MODEL}"}}')
                 gateway = _query(port, 'musicrec_gateway_requests_total{method="Recommend"}')
             except OSError:
                 continue

@@ -11,6 +11,7 @@ from training.data import Interactions, filter_min_counts, load_dataset
 from training.evaluation import evaluate_known_users, evaluate_new_users
 from training.models import BASELINES, DNNRecommender, Recommender, SeedRecommender
 from training.split import Split, split_interactions
+from training.two_stage import TwoStageSettings, tune_two_stage
 
 log = logging.getLogger(__name__)
 
@@ -26,6 +27,7 @@ class TrainResult:
     new_user_metrics: dict[str, float]
     load_report: dict[str, object] = field(default_factory=dict)
     train_seconds: float = 0.0
+    two_stage: TwoStageSettings | None = None  # the network's two-stage blend, tuned on val
 
 
 def prepare_data(cfg: DataConfig, *, progress: bool = False) -> tuple[Interactions, dict]:
@@ -47,10 +49,13 @@ def make_model(cfg: TrainConfig, *, progress: bool = False) -> Recommender:
 
 
 def fit_model(model: Recommender, split: Split) -> float:
-    """Fit ``model`` on the split (the DNN early-stops on ``val``); returns seconds taken."""
+    """Fit ``model`` on the split (the DNN early-stops on ``val``, then its two-stage blend is
+    tuned on ``val``: ``model.two_stage_``); returns seconds taken."""
     t0 = time.perf_counter()
     if isinstance(model, DNNRecommender):
         model.fit(split.train, split.val)
+        if split.val.nnz:
+            model.two_stage_ = tune_two_stage(model, split.train, split.val)
         model.use_known_plays(split.train_full)  # what the run saves and serving matches against
     else:
         model.fit(split.train_full)
@@ -79,4 +84,5 @@ def train_and_evaluate(
         new_user_metrics=evaluate_new_users(model, split, cfg.k),
         load_report=report,
         train_seconds=seconds,
+        two_stage=getattr(model, "two_stage_", None),
     )

@@ -9,6 +9,7 @@ Layout (``RUN_LAYOUT_VERSION`` = 1)::
     <run>/plays.npz          users x artists play counts the model was fitted on (CSR)
     <run>/metrics.json       offline metrics, training time and throughput
     <run>/data.json          data summary, fingerprint and load report
+    <run>/two_stage.json     candidate settings and blend weights tuned on validation (dnn/seed)
 """
 
 from __future__ import annotations
@@ -23,12 +24,14 @@ from typing import Any
 import keras
 import scipy.sparse as sp
 
+from core.candidates import TwoStageSettings
 from training.config import TrainConfig
 from training.data import Vocabulary
 from training.models.dnn import NetworkRecommender
 from training.pipeline import TrainResult
 
 RUN_LAYOUT_VERSION = 1
+TWO_STAGE = "two_stage.json"
 
 
 def result_metrics(result: TrainResult) -> dict[str, Any]:
@@ -64,6 +67,8 @@ def save_run(run_dir: Path, cfg: TrainConfig, result: TrainResult) -> Path:
         if isinstance(result.model, NetworkRecommender):
             result.model.model_.save(tmp / "model.keras")
         (tmp / "metrics.json").write_text(json.dumps(result_metrics(result), indent=2))
+        if result.two_stage is not None:
+            (tmp / TWO_STAGE).write_text(json.dumps(result.two_stage.to_dict(), indent=2))
         data_info = {
             "layout_version": RUN_LAYOUT_VERSION,
             "summary": result.data.summary(),
@@ -89,6 +94,7 @@ class Run:
     plays: sp.csr_matrix
     metrics: dict[str, Any]
     data_info: dict[str, Any]
+    two_stage: TwoStageSettings | None = None  # absent in runs older than two-stage serving
 
     def load_model(self) -> keras.Model:
         """The trained network (seed/dnn runs)."""
@@ -112,4 +118,7 @@ def load_run(run_dir: Path | str) -> Run:
         plays=sp.csr_matrix(sp.load_npz(path / "plays.npz")),
         metrics=json.loads((path / "metrics.json").read_text()),
         data_info=json.loads((path / "data.json").read_text()),
+        two_stage=TwoStageSettings.from_dict(json.loads((path / TWO_STAGE).read_text()))
+        if (path / TWO_STAGE).is_file()
+        else None,
     )

@@ -7,6 +7,7 @@ from typing import Protocol
 
 import numpy as np
 
+from core.candidates import Blend, Candidates
 from gateway.inference import Inference
 
 
@@ -22,6 +23,8 @@ class ScoringRequest:
     k: int
     exclude: np.ndarray
     timeout_s: float
+    candidates: Candidates | None = None  # stage 1, for modes that rank candidates
+    blend: Blend | None = None  # how their stage-1 scores join the network's
 
 
 @dataclass(frozen=True)

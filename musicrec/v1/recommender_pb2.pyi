@@ -12,6 +12,7 @@ class ScoringMode(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     SCORING_MODE_UNSPECIFIED: _ClassVar[ScoringMode]
     SCORING_MODE_ALL_ARTISTS: _ClassVar[ScoringMode]
     SCORING_MODE_PAIRWISE: _ClassVar[ScoringMode]
+    SCORING_MODE_TWO_STAGE: _ClassVar[ScoringMode]
 
 class Fallback(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     __slots__ = ()
@@ -20,6 +21,7 @@ class Fallback(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
 SCORING_MODE_UNSPECIFIED: ScoringMode
 SCORING_MODE_ALL_ARTISTS: ScoringMode
 SCORING_MODE_PAIRWISE: ScoringMode
+SCORING_MODE_TWO_STAGE: ScoringMode
 FALLBACK_NONE: Fallback
 FALLBACK_POPULARITY: Fallback
 

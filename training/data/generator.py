@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+import scipy.sparse as sp
 from tqdm import tqdm
 
 _ADJECTIVES = (
@@ -119,6 +120,16 @@ def _sample_rows(cfg: GeneratorConfig, rng: np.random.Generator) -> tuple[np.nda
             pick(mask, members if len(members) else np.arange(cfg.artists))
     order = rng.permutation(len(users))  # the real file is not grouped by user
     return users[order], artists[order]
+
+
+def generate_play_matrix(cfg: GeneratorConfig) -> sp.csr_matrix:
+    """The same plays as :func:`generate_spotify_csv` writes, as a users x artists count
+    matrix (for benchmarks at the full Spotify scale, without writing and parsing the CSV)."""
+    users, artists = _sample_rows(cfg, np.random.default_rng(cfg.seed))
+    m = sp.csr_matrix((np.ones(len(users), np.float32), (users, artists)),
+                      shape=(cfg.users, cfg.artists))  # fmt: skip
+    m.sum_duplicates()
+    return m
 
 
 def generate_spotify_csv(

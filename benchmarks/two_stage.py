@@ -1,0 +1,205 @@
+"""Two-stage serving against the exhaustive modes, through the real gateway and Triton.
+
+    .venv/bin/python -m benchmarks.two_stage            # HetRec and 290k artists (~25 min)
+    .venv/bin/python -m benchmarks.two_stage --quick    # fewer requests
+
+Catalogues: HetRec 2011 (real plays, 1,892 users x 17,632 artists) and a Spotify-scale synthetic
+one (15,918 users x 290,000 artists, 12.9M plays from the project's generator). A network of the
+seed architecture with random weights is exported over each with the default two-stage settings
+(speed does not depend on training); Triton (CPU, Python backend) and the gateway run as in the
+demo. Requests are new listeners' histories (10 artists of a random listener, by name), sent at
+concurrency 1, 8 and 32 in each mode: ``two_stage``, ``all_artists`` and ``pairwise``.
+
+Top-level figures: ``two_stage_vs_all_artists_290k`` (requests/s at concurrency 8, measured side
+by side), ``p50_ms_290k_c1`` (two_stage, end to end), ``gateway_overhead_ms_p50`` (HetRec,
+concurrency 1: the end-to-end p50 minus the p50 of the very same ``candidate_scorer`` requests
+sent straight to Triton), the gateway's own time per stage (its metrics), and NDCG@10 of
+``dnn``, ``dnn_two_stage`` and ``ease`` copied from ``quality.json`` (run that first).
+Writes benchmarks/results/two_stage.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import sys
+import tempfile
+import time
+import urllib.request
+from pathlib import Path
+
+import numpy as np
+import scipy.sparse as sp
+import tritonclient.grpc as grpcclient
+from prometheus_client.parser import text_string_to_metric_families
+from rich.table import Table
+
+from benchmarks.common import drive, history_requests, random_network, summary
+from core.console import console
+from core.contract import CANDIDATE_SCORER
+from core.paths import HETREC_DIR
+from core.similarity import CPU
+from core.vocabulary import Vocabulary
+from export.repository import export_network
+from gateway.artifacts import ArtistRef, ModelVersion
+from gateway.config import GatewayConfig
+from serving.processes import free_port
+from serving.stack import StackConfig, serving_stack
+from training.data import load_hetrec
+from training.data.generator import GeneratorConfig, artist_names, generate_play_matrix, user_ids
+
+RESULTS = Path(__file__).parent / "results" / "two_stage.json"
+QUALITY = Path(__file__).parent / "results" / "quality.json"
+SPOTIFY_SCALE = GeneratorConfig(rows=12_900_000, users=15_918, artists=290_000, communities=200)
+MODES = ("two_stage", "all_artists", "pairwise")
+# Requests per (mode, concurrency): the exhaustive modes cost 10-1000x more at 290k artists.
+COUNTS = {
+    "hetrec": {"two_stage": {1: 300, 8: 600, 32: 800}, "all_artists": {1: 100, 8: 200, 32: 300},
+               "pairwise": {1: 16, 8: 32, 32: 64}},
+    "290k": {"two_stage": {1: 300, 8: 600, 32: 800}, "all_artists": {1: 12, 8: 32, 32: 64},
+             "pairwise": {1: 3, 8: 8, 32: 32}},
+}  # fmt: skip
+STAGES = ("resolve", "similarity", "candidates", "triton", "response")
+
+
+def _catalogue(name: str) -> tuple[sp.csr_matrix, Vocabulary]:
+    if name == "hetrec":
+        data = load_hetrec(HETREC_DIR)
+        return data.matrix, data.vocab
+    plays = generate_play_matrix(SPOTIFY_SCALE)
+    n_users, n_artists = plays.shape
+    names = tuple(artist_names(n_artists))
+    return plays, Vocabulary(tuple(user_ids(n_users, SPOTIFY_SCALE.seed)),
+                             tuple(f"a{i}" for i in range(n_artists)), names)  # fmt: skip
+
+
+def _direct_triton_ms(repo: Path, url: str, requests: list[list[str]]) -> dict:
+    """The same candidate_scorer requests the gateway sends, straight to Triton, one at a time."""
+    mv = ModelVersion.load(repo, 1, CPU)
+    client = grpcclient.InferenceServerClient(url)
+    latencies = []
+    for history in requests:
+        row = mv.resolve([ArtistRef(name=n) for n in history]).row
+        idx, sims = mv.similarity.query(row, 10)
+        found = mv.candidates.candidates(row, idx[0], sims[0])
+        keep = idx[0] >= 0
+        arrays = [("users", idx[0][keep][None, :].astype(np.int64), "INT64"),
+                  ("weights", sims[0][keep][None, :].astype(np.float32), "FP32"),
+                  ("candidates", found.artists[None, :], "INT64"),
+                  ("mask", np.ones((1, len(found.artists)), bool), "BOOL")]  # fmt: skip
+        inputs = []
+        for name, array, dtype in arrays:
+            inputs.append(grpcclient.InferInput(name, list(array.shape), dtype))
+            inputs[-1].set_data_from_numpy(array)
+        t0 = time.perf_counter()
+        client.infer(CANDIDATE_SCORER, inputs, model_version="1")
+        latencies.append(time.perf_counter() - t0)
+    client.close()
+    return summary(latencies[1:], sum(latencies[1:]), 1)
+
+
+def _stage_means_ms(metrics_port: int) -> dict[str, float]:
+    """Mean time per request stage, from the gateway's own histograms."""
+    text = urllib.request.urlopen(f"http://127.0.0.1:{metrics_port}/metrics").read().decode()
+    sums: dict[str, float] = {}
+    counts: dict[str, float] = {}
+    for family in text_string_to_metric_families(text):
+        if family.name != "musicrec_gateway_stage_seconds":
+            continue
+        for sample in family.samples:
+            stage = sample.labels.get("stage", "")
+            if sample.name.endswith("_sum"):
+                sums[stage] = sample.value
+            elif sample.name.endswith("_count"):
+                counts[stage] = sample.value
+    return {s: 1e3 * sums[s] / counts[s] for s in STAGES if counts.get(s)}
+
+
+def measure(name: str, scale: int) -> dict:
+    """Export a random network over one catalogue, serve it, and drive every mode."""
+    plays, vocab = _catalogue(name)
+    n_users, n_artists = plays.shape
+    out: dict = {"catalogue": {"users": n_users, "artists": n_artists, "plays": int(plays.nnz)},
+                 "rows": {}}  # fmt: skip
+    with tempfile.TemporaryDirectory() as tmp:
+        root = Path(tmp)
+        vocab.save(root / "vocab")
+        t0 = time.perf_counter()
+        export_network(random_network(n_users, n_artists), root / "model_repository",
+                       vocab_dir=root / "vocab", plays=plays,
+                       provenance={"source_run": "benchmark (random weights)"})  # fmt: skip
+        out["export_seconds"] = time.perf_counter() - t0
+        metrics_port = free_port()
+        cfg = StackConfig(root / "model_repository", free_port(), free_port(), free_port(),
+                          gateway=GatewayConfig(port=free_port(), metrics_port=metrics_port,
+                                                backend="cpu", log_json=True),
+                          log_dir=root / "logs")  # fmt: skip
+        with serving_stack(cfg) as stack:
+            for mode in MODES:
+                for conc, n in COUNTS[name][mode].items():
+                    requests = history_requests(plays, vocab.artist_names,
+                                                max(conc, n // scale), seed=conc)  # fmt: skip
+                    row = asyncio.run(drive(stack.gateway.address, requests, conc, mode))
+                    out["rows"][f"{mode}_c{conc}"] = row
+                    console.print(f"{name} {mode} c{conc}: {row['rps']:.1f} req/s, "
+                                  f"p50 {row['p50_ms']:.1f} ms")  # fmt: skip
+                if mode == "two_stage":
+                    out["stage_means_ms"] = _stage_means_ms(metrics_port)
+            requests = history_requests(plays, vocab.artist_names, 300 // scale, seed=1)
+            direct = _direct_triton_ms(root / "model_repository", stack.triton.grpc_url, requests)
+            out["triton_direct_c1"] = direct
+    return out
+
+
+def _quality() -> dict[str, float | None]:
+    models = json.loads(QUALITY.read_text())["models"] if QUALITY.is_file() else {}
+    return {m: (models.get(m) or {}).get("ndcg@10") for m in ("dnn", "dnn_two_stage", "ease")}
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--quick", action="store_true", help="fewer requests")
+    parser.add_argument("-o", "--out", type=Path, default=RESULTS)
+    args = parser.parse_args(argv)
+    scale = 4 if args.quick else 1
+    t0 = time.perf_counter()
+    hetrec, big = measure("hetrec", scale), measure("290k", scale)
+    rows = big["rows"]
+    result = {
+        "device": "CPU (2 cores; load generator, gateway and Triton share them)",
+        "requests": "new listeners: 10 artists of a random listener, by name; top 10",
+        "hetrec": hetrec,
+        "290k": big,
+        "two_stage_vs_all_artists_290k": rows["two_stage_c8"]["rps"]
+        / rows["all_artists_c8"]["rps"],
+        "p50_ms_290k_c1": rows["two_stage_c1"]["p50_ms"],
+        "gateway_overhead_ms_p50": hetrec["rows"]["two_stage_c1"]["p50_ms"]
+        - hetrec["triton_direct_c1"]["p50_ms"],
+        "ndcg@10": _quality(),
+        "ndcg_source": "benchmarks/results/quality.json (HetRec, per-user 20% holdout)",
+        "total_seconds": time.perf_counter() - t0,
+    }
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(result, indent=2))
+    table = Table(title="Recommend for a new listener through the gateway (2 CPU cores)")
+    for col in ("catalogue", "mode", "conc", "requests", "req/s", "p50 ms", "p99 ms"):
+        table.add_column(col, justify="right")
+    for cat in ("hetrec", "290k"):
+        for key, row in result[cat]["rows"].items():
+            mode = key.rsplit("_c", 1)[0]
+            cells = (row["concurrency"], row["requests"], f"{row['rps']:.1f}",
+                     f"{row['p50_ms']:.1f}", f"{row['p99_ms']:.1f}")  # fmt: skip
+            table.add_row(cat, mode, *map(str, cells))
+    console.print(table)
+    for key in ("two_stage_vs_all_artists_290k", "p50_ms_290k_c1", "gateway_overhead_ms_p50"):
+        console.print(f"{key}: {result[key]:.2f}")
+    console.print(f"stage means (HetRec, ms): {hetrec['stage_means_ms']}")
+    console.print(f"ndcg@10: {result['ndcg@10']}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,249 @@
+"""Two-stage recommendation, stage 1 and the blend: shared by offline evaluation and the gateway.
+
+Stage 1 picks a few hundred candidate artists cheaply, from three sources:
+
+* **neighbourhood**: the artists the listener's most similar known users play, each scored
+  ``sum_j similarity_j * v_j[artist]`` (``v``: the users' ``log1p``, L2-normalised vectors,
+  the user-kNN score);
+* **item neighbours**: the nearest artists of each artist the listener plays, from a sparse
+  top-N item-item cosine table computed at export (:func:`item_neighbour_table`), scored
+  ``log1p(plays) @ table`` (the item-kNN score);
+* **popularity**: the most-listened artists, always considered.
+
+The union, without what the listener plays, is capped at ``max_candidates`` by a cheap score
+(each source's score scaled by its maximum, summed). Stage 2 (Triton's ``candidate_scorer``)
+scores only those; :class:`Blend` combines its DNN score with the stage-1 scores, each
+z-scored over the listener's candidates, with weights tuned on validation data.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field, fields
+from typing import Any
+
+import numpy as np
+import scipy.sparse as sp
+
+from core.similarity import l2_normalize_rows, log_weights, user_vectors
+
+FEATURES = ("neighbourhood", "item_knn", "popularity")  # stage-1 scores, in feature order
+_PRODUCT_BUDGET = 20_000_000  # co-occurrence entries computed at once (bounds memory)
+
+
+@dataclass(frozen=True)
+class CandidateConfig:
+    """How many candidates stage 1 gives and from where (stored in each version's manifest)."""
+
+    neighbours: int = 10  # similar known users whose artists become candidates
+    item_neighbours: int = 50  # neighbours per artist in the item-item table
+    table_user_artists: int = 200  # a user's most-played artists that count in that table
+    popular: int = 100  # most-listened artists always considered
+    max_candidates: int = 500  # the cap, by the cheap score
+    popularity_weight: float = 0.1  # of popularity in the cheap score (the others count 1)
+
+    def __post_init__(self) -> None:
+        for f in fields(self):
+            if f.type == "int" and getattr(self, f.name) < 1:
+                raise ValueError(f"{f.name} must be >= 1")
+        if not self.popularity_weight >= 0:
+            raise ValueError("popularity_weight must be >= 0")
+
+    def as_dict(self) -> dict[str, float]:
+        return asdict(self)
+
+    def item_table(self, plays: sp.csr_matrix) -> sp.csr_matrix:
+        """The item-item table these settings call for, computed from ``plays``."""
+        return item_neighbour_table(plays, self.item_neighbours, self.table_user_artists)
+
+
+@dataclass(frozen=True)
+class Candidates:
+    """One listener's candidate artists, best first by the cheap score, and their features."""
+
+    artists: np.ndarray  # int64 artist columns, (C,)
+    features: np.ndarray  # float32 (C, len(FEATURES))
+
+
+@dataclass(frozen=True)
+class Blend:
+    """Final score = ``dnn * z(dnn score) + sum_f weight_f * z(feature f)``, z-scored over one
+    listener's candidates. ``Blend()`` is the DNN alone."""
+
+    dnn: float = 1.0
+    neighbourhood: float = 0.0
+    item_knn: float = 0.0
+    popularity: float = 0.0
+
+    @classmethod
+    def from_dict(cls, raw: dict | None) -> Blend:
+        return cls(**{f.name: float(raw[f.name]) for f in fields(cls) if f.name in raw}) if raw \
+            else cls()  # fmt: skip
+
+    def as_dict(self) -> dict[str, float]:
+        return asdict(self)
+
+    @property
+    def weights(self) -> np.ndarray:
+        """Weights of ``[dnn, *FEATURES]``."""
+        return np.array([self.dnn, *(getattr(self, f) for f in FEATURES)], np.float64)
+
+    def score(self, dnn_scores: np.ndarray, features: np.ndarray) -> np.ndarray:
+        """Blended scores of one listener's candidates (float32, higher is better)."""
+        columns = np.column_stack([np.asarray(dnn_scores, np.float64), features])
+        return (zscore(columns) @ self.weights).astype(np.float32)
+
+
+@dataclass(frozen=True)
+class TwoStageSettings:
+    """What a run stores and each version's manifest carries: candidates and the two blends."""
+
+    candidates: CandidateConfig = field(default_factory=CandidateConfig)
+    known: Blend = field(default_factory=Blend)  # users the network has an embedding for
+    history: Blend = field(default_factory=Blend)  # listeners scored through similar users
+    validation: dict[str, Any] = field(default_factory=dict)  # what the tuning saw
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"candidates": self.candidates.as_dict(), "known": self.known.as_dict(),
+                "history": self.history.as_dict(), "validation": self.validation}  # fmt: skip
+
+    @classmethod
+    def from_dict(cls, raw: dict[str, Any] | None) -> TwoStageSettings:
+        raw = raw or {}
+        return cls(CandidateConfig(**raw.get("candidates", {})), Blend.from_dict(raw.get("known")),
+                   Blend.from_dict(raw.get("history")), raw.get("validation", {}))  # fmt: skip
+
+
+def zscore(columns: np.ndarray) -> np.ndarray:
+    """Each column centred and scaled to unit variance (a constant column becomes zeros)."""
+    columns = np.asarray(columns, np.float64)
+    std = columns.std(axis=0)
+    return np.divide(columns - columns.mean(axis=0), std, out=np.zeros_like(columns),
+                     where=std > 0)  # fmt: skip
+
+
+def rank_candidates(artists: np.ndarray, scores: np.ndarray, k: int) -> np.ndarray:
+    """Positions of the ``k`` best candidates, ties towards the lower artist index (as
+    :func:`core.ranking.top_k_excluding` breaks them)."""
+    order = np.lexsort((artists, -np.asarray(scores, np.float64)))
+    return order[:k]
+
+
+def item_neighbour_table(
+    plays: sp.csr_matrix, n: int, max_user_artists: int = 200
+) -> sp.csr_matrix:
+    """Artists x artists cosine similarity over ``log1p`` plays, each row pruned to its ``n``
+    largest entries (the diagonal left out).
+
+    Each user counts with their ``max_user_artists`` most-played artists only: co-occurrence
+    costs the square of a history's length, and a heavy listener's long tail says little about
+    which artists go together. Rows are computed in chunks sized so that the co-occurrence
+    product holds about :data:`_PRODUCT_BUDGET` entries at a time.
+    """
+    capped = _top_per_row(sp.csr_matrix(plays, dtype=np.float32), max_user_artists)
+    items = l2_normalize_rows(log_weights(capped).T.tocsr())  # artists x users
+    items_t = sp.csr_matrix(items.T)
+    # Upper bound of each row's co-occurrence entries: the summed history lengths of its users.
+    cost = items.astype(bool).astype(np.float64) @ np.diff(items_t.indptr).astype(np.float64)
+    n_artists = items.shape[0]
+    parts, start = [], 0
+    while start < n_artists:
+        stop = int(np.searchsorted(np.cumsum(cost[start:]), _PRODUCT_BUDGET)) + start + 1
+        stop = min(max(stop, start + 1), n_artists)
+        sim = (items[start:stop] @ items_t).tocsr()
+        _drop_diagonal(sim, start)
+        sim.eliminate_zeros()
+        parts.append(_top_per_row(sim, n))
+        start = stop
+    table = sp.vstack(parts, format="csr") if parts else sp.csr_matrix((n_artists, n_artists))
+    table = sp.csr_matrix(table, dtype=np.float32)
+    table.sort_indices()
+    return table
+
+
+def _drop_diagonal(sim: sp.csr_matrix, offset: int) -> None:
+    """Zero the entries of rows ``i`` at column ``offset + i`` (in place)."""
+    rows = np.repeat(np.arange(sim.shape[0]), np.diff(sim.indptr))
+    sim.data[sim.indices == rows + offset] = 0.0
+
+
+def _top_per_row(m: sp.csr_matrix, n: int) -> sp.csr_matrix:
+    """Each row's ``n`` largest entries."""
+    m = sp.csr_matrix(m)
+    counts = np.diff(m.indptr)
+    if counts.max(initial=0) <= n:
+        return m
+    rows = np.repeat(np.arange(m.shape[0]), counts)
+    span = float(np.abs(m.data).max(initial=0.0)) or 1.0
+    # One float64 key: the row, then the value descending inside it (|values| <= span).
+    key = rows + (1.0 - m.data.astype(np.float64) / span) * 0.25
+    order = np.argsort(key)
+    rank = np.arange(len(order)) - m.indptr[rows[order]]
+    keep = np.sort(order[rank < n])
+    indptr = np.r_[0, np.cumsum(np.minimum(counts, n))]
+    return sp.csr_matrix((m.data[keep], m.indices[keep], indptr), shape=m.shape)
+
+
+class CandidateIndex:
+    """What stage 1 needs of one model version: the known users' vectors, the item-item table
+    and artist popularity (listeners per artist)."""
+
+    def __init__(self, known_plays: sp.csr_matrix, item_table: sp.csr_matrix,
+                 config: CandidateConfig) -> None:  # fmt: skip
+        known_plays = sp.csr_matrix(known_plays)
+        if item_table.shape != (known_plays.shape[1],) * 2:
+            raise ValueError(f"item table {item_table.shape} does not fit {known_plays.shape[1]} "
+                             "artists")  # fmt: skip
+        self.config = config
+        self.vectors = user_vectors(known_plays)
+        self.item_table = sp.csr_matrix(item_table, dtype=np.float32)
+        listeners = np.diff(known_plays.tocsc().indptr)
+        self.log_listeners = np.log1p(listeners).astype(np.float32)
+        self.popular = np.argsort(-listeners, kind="stable")[: config.popular].astype(np.int64)
+        self.n_artists = known_plays.shape[1]
+
+    def candidates(self, history: sp.csr_matrix, neighbours: np.ndarray, similarities: np.ndarray,
+                   exclude: np.ndarray | None = None) -> Candidates:  # fmt: skip
+        """Stage 1 for one listener: ``history`` (1 x artists play counts), their similar known
+        users (``-1`` = none) and similarities; ``exclude`` defaults to the history's artists."""
+        keep = np.asarray(neighbours) >= 0
+        users = np.asarray(neighbours)[keep]
+        sims = np.asarray(similarities, np.float64)[keep]
+        history = sp.csr_matrix(history)
+        played, plays = history.indices, history.data
+        # Both scores are weighted sums of a few sparse rows: gathered directly, never a
+        # catalogue-wide vector (at 290k artists that allocation is most of the cost).
+        nb_cols, nb_vals = _weighted_rows(self.vectors, users, sims)
+        item_cols, item_vals = _weighted_rows(self.item_table, played, np.log1p(plays))
+        exclude = played if exclude is None else np.asarray(exclude)
+        pool = np.unique(np.concatenate([nb_cols, item_cols, self.popular]))
+        pool = pool[~np.isin(pool, exclude)].astype(np.int64)
+        features = np.column_stack([_sum_at(pool, nb_cols, nb_vals),
+                                    _sum_at(pool, item_cols, item_vals),
+                                    self.log_listeners[pool]])  # fmt: skip
+        cheap = _scaled(features[:, 0]) + _scaled(features[:, 1]) \
+            + self.config.popularity_weight * _scaled(features[:, 2])  # fmt: skip
+        best = rank_candidates(pool, cheap, self.config.max_candidates)
+        return Candidates(pool[best], features[best].astype(np.float32))
+
+
+def _weighted_rows(m: sp.csr_matrix, rows: np.ndarray, weights: np.ndarray):
+    """The entries of ``m[rows]`` as (columns, values x that row's weight), concatenated."""
+    if len(rows) == 0:
+        return np.zeros(0, np.int64), np.zeros(0, np.float64)
+    starts, stops = m.indptr[rows], m.indptr[rows + 1]
+    lengths = stops - starts
+    offsets = np.repeat(starts - np.cumsum(lengths) + lengths, lengths) + np.arange(lengths.sum())
+    return m.indices[offsets], m.data[offsets] * np.repeat(weights, lengths)
+
+
+def _sum_at(pool: np.ndarray, columns: np.ndarray, values: np.ndarray) -> np.ndarray:
+    """Per ``pool`` column (sorted), the sum of ``values`` at that column (0 where none)."""
+    pos = np.searchsorted(pool, columns)
+    hit = pos < len(pool)
+    hit[hit] = pool[pos[hit]] == columns[hit]
+    return np.bincount(pos[hit], weights=values[hit], minlength=len(pool))
+
+
+def _scaled(values: np.ndarray) -> np.ndarray:
+    top = float(values.max(initial=0.0))
+    return values / top if top > 0 else np.zeros_like(values)

@@ -1,0 +1,35 @@
+"""``two_stage``: stage 1 (``core.candidates``, done by the recommender) gives a few hundred
+candidate artists; one ``candidate_scorer`` request scores them for the group in Triton, and
+the version's blend combines those scores with the stage-1 ones before ranking here."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from core.candidates import Blend, rank_candidates
+from core.contract import CANDIDATE_SCORER
+from gateway.inference import Inference, tensor
+from gateway.modes.base import Ranked, ScoringRequest
+
+
+class TwoStage:
+    def __init__(self, inference: Inference) -> None:
+        self.inference = inference
+
+    async def top_k(self, r: ScoringRequest) -> Ranked:
+        if r.candidates is None:
+            raise ValueError("two_stage needs the request's stage-1 candidates")
+        artists = r.candidates.artists
+        if len(artists) == 0:
+            return Ranked(np.zeros(0, np.int64), np.zeros(0, np.float32))
+        inputs = [
+            tensor("users", r.group.reshape(1, -1).astype(np.int64), "INT64"),
+            tensor("weights", r.weights.reshape(1, -1).astype(np.float32), "FP32"),
+            tensor("candidates", artists.reshape(1, -1).astype(np.int64), "INT64"),
+            tensor("mask", np.ones((1, len(artists)), bool), "BOOL"),
+        ]
+        result = await self.inference.infer(CANDIDATE_SCORER, r.version, inputs, r.timeout_s)
+        dnn = result.as_numpy("scores")[0]
+        final = (r.blend or Blend()).score(dnn, r.candidates.features)
+        best = rank_candidates(artists, final, r.k)
+        return Ranked(artists[best], final[best])

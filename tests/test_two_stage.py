@@ -1,0 +1,168 @@
+"""Two-stage serving offline: stage-1 candidates, the blend, the candidate_scorer ONNX model and
+its parity gate, and the two-stage recommender that the gateway must reproduce."""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx
+import pytest
+import scipy.sparse as sp
+from onnx import numpy_helper
+
+from core.candidates import (
+    Blend,
+    CandidateConfig,
+    CandidateIndex,
+    TwoStageSettings,
+    item_neighbour_table,
+    rank_candidates,
+)
+from core.similarity import SimilarityIndex, user_vectors
+from export.onnx_models import candidate_scorer
+from export.parity import ParityError, check_candidate_scorer, session
+from tests.conftest import community_matrix
+from training.models.neighbors import ItemKNN, neighbour_sum
+from training.models.network import CatalogueScorer, NetworkWeights, build_network
+
+
+@pytest.fixture(scope="module")
+def network():
+    model = build_network(120, 60, seed=3)
+    rng = np.random.default_rng(2)
+    for w in model.weights:
+        w.assign(rng.normal(0, 0.3, w.shape).astype(np.float32))
+    return model
+
+
+def test_item_table_is_item_knns_pruned_similarity():
+    plays = community_matrix(seed=1)
+    table = item_neighbour_table(plays, 7)
+    reference = ItemKNN(k=7).fit(plays).sim_
+    assert (np.diff(table.indptr) <= 7).all() and table.diagonal().sum() == 0
+    np.testing.assert_allclose(table.toarray(), reference.toarray(), atol=1e-6)
+
+
+def test_item_table_chunks_agree_with_one_pass(monkeypatch):
+    import core.candidates as candidates
+
+    plays = community_matrix(n_users=80, n_artists=90, seed=5)
+    whole = item_neighbour_table(plays, 5).toarray()
+    monkeypatch.setattr(candidates, "_PRODUCT_BUDGET", 50)  # chunks of a few rows
+    np.testing.assert_allclose(item_neighbour_table(plays, 5).toarray(), whole, atol=1e-6)
+
+
+def test_item_table_counts_each_users_most_played_artists_only():
+    plays = sp.csr_matrix(np.array([[5, 4, 1, 0], [3, 0, 2, 1], [0, 1, 0, 6]], np.float32))
+    capped = item_neighbour_table(plays, 3, max_user_artists=2)
+    top2 = sp.csr_matrix(np.array([[5, 4, 0, 0], [3, 0, 2, 0], [0, 1, 0, 6]], np.float32))
+    np.testing.assert_allclose(capped.toarray(), item_neighbour_table(top2, 3).toarray())
+    assert capped[0, 3] == 0 and item_neighbour_table(plays, 3)[0, 3] > 0
+
+
+def test_candidates_come_from_neighbours_items_and_popularity_without_played():
+    plays = community_matrix(seed=2)
+    config = CandidateConfig(neighbours=5, item_neighbours=10, popular=4, max_candidates=1000)
+    index = CandidateIndex(plays, item_neighbour_table(plays, 10), config)
+    history = plays[0]
+    idx, sims = SimilarityIndex(plays).query(history, 5, exclude=np.array([0]))
+    found = index.candidates(history, idx[0], sims[0])
+    played = set(history.indices)
+    assert not played & set(found.artists.tolist())
+    neighbours_artists = set(plays[idx[0][idx[0] >= 0]].indices) - played
+    popular = set(np.argsort(-np.diff(plays.tocsc().indptr), kind="stable")[:4]) - played
+    assert neighbours_artists | popular <= set(found.artists.tolist())
+    # Features: the user-kNN score, the item-kNN score and log listeners, per candidate.
+    expected_nb = neighbour_sum(idx, sims, user_vectors(plays))[0, found.artists]
+    np.testing.assert_allclose(found.features[:, 0], expected_nb, rtol=1e-5, atol=1e-6)
+    expected_item = ItemKNN(k=10).fit(plays).score_histories(history)[0, found.artists]
+    np.testing.assert_allclose(found.features[:, 1], expected_item, rtol=1e-5, atol=1e-6)
+    listeners = np.diff(plays.tocsc().indptr)[found.artists]
+    np.testing.assert_allclose(found.features[:, 2], np.log1p(listeners), rtol=1e-6)
+
+
+def test_candidates_are_capped_by_the_cheap_score():
+    plays = community_matrix(seed=3)
+    index = CandidateIndex(plays, item_neighbour_table(plays, 10),
+                           CandidateConfig(max_candidates=6, popular=2))  # fmt: skip
+    idx, sims = SimilarityIndex(plays).query(plays[1], 10, exclude=np.array([1]))
+    capped = index.candidates(plays[1], idx[0], sims[0])
+    assert len(capped.artists) == 6
+    wide = CandidateIndex(plays, index.item_table, CandidateConfig(max_candidates=1000, popular=2))
+    everything = wide.candidates(plays[1], idx[0], sims[0])
+    # The cap keeps the first six of the uncapped pool in cheap-score order.
+    assert capped.artists.tolist() == everything.artists[:6].tolist()
+
+
+def test_blend_of_the_dnn_alone_ranks_by_the_dnn_and_ties_go_to_the_lower_artist():
+    artists = np.array([9, 3, 5, 7])
+    dnn = np.array([0.5, 2.0, 0.5, -1.0], np.float32)
+    features = np.random.default_rng(0).random((4, 3)).astype(np.float32)
+    final = Blend().score(dnn, features)
+    assert artists[rank_candidates(artists, final, 4)].tolist() == [3, 5, 9, 7]
+    # A feature-only blend follows that feature.
+    by_item = Blend(dnn=0.0, item_knn=1.0).score(dnn, features)
+    assert rank_candidates(artists, by_item, 1)[0] == int(np.argmax(features[:, 1]))
+
+
+def test_settings_round_trip_and_reject_nonsense():
+    settings = TwoStageSettings(CandidateConfig(max_candidates=300), Blend(1.0, 0.5),
+                                Blend(0.0, 1.0, 2.0, 0.25), {"known": {"users": 3}})  # fmt: skip
+    assert TwoStageSettings.from_dict(settings.to_dict()) == settings
+    assert TwoStageSettings.from_dict(None) == TwoStageSettings()
+    with pytest.raises(ValueError, match="max_candidates"):
+        CandidateConfig(max_candidates=0)
+
+
+def test_candidate_scorer_is_the_weighted_pairwise_sum_with_masked_slots(network):
+    proto = candidate_scorer(NetworkWeights.from_model(network))
+    report = check_candidate_scorer(network, proto, candidates=50)
+    assert report.max_abs_diff <= 1e-4
+    users, weights = np.array([[4, 9, 0]]), np.array([[0.7, 0.3, 0.0]], np.float32)
+    chosen = np.array([[10, 3, 59, 0]])
+    mask = np.array([[True, True, True, False]])
+    (scores,) = session(proto).run(["scores"], {"users": users, "weights": weights,
+                                               "candidates": chosen, "mask": mask})  # fmt: skip
+    grid = CatalogueScorer.from_model(network).score_users(np.array([4, 9]))
+    expected = 0.7 * grid[0, [10, 3, 59]] + 0.3 * grid[1, [10, 3, 59]]
+    np.testing.assert_allclose(scores[0, :3], expected, atol=1e-5)
+    assert np.isneginf(scores[0, 3])
+
+
+def test_candidate_parity_gate_refuses_a_tampered_model(network):
+    proto = candidate_scorer(NetworkWeights.from_model(network))
+    tampered = onnx.ModelProto()
+    tampered.CopyFrom(proto)
+    for init in tampered.graph.initializer:
+        if init.name == "out_bias":
+            init.CopyFrom(numpy_helper.from_array(numpy_helper.to_array(init) + 0.01, "out_bias"))
+    with pytest.raises(ParityError, match="candidate_scorer"):
+        check_candidate_scorer(network, tampered)
+
+
+def test_two_stage_recommender_ranks_only_candidates_with_the_blend(network):
+    from training.models.dnn import NetworkRecommender
+    from training.two_stage import TwoStageRecommender, candidate_recall, tune_two_stage
+
+    plays = community_matrix(seed=4)
+    rec = NetworkRecommender.from_trained(network, plays)
+    config = CandidateConfig(max_candidates=12, popular=3)
+    two = TwoStageRecommender(rec, TwoStageSettings(config)).fit(plays)
+    scores = two.score_users(np.array([0, 5]))
+    stage1 = two.stage1_users(np.array([0, 5]))
+    for row, c in zip(scores, stage1.candidates, strict=True):
+        assert set(np.flatnonzero(np.isfinite(row))) == set(c.artists.tolist())
+    dnn = rec.score_users(np.array([0]))[0, stage1.candidates[0].artists]
+    np.testing.assert_allclose(scores[0, stage1.candidates[0].artists],
+                               Blend().score(dnn, stage1.candidates[0].features),
+                               atol=1e-5)  # fmt: skip
+    assert candidate_recall(stage1, plays[[0, 5]])["candidate_recall"] == 0.0  # all played
+    # Tuning picks, on validation, a blend at least as good as the DNN alone.
+    rng = np.random.default_rng(0)
+    val_mask = rng.random(plays.nnz) < 0.2
+    coo = plays.tocoo()
+    part = lambda m: sp.csr_matrix((coo.data[m], (coo.row[m], coo.col[m])), shape=plays.shape)  # noqa: E731
+    settings = tune_two_stage(rec, part(~val_mask), part(val_mask), config)
+    for who in ("known", "history"):
+        seen = settings.validation[who]
+        assert seen["ndcg_blend"] >= seen["ndcg_dnn_only"] and seen["users"] > 0
+        assert 0 < seen["median_candidates"] <= 12
