@@ -9,6 +9,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from core.endpoints import static_endpoints
 from core.modes import DEFAULT_MODE, MODE_NAMES
 from core.paths import DEFAULT_REPOSITORY
 from core.similarity import BACKENDS
@@ -23,7 +24,7 @@ class GatewayConfig:
     host: str = "127.0.0.1"
     port: int = 50051
     metrics_port: int = 9101  # Prometheus /metrics over HTTP; 0 turns it off
-    triton_url: str = "127.0.0.1:8001"
+    triton_url: str = "127.0.0.1:8001"  # or replicas: a:8001,b:8001 or dns:///name:8001
     repository: Path = DEFAULT_REPOSITORY  # read for each version's vocabulary and known plays
     scoring: str = DEFAULT_MODE  # a request may ask for another registered mode
     backend: str = "auto"  # similarity on "cpu" (SciPy), "gpu" (CuPy) or whichever is present
@@ -55,6 +56,7 @@ class GatewayConfig:
         if not (loopback or self.tls_cert_file or self.allow_plaintext):
             raise ValueError(f"plaintext on {self.host} is refused: give tls_cert_file and "
                              "tls_key_file, or allow_plaintext on a private network")  # fmt: skip
+        static_endpoints(self.triton_url)  # raises ValueError when malformed
         if self.scoring not in MODE_NAMES:
             raise ValueError(f"scoring must be one of {', '.join(MODE_NAMES)}")
         if self.backend not in BACKENDS:

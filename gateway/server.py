@@ -2,7 +2,8 @@
 
 An asyncio gRPC server with the Recommender service, standard health checking (SERVING only
 while Triton answers and a model version is loaded), server reflection, a Prometheus endpoint,
-and a graceful shutdown on SIGTERM/SIGINT that drains in-flight requests.
+and a graceful shutdown on SIGTERM/SIGINT that drains in-flight requests. ``--triton-url`` may
+name several Triton replicas (``gateway/replicas.py``).
 """
 
 from __future__ import annotations
@@ -16,7 +17,6 @@ import sys
 from collections.abc import Awaitable, Callable, Sequence
 
 import grpc
-import tritonclient.grpc.aio as triton
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
@@ -24,11 +24,11 @@ from core.similarity import array_backend
 from gateway import logs
 from gateway.auth import TokenAuth, read_token, server_credentials
 from gateway.config import GatewayConfig, add_arguments, from_arguments
-from gateway.inference import Inference
 from gateway.metrics import GatewayMetrics, ObservingInterceptor
 from gateway.modes import mode_scorers
 from gateway.overload import LoadShedder
 from gateway.recommender import RecommendationService
+from gateway.replicas import ReplicaSet
 from gateway.service import RecommenderServicer
 from gateway.versions import VersionTracker
 from musicrec.v1 import recommender_pb2 as pb
@@ -62,8 +62,8 @@ class Gateway:
             self.port = self.server.add_insecure_port(config.address)
         if self.port == 0:
             raise OSError(f"cannot listen on {config.address}")
-        self.triton = triton.InferenceServerClient(config.triton_url)
-        inference = Inference(self.triton, config.triton_url)
+        self.triton = ReplicaSet(config.triton_url, on_poll=self._on_poll)
+        inference = self.triton
         self.tracker = VersionTracker(
             inference, config.repository, array_backend(config.backend),
             timeout_s=min(2.0, config.triton_timeout_s), on_change=self._on_change,
@@ -77,6 +77,10 @@ class Gateway:
              reflection.SERVICE_NAME), self.server,
         )  # fmt: skip
         self._poller: asyncio.Task | None = None
+
+    def _on_poll(self, up: int, known: int) -> None:
+        self.metrics.triton_replicas.labels("up").set(up)
+        self.metrics.triton_replicas.labels("down").set(known - up)
 
     def _on_change(self, tracker: VersionTracker) -> None:
         status = (

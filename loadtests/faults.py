@@ -15,7 +15,7 @@ def clone_version(repo: Path, source: int, target: int) -> None:
     """Copy ``source`` to ``target`` in every model, manifests renumbered (a version made by
     hand, as an operator copying a served one would)."""
     for name in SERVED_MODELS:
-        skip = shutil.ignore_patterns("model.savedmodel", "__pycache__")
+        skip = shutil.ignore_patterns("__pycache__")  # every sealed file, so checksums hold
         shutil.copytree(repo / name / str(source), repo / name / str(target), ignore=skip)
         path = repo / name / str(target) / MANIFEST
         manifest = json.loads(path.read_text())

@@ -16,6 +16,11 @@ first; if a command dies between steps, the next ``deploy``, ``rollback`` or ``s
 the record and pins the version that served before. Any failure during the swap (Triton cannot
 load the version, the gateway does not switch in time) restores the previous pin and says which
 version serves. ``rollback`` follows deploy records only.
+
+Replicas: ``triton_url`` may name several Triton servers sharing the repository (a list, or a
+``dns:///`` name resolving to each pod; ``serving/fleet.py``). Every step loads on every
+replica, and the gateway, which serves the newest version ready on all of them, switches only
+once each has it.
 """
 
 from __future__ import annotations
@@ -26,16 +31,16 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import tritonclient.grpc as grpcclient
 from tritonclient.utils import InferenceServerException
 
 from client import Credentials, RecommenderClient, RecommenderError
-from core.contract import CATALOGUE_SCORER, MANIFEST, SERVED_MODELS, common_versions, versions
+from core.contract import CATALOGUE_SCORER, MANIFEST, SERVED_MODELS, versions
 from core.files import repository_lock
 from core.modes import DEFAULT_MODE, MODES
 from export.triton_config import write_configs
 from serving import admin_key
 from serving import deploy_records as records
+from serving.fleet import TritonFleet
 from serving.validation import DeployError, metric_gate, quality, validate_version
 
 __all__ = ["DeployConfig", "DeployError", "DeployReport", "deploy", "rollback", "status"]
@@ -48,7 +53,7 @@ class DeployConfig:
     """Where the repository, Triton and (optionally) the gateway are, and the deploy rules."""
 
     repository: Path
-    triton_url: str = "127.0.0.1:8001"
+    triton_url: str = "127.0.0.1:8001"  # every replica: a:8001,b:8001 or dns:///name:8001
     gateway: str | None = None  # host:port: wait until it answers with the new version
     keep: int = 3  # versions kept on disk (the serving one and the rollback target always)
     max_metric_drop: float = 0.01  # NDCG@10 (known users) the new version may lose
@@ -84,21 +89,21 @@ class DeployReport:
 # ---------------------------------------------------------------- Triton and the gateway
 
 
-def _triton(cfg: DeployConfig) -> grpcclient.InferenceServerClient:
-    return grpcclient.InferenceServerClient(cfg.triton_url)
+def _triton(cfg: DeployConfig) -> TritonFleet:
+    return TritonFleet(cfg.triton_url)
 
 
-def served_versions(cfg: DeployConfig, client: grpcclient.InferenceServerClient) -> set[int]:
-    """Versions on disk READY in every served model (through the open readiness API, so
-    ``status`` needs no admin key)."""
-    on_disk = common_versions(cfg.repository)
-    return {v for v in on_disk if all(client.is_model_ready(m, str(v)) for m in SERVED_MODELS)}
+def served_versions(cfg: DeployConfig, fleet: TritonFleet) -> set[int]:
+    """Versions on disk READY in every served model on every replica."""
+    return fleet.served_versions(cfg.repository)
 
 
-def _pin_and_load(cfg: DeployConfig, client, pinned: list[int]) -> None:
+def _pin_and_load(cfg: DeployConfig, fleet: TritonFleet, pinned: list[int]) -> None:
+    """Pin ``pinned`` in each model's configuration (shared by the replicas) and have every
+    replica load it, model by model in :data:`LOAD_ORDER`."""
     for name in LOAD_ORDER:
         write_configs(cfg.repository / name, name, serving=pinned)
-        client.load_model(name, headers=cfg.admin_headers)
+        fleet.load_model(name, cfg.admin_headers)
 
 
 def _wait_for_gateway(cfg: DeployConfig, version: int) -> None:
@@ -124,14 +129,15 @@ class SwapFailed(DeployError):
         self.consistent = consistent
 
 
-def _restore(cfg: DeployConfig, client, old: int | None, new: int, cause: str) -> SwapFailed:
+def _restore(cfg: DeployConfig, fleet: TritonFleet, old: int | None, new: int,
+             cause: str) -> SwapFailed:  # fmt: skip
     """Pin ``old`` again after a failed swap; the error to raise, saying what serves."""
     if old is None:
         with contextlib.suppress(InferenceServerException, OSError):
-            _pin_and_load(cfg, client, [new])
+            _pin_and_load(cfg, fleet, [new])
         return SwapFailed(f"{cause}; no earlier version to keep serving", consistent=True)
     try:
-        _pin_and_load(cfg, client, [old])
+        _pin_and_load(cfg, fleet, [old])
     except (InferenceServerException, OSError) as exc:
         return SwapFailed(f"{cause}; restoring version {old} failed too ({exc}): the next "
                           "`musicrec status` repairs the pin", consistent=False)  # fmt: skip
@@ -152,18 +158,18 @@ def _swap_recorded(cfg: DeployConfig, action: str, old: int | None, new: int) ->
 def swap(cfg: DeployConfig, old: int | None, new: int) -> None:
     """Serve ``new`` instead of ``old`` (see the module docstring); on any failure, restore
     ``old`` and raise :class:`DeployError` naming the version that serves."""
-    client = _triton(cfg)
+    fleet = _triton(cfg)
     try:
-        _pin_and_load(cfg, client, sorted({new} | ({old} if old is not None else set())))
+        _pin_and_load(cfg, fleet, sorted({new} | ({old} if old is not None else set())))
         if new > (old or 0):
             _wait_for_gateway(cfg, new)  # the gateway serves the newest ready version
-        _pin_and_load(cfg, client, [new])
+        _pin_and_load(cfg, fleet, [new])
         _wait_for_gateway(cfg, new)
     except InferenceServerException as exc:
         cause = f"Triton could not load version {new} ({exc.message()})"
-        raise _restore(cfg, client, old, new, cause) from None
+        raise _restore(cfg, fleet, old, new, cause) from None
     except DeployError as exc:
-        raise _restore(cfg, client, old, new, str(exc)) from None
+        raise _restore(cfg, fleet, old, new, str(exc)) from None
 
 
 def _current(cfg: DeployConfig) -> int | None:
