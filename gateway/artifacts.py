@@ -126,7 +126,7 @@ class ModelVersion:
             sums[col] = total
         cols = np.fromiter(sums.keys(), np.int64, len(sums))
         plays = np.minimum(np.fromiter(sums.values(), np.float64, len(sums)), MAX_PLAYS)
-        row = sp.csr_matrix((plays.astype(np.float32), (np.zeros(len(cols), np.int64), cols)),
+        order = np.argsort(cols)
+        row = sp.csr_matrix((plays[order].astype(np.float32), cols[order], [0, len(cols)]),
                             shape=(1, self.n_artists))  # fmt: skip
-        row.sort_indices()
         return ResolvedHistory(row, tuple(unknown))
