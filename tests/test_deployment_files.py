@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 import yaml
 
+from core.contract import SERVED_MODELS
 from gateway.metrics import GatewayMetrics
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -62,6 +63,16 @@ def test_triton_is_nvidias_release_image_on_a_gpu_with_explicit_model_control():
     devices = triton["deploy"]["resources"]["reservations"]["devices"]
     assert devices[0]["capabilities"] == ["gpu"]
     assert "healthcheck" in triton
+
+
+def test_every_served_model_is_loaded_at_start_in_compose_and_on_kubernetes():
+    """Explicit model control loads only what is named: a model missing here would leave its
+    scoring mode (the default one, two_stage, included) without a model."""
+    k8s = yaml.safe_load((ROOT / "deploy/k8s/base/triton-deployment.yaml").read_text())
+    container = k8s["spec"]["template"]["spec"]["containers"][0]
+    for command in (SERVICES["triton"]["command"], container["args"]):
+        loaded = {a.removeprefix("--load-model=") for a in command if a.startswith("--load-model=")}
+        assert loaded == set(SERVED_MODELS)
 
 
 def test_only_the_gateway_and_monitoring_publish_ports():
