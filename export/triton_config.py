@@ -1,9 +1,17 @@
 """Triton model configurations (``config.pbtxt``), built as protobufs from the contract.
 
-Each model gets two: ``config.pbtxt`` for production (onnxruntime backend on GPU instances) and
-``configs/cpu.pbtxt`` for the embedded server (Python backend + onnxruntime, selected with
-``--model-config-name=cpu``). The version policy is the serving pin that ``deploy`` manages.
-Light on purpose (no TensorFlow): deploy imports it.
+Each model gets three:
+
+* ``config.pbtxt``, production: the onnxruntime backend on GPU instances (NVIDIA's images only);
+* ``configs/cpu.pbtxt``, the embedded server: Python backend + onnxruntime on CPU instances
+  (``--model-config-name=cpu``);
+* ``configs/gpu.pbtxt``, a GPU route that the wheel's ``tritonserver`` runs
+  (``--model-config-name=gpu``): ``catalogue_scorer`` and ``candidate_scorer`` on ``KIND_GPU``
+  Python-backend instances running ``model_gpu.py`` (CuPy, else PyTorch; parameter ``runner``),
+  ``pair_scorer`` on its onnxruntime CPU runner (see :data:`GPU_RUNNER_MODELS`).
+
+The version policy is the serving pin that ``deploy`` manages, the same in all three. Light on
+purpose (no TensorFlow): deploy imports it.
 """
 
 from __future__ import annotations
@@ -14,8 +22,16 @@ from pathlib import Path
 from google.protobuf import text_format
 from tritonclient.grpc import model_config_pb2 as mc
 
-from core.contract import MODELS, TensorSpec
+from core.contract import CANDIDATE_SCORER, CATALOGUE_SCORER, MODELS, TensorSpec
 from core.files import write_atomically
+
+GPU_MODEL_FILE = "model_gpu.py"  # export/python_gpu_model.py, in every version directory
+# The models the gpu configuration runs on GPU instances. pair_scorer keeps its onnxruntime CPU
+# runner there: a request is a few pairs (one 200x128 product each), too little to pay for a
+# device round trip, and its graph is tf2onnx's (initializer names and layouts are the
+# converter's, not this project's), so a GPU runner would have to guess its weights.
+GPU_RUNNER_MODELS = (CATALOGUE_SCORER, CANDIDATE_SCORER)
+GPU_QUEUE_DELAY_US = 1000  # a GPU gains more from a fuller batch than a CPU instance does
 
 _TENSORRT_NOTE = """\
 # Optional on GPU hosts: run the ONNX graph through TensorRT inside the onnxruntime backend by
@@ -64,6 +80,40 @@ def model_config(
     return cfg
 
 
+def gpu_config(
+    name: str,
+    serving: Sequence[int] | None = None,
+    *,
+    kind: str = "gpu",
+    runner: str = "auto",
+    workspace_mb: int | None = None,
+) -> mc.ModelConfig:
+    """``configs/gpu.pbtxt``: the Python backend on ``KIND_GPU`` instances running
+    ``model_gpu.py`` with the array module ``runner`` (``auto``: CuPy, else PyTorch) for the
+    models of :data:`GPU_RUNNER_MODELS`; the others as in the cpu configuration. ``kind="cpu"``
+    and ``runner="numpy"`` give the same route on a machine without a GPU (the dry run)."""
+    if name not in GPU_RUNNER_MODELS:
+        return model_config(name, production=False, serving=serving)
+    spec = MODELS[name]
+    cfg = mc.ModelConfig(
+        name=name,
+        backend="python",
+        default_model_filename=GPU_MODEL_FILE,
+        max_batch_size=spec.max_batch_size,
+        input=[_tensor(s, mc.ModelInput) for s in spec.inputs],
+        output=[_tensor(s, mc.ModelOutput) for s in spec.outputs],
+        dynamic_batching=mc.ModelDynamicBatching(max_queue_delay_microseconds=GPU_QUEUE_DELAY_US),
+        version_policy=_policy(serving),
+    )
+    group = {"gpu": mc.ModelInstanceGroup.KIND_GPU, "cpu": mc.ModelInstanceGroup.KIND_CPU}[kind]
+    cfg.instance_group.append(mc.ModelInstanceGroup(kind=group, count=1))
+    cfg.parameters["runner"].string_value = runner
+    cfg.parameters["FORCE_CPU_ONLY_INPUT_TENSORS"].string_value = "yes"  # inputs as NumPy
+    if workspace_mb:
+        cfg.parameters["workspace_mb"].string_value = str(workspace_mb)
+    return cfg
+
+
 def serving_policy(model_dir: Path) -> list[int] | None:
     """The versions a model's configuration pins (``deploy``), or None (newest serves)."""
     path = model_dir / "configs" / "cpu.pbtxt"
@@ -74,11 +124,13 @@ def serving_policy(model_dir: Path) -> list[int] | None:
 
 
 def write_configs(model_dir: Path, name: str, serving: Sequence[int] | None = None) -> None:
-    """(Re)write both configurations of one model, each file atomically; ``serving`` pins
+    """(Re)write the three configurations of one model, each file atomically; ``serving`` pins
     versions, and without it the pinned versions already configured (if any) are kept."""
     (model_dir / "configs").mkdir(parents=True, exist_ok=True)
     serving = serving if serving is not None else serving_policy(model_dir)
     prod = text_format.MessageToString(model_config(name, production=True, serving=serving))
     cpu = text_format.MessageToString(model_config(name, production=False, serving=serving))
+    gpu = text_format.MessageToString(gpu_config(name, serving))
     write_atomically(model_dir / "configs" / "cpu.pbtxt", cpu)
+    write_atomically(model_dir / "configs" / "gpu.pbtxt", gpu)
     write_atomically(model_dir / "config.pbtxt", _TENSORRT_NOTE + prod)

@@ -29,7 +29,7 @@ class TwoStage:
             tensor("mask", np.ones((1, len(artists)), bool), "BOOL"),
         ]
         result = await self.inference.infer(CANDIDATE_SCORER, r.version, inputs, r.timeout_s)
-        dnn = result.as_numpy("scores")[0]
+        dnn = result.as_numpy("scores")[0][: len(artists)]  # never a batch-mate's padding
         final = (r.blend or Blend()).score(dnn, r.candidates.features)
         best = rank_candidates(artists, final, r.k)
         return Ranked(artists[best], final[best])
