@@ -37,8 +37,10 @@ _RETRY = {
         "retryPolicy": {"maxAttempts": 4, "initialBackoff": "0.1s", "maxBackoff": "1s",
                         "backoffMultiplier": 2, "retryableStatusCodes": ["UNAVAILABLE"]},
     }],
-    # Retries stop when more than half the recent calls failed: an outage is not multiplied.
-    "retryThrottling": {"maxTokens": 10, "tokenRatio": 0.1},
+    # Retries stop after a net 50 failed attempts (each success earns back a tenth): an outage
+    # is not multiplied, but a gateway dying under 16+ calls in flight retries them all (with
+    # 10 tokens, retries stopped after the first 5 and the rest failed).
+    "retryThrottling": {"maxTokens": 100, "tokenRatio": 0.1},
     # A target naming several gateways spreads calls over the healthy ones.
     "loadBalancingConfig": [{"round_robin": {}}],
 }  # fmt: skip

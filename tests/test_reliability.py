@@ -157,7 +157,7 @@ def test_a_client_of_two_gateways_loses_no_request_when_one_is_killed(stack, run
     ]  # fmt: skip
     target = "ipv4:" + ",".join(g.address for g in gateways)
     try:
-        with AsyncLoad(target, users, concurrency=4) as load:
+        with AsyncLoad(target, users, concurrency=16) as load:  # more in flight than retry tokens
             assert load.wait_for(300, timeout_s=60)
             served = [(tmp_path / f"gw{i}.log").read_text().count('"msg": "rpc"') for i in (0, 1)]
             assert min(served) > 50, served  # round_robin: both take their share
