@@ -3,9 +3,11 @@ listeners' histories driven through the gateway."""
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import time
 from collections.abc import Sequence
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -71,3 +73,15 @@ async def drive(address: str, requests: list[list[str]], concurrency: int, mode:
         t0 = time.perf_counter()
         await asyncio.gather(*[worker() for _ in range(concurrency)])
         return summary(latencies, time.perf_counter() - t0, concurrency)
+
+
+def benchmark_arguments(doc: str, results: Path, quick: str,
+                        argv: list[str] | None = None) -> argparse.Namespace:  # fmt: skip
+    """The flags every load benchmark takes: ``--quick`` (``quick`` says what it cuts) and
+    ``-o/--out`` (default ``results``)."""
+    parser = argparse.ArgumentParser(
+        description=doc, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--quick", action="store_true", help=quick)
+    parser.add_argument("-o", "--out", type=Path, default=results)
+    return parser.parse_args(argv)

@@ -19,7 +19,6 @@ Writes benchmarks/results/gateway.json; ``gateway_vs_seed_style`` = the gateway'
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import json
 import sys
@@ -31,7 +30,7 @@ import numpy as np
 import scipy.sparse as sp
 from rich.table import Table
 
-from benchmarks.common import drive, history_requests, random_network, summary
+from benchmarks.common import benchmark_arguments, drive, history_requests, random_network, summary
 from core.console import console
 from core.contract import ARTIST_INPUT, USER_INPUT
 from core.paths import HETREC_DIR
@@ -84,12 +83,7 @@ def seed_style(model, data, requests: list[list[str]], batch_size: int | None) -
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
-    parser.add_argument("--quick", action="store_true", help="fewer requests")
-    parser.add_argument("-o", "--out", type=Path, default=RESULTS)
-    args = parser.parse_args(argv)
+    args = benchmark_arguments(__doc__, RESULTS, "fewer requests", argv)
     scale = 4 if args.quick else 1
     data = load_hetrec(HETREC_DIR)
     n_users, n_artists = data.matrix.shape

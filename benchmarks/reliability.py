@@ -20,7 +20,6 @@ The model is the tests' size (a random network of the seed architecture over a g
 
 from __future__ import annotations
 
-import argparse
 import collections
 import concurrent.futures as cf
 import json
@@ -38,7 +37,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from rich.table import Table
 
-from benchmarks.common import random_network
+from benchmarks.common import benchmark_arguments, random_network
 from client import RecommenderClient
 from core.console import console
 from core.contract import CATALOGUE_SCORER, PLAYS, SERVED_MODELS
@@ -255,12 +254,7 @@ def _pin(repo: Path, name: str) -> list[int] | None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
-    parser.add_argument("--quick", action="store_true", help="2,000 fuzz requests, 4 deploys")
-    parser.add_argument("-o", "--out", type=Path, default=RESULTS)
-    args = parser.parse_args(argv)
+    args = benchmark_arguments(__doc__, RESULTS, "2,000 fuzz requests, 4 deploys", argv)
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
         fuzzed, ports = fuzz(root, 2_000 if args.quick else 10_000)

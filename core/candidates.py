@@ -24,7 +24,7 @@ from typing import Any
 import numpy as np
 import scipy.sparse as sp
 
-from core.similarity import l2_normalize_rows, log_weights, user_vectors
+from core.similarity import l2_normalize_rows, log_weights, user_vectors, weighted_rows
 
 FEATURES = ("neighbourhood", "item_knn", "popularity")  # stage-1 scores, in feature order
 _PRODUCT_BUDGET = 20_000_000  # co-occurrence entries computed at once (bounds memory)
@@ -212,8 +212,8 @@ class CandidateIndex:
         played, plays = history.indices, history.data
         # Both scores are weighted sums of a few sparse rows: gathered directly, never a
         # catalogue-wide vector (at 290k artists that allocation is most of the cost).
-        nb_cols, nb_vals = _weighted_rows(self.vectors, users, sims)
-        item_cols, item_vals = _weighted_rows(self.item_table, played, np.log1p(plays))
+        nb_cols, nb_vals = weighted_rows(self.vectors, users, sims)
+        item_cols, item_vals = weighted_rows(self.item_table, played, np.log1p(plays))
         exclude = played if exclude is None else np.asarray(exclude)
         pool = np.unique(np.concatenate([nb_cols, item_cols, self.popular]))
         pool = pool[~np.isin(pool, exclude)].astype(np.int64)
@@ -224,16 +224,6 @@ class CandidateIndex:
             + self.config.popularity_weight * _scaled(features[:, 2])  # fmt: skip
         best = rank_candidates(pool, cheap, self.config.max_candidates)
         return Candidates(pool[best], features[best].astype(np.float32))
-
-
-def _weighted_rows(m: sp.csr_matrix, rows: np.ndarray, weights: np.ndarray):
-    """The entries of ``m[rows]`` as (columns, values x that row's weight), concatenated."""
-    if len(rows) == 0:
-        return np.zeros(0, np.int64), np.zeros(0, np.float64)
-    starts, stops = m.indptr[rows], m.indptr[rows + 1]
-    lengths = stops - starts
-    offsets = np.repeat(starts - np.cumsum(lengths) + lengths, lengths) + np.arange(lengths.sum())
-    return m.indices[offsets], m.data[offsets] * np.repeat(weights, lengths)
 
 
 def _sum_at(pool: np.ndarray, columns: np.ndarray, values: np.ndarray) -> np.ndarray:

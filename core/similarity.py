@@ -46,6 +46,18 @@ def user_vectors(plays: sp.csr_matrix) -> sp.csr_matrix:
     return l2_normalize_rows(log_weights(plays))
 
 
+def weighted_rows(m: sp.csr_matrix, rows: np.ndarray, weights: np.ndarray):
+    """The entries of ``m[rows]`` as (columns, values x that row's weight), concatenated: a
+    sparse weighted sum of a few rows, left for the caller to accumulate, without SciPy's
+    per-operation overhead or a vector as long as ``m`` is wide."""
+    if len(rows) == 0:
+        return np.zeros(0, np.int64), np.zeros(0, np.float64)
+    starts, stops = m.indptr[rows], m.indptr[rows + 1]
+    lengths = stops - starts
+    offsets = np.repeat(starts - np.cumsum(lengths) + lengths, lengths) + np.arange(lengths.sum())
+    return m.indices[offsets], m.data[offsets] * np.repeat(weights, lengths)
+
+
 @dataclass(frozen=True)
 class ArrayBackend:
     """Where the similarity product runs: ``xp`` (numpy/cupy) and its sparse module."""
@@ -118,8 +130,11 @@ class SimilarityIndex:
         if histories.shape[1] != self.n_artists:
             raise ValueError(f"histories have {histories.shape[1]} artists, not {self.n_artists}")
         b, xp = self.backend, self.backend.xp
-        q = b.to_device(user_vectors(sp.csr_matrix(histories)))
-        sims = (q @ self._by_artist).toarray()  # rows x known users, from a sparse product
+        if b.name == "cpu" and histories.shape[0] == 1:
+            sims = self._one_row(sp.csr_matrix(histories))  # the request path
+        else:
+            q = b.to_device(user_vectors(sp.csr_matrix(histories)))
+            sims = (q @ self._by_artist).toarray()  # rows x known users, a sparse product
         if exclude is not None:
             rows = np.flatnonzero(exclude >= 0)
             sims[xp.asarray(rows), xp.asarray(exclude[rows])] = 0.0
@@ -128,3 +143,16 @@ class SimilarityIndex:
         idx[top <= 0] = -1
         top[top <= 0] = 0.0
         return idx, top
+
+    def _one_row(self, history: sp.csr_matrix) -> np.ndarray:
+        """``user_vectors(history) @ by_artist`` for one row, on the CSR arrays: the rows of
+        the artists it plays, weighted and summed (a gateway request's whole similarity)."""
+        history = sp.csr_matrix(history)
+        history.sum_duplicates()
+        weights = np.log1p(history.data.astype(np.float64))
+        norm = float(np.sqrt(np.square(weights).sum()))
+        if norm > 0:
+            weights /= norm
+        users, values = weighted_rows(self._by_artist, history.indices, weights)
+        sims = np.bincount(users, weights=values, minlength=self.n_users)
+        return sims.astype(np.float32)[None, :]

@@ -19,13 +19,12 @@ import sys
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))  # its sibling modules
 
-import numpy as np
 import onnxruntime as ort
 import request_batching
 import triton_python_backend_utils as pb_utils
 
 
-class TritonPythonModel:
+class TritonPythonModel(request_batching.TritonResponses):
     def initialize(self, args):
         config = json.loads(args["model_config"])
         directory = os.path.join(args["model_repository"], args["model_version"])
@@ -49,30 +48,5 @@ class TritonPythonModel:
         except (OSError, ValueError) as exc:
             raise pb_utils.TritonModelException(f"unreadable manifest.json: {exc}") from exc
 
-    def execute(self, requests):
-        per_request = [
-            [pb_utils.get_input_tensor_by_name(r, name).as_numpy() for name in self.inputs]
-            for r in requests
-        ]
-        return request_batching.execute(
-            per_request, self.inputs, self.bounds, self._run, self._respond, self._fail
-        )
-
     def _run(self, joined):
         return self.session.run(self.outputs, dict(zip(self.inputs, joined, strict=True)))
-
-    def _respond(self, outputs):
-        tensors = [
-            pb_utils.Tensor(name, np.ascontiguousarray(part, dtype=dtype))
-            for name, dtype, part in zip(self.outputs, self.out_dtypes, outputs, strict=True)
-        ]
-        return pb_utils.InferenceResponse(output_tensors=tensors)
-
-    @staticmethod
-    def _fail(message, error):
-        if error is not None:  # valid tensors, so the model itself failed
-            pb_utils.Logger.log_error(f"model error on a valid request: {error!r}")
-        code = pb_utils.TritonError.INVALID_ARG if error is None else pb_utils.TritonError.INTERNAL
-        return pb_utils.InferenceResponse(
-            output_tensors=[], error=pb_utils.TritonError(message, code)
-        )

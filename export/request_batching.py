@@ -126,3 +126,39 @@ def execute(
         responses[i] = answer(per_request[i], [out[start : start + n] for out in results])
         start += n
     return responses
+
+
+class TritonResponses:
+    """``execute`` and its responses, the same for both runners (``model.py``,
+    ``model_gpu.py``): a subclass sets ``inputs``, ``outputs``, ``out_dtypes`` and ``bounds``
+    in ``initialize`` and defines ``_run(joined)``. ``triton_python_backend_utils`` exists only
+    inside Triton, so it is imported when a method first needs it."""
+
+    def execute(self, requests):
+        import triton_python_backend_utils as pb_utils
+
+        per_request = [
+            [pb_utils.get_input_tensor_by_name(r, name).as_numpy() for name in self.inputs]
+            for r in requests
+        ]
+        return execute(per_request, self.inputs, self.bounds, self._run, self._respond, self._fail)
+
+    def _respond(self, outputs):
+        import triton_python_backend_utils as pb_utils
+
+        tensors = [
+            pb_utils.Tensor(name, np.ascontiguousarray(part, dtype=dtype))
+            for name, dtype, part in zip(self.outputs, self.out_dtypes, outputs, strict=True)
+        ]
+        return pb_utils.InferenceResponse(output_tensors=tensors)
+
+    @staticmethod
+    def _fail(message, error):
+        import triton_python_backend_utils as pb_utils
+
+        if error is not None:  # valid tensors, so the model itself failed
+            pb_utils.Logger.log_error(f"model error on a valid request: {error!r}")
+        code = pb_utils.TritonError.INVALID_ARG if error is None else pb_utils.TritonError.INTERNAL
+        return pb_utils.InferenceResponse(
+            output_tensors=[], error=pb_utils.TritonError(message, code)
+        )

@@ -96,3 +96,14 @@ def test_the_device_code_path_gives_the_cpu_answers():
     gpu = SimilarityIndex(known, device).query(queries, 6, exclude=exclude)
     np.testing.assert_array_equal(cpu[0], gpu[0])
     np.testing.assert_allclose(cpu[1], gpu[1])
+
+
+def test_one_row_queries_take_the_fast_path_and_agree_with_the_batched_product():
+    plays = community_matrix(n_users=150, n_artists=90, seed=8)
+    index = SimilarityIndex(plays[:100])
+    batch_idx, batch_sims = index.query(plays[100:], 7)
+    for i in range(50):
+        idx, sims = index.query(plays[100 + i], 7)
+        np.testing.assert_allclose(sims[0], batch_sims[i], rtol=1e-5, atol=1e-6)
+        close = np.isclose(sims[0][:, None], sims[0][None, :], rtol=1e-5)
+        assert (idx[0] == batch_idx[i]).all() or close.sum() > len(idx[0])  # only ties may swap
