@@ -1,6 +1,6 @@
 """Write a trained run into a Triton model repository as a new numbered version, atomically.
 
-Layout (one export = the same version number in both models)::
+Layout (one export = the same version number in every model)::
 
     model_repository/<model>/config.pbtxt        production: onnxruntime_onnx on GPU instances
     model_repository/<model>/configs/cpu.pbtxt   embedded: Python backend + onnxruntime, CPU
@@ -62,7 +62,7 @@ if set(BUILDERS) != set(MODELS):  # pragma: no cover - a model spec without its 
 
 
 def export_run(run_dir: Path | str, repository: Path | str) -> ExportResult:
-    """Export a seed/dnn run as the next version of both models; raise :class:`ExportError`."""
+    """Export a seed/dnn run as the next version of every model; raise :class:`ExportError`."""
     try:
         run = load_run(run_dir)
         keras_model = run.load_model()

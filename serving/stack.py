@@ -43,7 +43,7 @@ class Stack:
 
 @contextlib.contextmanager
 def serving_stack(cfg: StackConfig) -> Iterator[Stack]:
-    """Start Triton (CPU configs, both models, supervised) then the gateway; stop both (and
+    """Start Triton (CPU configs, every served model, supervised) then the gateway; stop both (and
     every helper process) on exit."""
     logs = cfg.log_dir
     if logs:

@@ -92,7 +92,7 @@ def validate_version(repository: Path, version: int) -> dict:
     manifests = {name: _manifest(repository, name, version) for name in SERVED_MODELS}
     fingerprints = {m.get("vocab_fingerprint") for m in manifests.values()}
     if len(fingerprints) != 1:
-        raise DeployError(f"version {version}: the two models carry different vocabularies")
+        raise DeployError(f"version {version}: the models carry different vocabularies")
     for name, manifest in manifests.items():
         if manifest.get("version") != version or manifest.get("model") != name:
             raise DeployError(f"version {version} of {name}: manifest names another version")
