@@ -15,7 +15,15 @@ import pytest
 import tritonclient.grpc as grpcclient
 from tritonclient.utils import InferenceServerException
 
-from core.contract import ARTIST_INPUT, CATALOGUE_SCORER, PAIR_SCORER, USER_INPUT, versions
+from core.contract import (
+    ARTIST_INPUT,
+    CANDIDATE_SCORER,
+    CATALOGUE_SCORER,
+    PAIR_SCORER,
+    SERVED_MODELS,
+    USER_INPUT,
+    versions,
+)
 from export.repository import ExportError, export_run
 from serving.processes import free_port
 from serving.triton_server import TritonConfig, TritonServer
@@ -31,7 +39,7 @@ def served(run_dir, tmp_path_factory):
     result = export_run(run_dir, repo)
     assert result.version == 1
     cfg = TritonConfig(repo, free_port(), free_port(), free_port(),
-                       load_models=(PAIR_SCORER, CATALOGUE_SCORER),
+                       load_models=SERVED_MODELS,
                        log_file=repo.parent / "triton.log")  # fmt: skip
     with TritonServer(cfg) as server:
         yield repo, server
@@ -110,6 +118,43 @@ def test_triton_catalogue_top_k_is_the_pairwise_ranking_under_concurrency(served
         reference = scorer.score_groups(users, weights.astype(np.float32))[0]
         assert artists[0].tolist() == np.argsort(-reference, kind="stable")[:k].tolist()
         np.testing.assert_allclose(scores[0], reference[artists[0]], atol=1e-3)
+
+
+def test_triton_candidate_scores_are_the_networks_each_at_its_own_width_under_concurrency(
+    served, run_dir
+):
+    """Groups and candidate lists of many widths at once: each answer is the network's weighted
+    score of exactly its own candidates. (Triton's dynamic batcher joins only requests of equal
+    shapes; the runner's padding and per-request cut are a second line behind that.)"""
+    _, server = served
+    scorer = CatalogueScorer.from_model(load_run(run_dir).load_model())
+    n_users, n_artists = scorer.weights.user_embedding.shape[0], scorer.artist_half.shape[0]
+    rng = np.random.default_rng(2)
+    jobs = []
+    for i in range(32):
+        size, width = 1 + i % 10, 3 + (7 * i) % 40
+        jobs.append((rng.integers(0, n_users, (1, size)),
+                     rng.random((1, size)).astype(np.float32),
+                     rng.integers(0, n_artists, (1, width))))  # fmt: skip
+
+    def call(job):
+        users, weights, candidates = job
+        arrays = [("users", users, "INT64"), ("weights", weights, "FP32"),
+                  ("candidates", candidates, "INT64"),
+                  ("mask", np.ones(candidates.shape, bool), "BOOL")]  # fmt: skip
+        inputs = []
+        for name, array, dtype in arrays:
+            inputs.append(grpcclient.InferInput(name, list(array.shape), dtype))
+            inputs[-1].set_data_from_numpy(array)
+        client = grpcclient.InferenceServerClient(server.grpc_url)
+        return client.infer(CANDIDATE_SCORER, inputs).as_numpy("scores")
+
+    with cf.ThreadPoolExecutor(8) as pool:
+        answers = list(pool.map(call, jobs))
+    for (users, weights, candidates), scores in zip(jobs, answers, strict=True):
+        assert scores.shape == candidates.shape
+        expected = scorer.score_groups(users, weights)[0, candidates[0]]
+        np.testing.assert_allclose(scores[0], expected, atol=1e-3)
 
 
 def test_dynamic_batching_joins_concurrent_small_requests(served):
