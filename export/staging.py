@@ -4,7 +4,12 @@ Every version directory gets its ``model.onnx``, the Python-backend runners (``m
 onnxruntime, ``model_gpu.py`` for the ``gpu`` configuration, and the modules both import), the
 vocabulary, the known plays and, last, a manifest sealed with the sha256 of every other file
 (``serving/validation.py`` checks them before a deploy). Everything is written in a staging
-directory beside the repository and renamed into place only when complete.
+directory inside the repository, ``<repository>/catalogue_scorer/.staging/`` (on the
+repository's own filesystem, so the final renames never cross devices when the repository is a
+mount point; inside a model directory and not named by digits, so it is no model for Triton's
+repository index and no version for Triton or :func:`core.contract.versions`), and renamed into
+place only when complete; a failed export removes what it wrote, the staging directory
+included.
 
 No TensorFlow here: ``export.repository`` (Keras networks) and ``export.from_weights`` (NumPy
 weights, for hosts without TensorFlow) both place their versions through :func:`place`.
@@ -12,6 +17,7 @@ weights, for hosts without TensorFlow) both place their versions through :func:`
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import datetime as dt
 import json
@@ -61,6 +67,11 @@ class ExportResult:
     parity: dict[str, Any]  # by model name: its ParityReport
 
 
+# Inside ARTIFACT_MODEL's directory: Triton lists every directory at the repository's top level
+# as a model (dot names included), but inside a model only digit-named directories are versions.
+STAGING_DIR = ".staging"
+
+
 def next_version(repository: Path) -> int:
     return 1 + max((v for n in SERVED_MODELS for v in versions(repository, n)), default=0)
 
@@ -82,6 +93,32 @@ def seal(directory: Path, manifest: dict) -> None:
     (directory / MANIFEST).write_text(json.dumps({**manifest, "files": files}, indent=2))
 
 
+def _move_into(repository: Path, staging: Path, version: int) -> None:
+    """Rename every staged model into the repository: a model new to the repository moves as a
+    whole directory (configurations included), an existing one gets its configurations
+    rewritten (same content: the pin is kept) and the new version directory. On any failure
+    everything this call placed is removed again, so the repository is as it was."""
+    placed: list[Path] = []
+    try:
+        for name in SERVED_MODELS:
+            model_dir, staged = repository / name, staging / name
+            target = model_dir / str(version)
+            if target.exists():
+                raise ExportError(f"version {version} of {name} already exists")
+            if not model_dir.exists():  # ARTIFACT_MODEL's always does: staging is in it
+                write_configs(staged, name)
+                staged.rename(model_dir)
+                placed.append(model_dir)
+            else:
+                write_configs(model_dir, name)
+                (staged / str(version)).rename(target)
+                placed.append(target)
+    except BaseException:
+        for path in reversed(placed):
+            shutil.rmtree(path, ignore_errors=True)
+        raise
+
+
 def _as_dict(report: Any) -> dict:
     return report if isinstance(report, dict) else dataclasses.asdict(report)
 
@@ -99,7 +136,13 @@ def place(
     ``extra(staging, version)`` may add files before the versions are sealed. The caller holds
     the repository's lock."""
     version = next_version(repository)
-    staging = Path(tempfile.mkdtemp(prefix=".export-", dir=repository.parent))
+    home = repository / ARTIFACT_MODEL
+    made_home = not home.exists()  # a first export: a failure removes the directory again
+    staging_root = home / STAGING_DIR
+    staging_root.mkdir(parents=True, exist_ok=True)
+    for stale in staging_root.iterdir():  # left by a killed export: the lock is ours now
+        shutil.rmtree(stale, ignore_errors=True)
+    staging = Path(tempfile.mkdtemp(prefix="export-", dir=staging_root))
     manifests = {}
     try:
         for name, (proto, report) in built.items():
@@ -122,19 +165,13 @@ def place(
             extra(staging, version)
         for name, manifest in manifests.items():
             seal(staging / name / str(version), manifest)
-        placed: list[Path] = []
-        try:
-            for name in SERVED_MODELS:
-                write_configs(repository / name, name)
-                target = repository / name / str(version)
-                if target.exists():
-                    raise ExportError(f"version {version} of {name} already exists")
-                (staging / name / str(version)).rename(target)
-                placed.append(target)
-        except BaseException:
-            for target in placed:
-                shutil.rmtree(target, ignore_errors=True)
-            raise
+        _move_into(repository, staging, version)
+    except BaseException:
+        if made_home:
+            shutil.rmtree(home, ignore_errors=True)
+        raise
     finally:
         shutil.rmtree(staging, ignore_errors=True)
+        with contextlib.suppress(OSError):
+            staging_root.rmdir()  # only when empty: another export may be staging there
     return ExportResult(version, {name: report for name, (_, report) in built.items()})
