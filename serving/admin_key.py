@@ -1,8 +1,10 @@
-"""The key that unlocks Triton's model-repository API (load, unload, repository index).
+"""The key that unlocks Triton's admin surface: the model-repository API (load, unload, repository
+index), model configurations, statistics, tracing, logging and shared memory.
 
-The embedded Triton restricts that API (``--grpc-restricted-protocol`` and
+The embedded Triton restricts all of it (``--grpc-restricted-protocol`` and
 ``--http-restricted-api``) to callers sending the key in the ``musicrec-admin-key`` header;
-inference, health and metadata stay open. There is no default key: a server started without one
+inference, health and metadata stay open (the gateway needs nothing else; Prometheus reads the
+metrics port, which these flags do not cover). There is no default key: a server started without one
 makes a random one, and ``musicrec triton`` / the demo keep it in a 0600 file that ``deploy``
 reads (or take it from ``MUSICREC_TRITON_ADMIN_KEY``).
 """
@@ -20,7 +22,11 @@ HEADER = "musicrec-admin-key"
 GRPC_HEADER_PREFIX = "triton-grpc-protocol-"
 ENV_VAR = "MUSICREC_TRITON_ADMIN_KEY"
 DEFAULT_FILE = PROJECT_ROOT / ".secrets" / "triton-admin-key"
-RESTRICTED = "model-repository"  # Triton's protocol group for load / unload / index
+# Triton 2.51's categories (``tritonserver --help``: health, metadata, inference, shared-memory,
+# model-config, model-repository, statistics, trace, logging): every one but the first three.
+RESTRICTED = ("model-repository", "model-config", "statistics", "trace", "logging",
+              "shared-memory")  # fmt: skip
+OPEN = ("health", "metadata", "inference")
 
 
 class AdminKeyError(MusicrecError):
@@ -69,6 +75,8 @@ def headers(key: str | None) -> dict[str, str] | None:
 
 
 def restriction_flags(key: str) -> list[str]:
-    """tritonserver flags that require ``key`` for the model-repository API."""
-    return [f"--grpc-restricted-protocol={RESTRICTED}:{HEADER}={key}",
-            f"--http-restricted-api={RESTRICTED}:{HEADER}={key}"]  # fmt: skip
+    """tritonserver flags that require ``key`` for every category but inference, health and
+    metadata."""
+    groups = ",".join(RESTRICTED)
+    return [f"--grpc-restricted-protocol={groups}:{HEADER}={key}",
+            f"--http-restricted-api={groups}:{HEADER}={key}"]  # fmt: skip

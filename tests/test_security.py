@@ -1,6 +1,6 @@
-"""A closed control plane: the embedded Triton listens on loopback only, and its
-model-repository API (load, unload, index) refuses callers without the admin key while
-inference stays open."""
+"""A closed control plane: the embedded Triton listens on loopback only, and its whole admin
+surface (model repository, model configurations, statistics, trace, logging, shared memory)
+refuses callers without the admin key while inference, health and metadata stay open."""
 
 from __future__ import annotations
 
@@ -59,6 +59,97 @@ def test_model_control_needs_the_key_and_inference_does_not(triton):
     index = client.get_model_repository_index(headers=triton.admin_headers)
     assert {m.name for m in index.models} >= set(SERVED_MODELS)
     client.load_model(PAIR_SCORER, headers=triton.admin_headers)
+
+
+# Every HTTP endpoint of Triton 2.51 that is not inference, health or metadata: (method, path,
+# body). Answers with the key are 200 (or 400 for a model with no trace of its own).
+ADMIN_HTTP = [
+    ("GET", "/v2/logging", None),
+    ("POST", "/v2/logging", {"log_info": False}),
+    ("GET", "/v2/trace/setting", None),
+    ("POST", "/v2/trace/setting", {"trace_rate": "1000"}),
+    ("GET", f"/v2/models/{PAIR_SCORER}/trace/setting", None),
+    ("GET", "/v2/systemsharedmemory/status", None),
+    ("POST", "/v2/systemsharedmemory/unregister", None),
+    ("GET", "/v2/cudasharedmemory/status", None),
+    ("POST", "/v2/cudasharedmemory/unregister", None),
+    ("GET", "/v2/models/stats", None),
+    ("GET", f"/v2/models/{PAIR_SCORER}/stats", None),
+    ("GET", f"/v2/models/{PAIR_SCORER}/config", None),
+    ("POST", "/v2/repository/index", {}),
+    ("POST", f"/v2/repository/models/{PAIR_SCORER}/load", {}),
+]
+OPEN_HTTP = [
+    "/v2/health/live",
+    "/v2/health/ready",
+    "/v2",
+    f"/v2/models/{PAIR_SCORER}",
+    f"/v2/models/{PAIR_SCORER}/ready",
+    f"/v2/models/{PAIR_SCORER}/versions/1/ready",
+]
+
+
+def _http(triton, method: str, path: str, body=None, headers=None) -> tuple[int, str]:
+    import json
+    import urllib.error
+    import urllib.request
+
+    data = None if body is None else json.dumps(body).encode()
+    request = urllib.request.Request(f"http://{triton.http_url}{path}", data=data,
+                                     method=method, headers=headers or {})  # fmt: skip
+    try:
+        with urllib.request.urlopen(request, timeout=10) as resp:
+            return resp.status, resp.read().decode()
+    except urllib.error.HTTPError as err:
+        return err.code, err.read().decode()
+
+
+def test_the_whole_admin_surface_needs_the_key_over_http(triton):
+    key = {admin_key.HEADER: triton.admin_key}
+    unkeyed = []
+    for method, path, body in ADMIN_HTTP:
+        for wrong in (None, {admin_key.HEADER: "not-the-key-at-all-but-long-enough"}):
+            code, text = _http(triton, method, path, body, wrong)
+            if code == 200 or "restricted" not in text.lower():
+                unkeyed.append((method, path, code, text[:80]))
+        code, text = _http(triton, method, path, body, key)
+        assert code == 200, (method, path, code, text)
+    assert unkeyed == []
+    _http(triton, "POST", "/v2/logging", {"log_info": True}, key)
+    for path in OPEN_HTTP:
+        assert _http(triton, "GET", path)[0] == 200, path
+
+
+def test_the_whole_admin_surface_needs_the_key_over_grpc(triton):
+    client = grpcclient.InferenceServerClient(triton.grpc_url)
+    calls = {
+        "log settings": lambda h: client.get_log_settings(headers=h),
+        "update log settings": lambda h: client.update_log_settings(
+            {"log_info": True}, headers=h
+        ),  # fmt: skip
+        "trace settings": lambda h: client.get_trace_settings(headers=h),
+        "model trace settings": lambda h: client.get_trace_settings(PAIR_SCORER, headers=h),
+        "system shm status": lambda h: client.get_system_shared_memory_status(headers=h),
+        "system shm unregister": lambda h: client.unregister_system_shared_memory(headers=h),
+        "cuda shm status": lambda h: client.get_cuda_shared_memory_status(headers=h),
+        "statistics": lambda h: client.get_inference_statistics(headers=h),
+        "model statistics": lambda h: client.get_inference_statistics(PAIR_SCORER, headers=h),
+        "model config": lambda h: client.get_model_config(PAIR_SCORER, headers=h),
+        "repository index": lambda h: client.get_model_repository_index(headers=h),
+    }
+    unkeyed = []
+    for name, call in calls.items():
+        try:
+            call(None)
+            unkeyed.append(name)
+        except InferenceServerException as exc:
+            if "restricted" not in str(exc).lower() and "expecting header" not in str(exc):
+                unkeyed.append(f"{name}: {exc}")
+        call(triton.admin_headers)  # answers with the key
+    assert unkeyed == []
+    for open_call in (client.is_server_live, client.is_server_ready, client.get_server_metadata,
+                      lambda: client.get_model_metadata(PAIR_SCORER)):  # fmt: skip
+        assert open_call()
 
 
 def _certificates(directory: Path) -> None:
