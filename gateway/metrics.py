@@ -4,14 +4,23 @@ Exported on ``--metrics-port`` (``/metrics``), beside Triton's own ``:8002/metri
 requests by method and status code, latency of the whole request, of each of its stages
 (resolve, similarity, candidates, triton, response), of the Triton call by scoring mode,
 popularity fallbacks, and the serving model version.
+
+Per model version: the same requests (by method, code and ``version``), whole-RPC latency and
+fallbacks again under ``*_by_version`` names, so that a dashboard or an alert can set one
+version against another (a canary against the serving one) while the unlabelled series keep
+their names. The version of an RPC is the one its answer names (:meth:`GatewayMetrics.served_by`,
+called by the servicer, or by whatever routes a request to a version); an RPC that fails before
+a version answered counts under the version the gateway serves.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import logging
 import time
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 from typing import Any
 
 import grpc
@@ -21,6 +30,20 @@ from gateway.logs import REQUEST_ID_HEADER, bind_request_id
 
 log = logging.getLogger("gateway.access")
 _BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10)
+NO_VERSION = "none"  # the version label while the gateway serves none
+
+
+@dataclass
+class _Served:
+    """What one RPC was served by: set while it runs, read when it is counted."""
+
+    version: int | None = None
+    fallback: bool = False
+
+
+_SERVED: contextvars.ContextVar[_Served | None] = contextvars.ContextVar(
+    "musicrec_served", default=None
+)
 
 
 class GatewayMetrics:
@@ -66,6 +89,24 @@ class GatewayMetrics:
         self.task_restarts = Counter("musicrec_gateway_task_restarts",
                                      "Background tasks restarted after they ended", ["task"],
                                      registry=r)  # fmt: skip
+        self.requests_by_version = Counter(
+            "musicrec_gateway_requests_by_version",
+            "RPCs by method, status code and the model version that answered",
+            ["method", "code", "version"],
+            registry=r,
+        )
+        self.request_seconds_by_version = Histogram(
+            "musicrec_gateway_request_seconds_by_version",
+            "Whole-RPC latency by the model version that answered", ["method", "version"],
+            buckets=_BUCKETS, registry=r,
+        )  # fmt: skip
+        self.fallbacks_by_version = Counter(
+            "musicrec_gateway_popularity_fallbacks_by_version",
+            "Histories answered with the popularity fallback, by model version",
+            ["version"],
+            registry=r,
+        )
+        self.serving = 0  # the version the gateway serves (0: none), the label of early errors
 
     def stage(self, name: str) -> Any:
         """A context manager timing one stage of a request."""
@@ -75,9 +116,34 @@ class GatewayMetrics:
         """Expose ``/metrics`` over HTTP on ``port`` (a daemon thread)."""
         start_http_server(port, addr=host, registry=self.registry)
 
-    def observe(self, method: str, code: grpc.StatusCode, seconds: float) -> None:
+    def set_serving_version(self, version: int) -> None:
+        """The version the gateway serves now (0: none): the gauge, and the default label."""
+        self.serving = version
+        self.model_version.set(version)
+
+    def served_by(self, version: int, fallback: bool = False) -> None:
+        """The RPC running in this context is answered by ``version`` (a popularity fallback
+        when ``fallback``). Outside an observed RPC (a direct call) it is counted at once."""
+        served = _SERVED.get()
+        if served is not None:
+            served.version, served.fallback = version, served.fallback or fallback
+        elif fallback:
+            self.fallbacks_by_version.labels(_label(version)).inc()
+
+    def observe(
+        self, method: str, code: grpc.StatusCode, seconds: float, served: _Served | None = None
+    ) -> None:
         self.requests.labels(method, code.name).inc()
         self.request_seconds.labels(method).observe(seconds)
+        version = _label(served.version if served and served.version else self.serving)
+        self.requests_by_version.labels(method, code.name, version).inc()
+        self.request_seconds_by_version.labels(method, version).observe(seconds)
+        if served is not None and served.fallback:
+            self.fallbacks_by_version.labels(version).inc()
+
+
+def _label(version: int | None) -> str:
+    return str(version) if version else NO_VERSION
 
 
 Handler = Callable[[Any, grpc.aio.ServicerContext], Awaitable[Any]]
@@ -107,6 +173,8 @@ class ObservingInterceptor(grpc.aio.ServerInterceptor):
     def _observed(self, method: str, behaviour: Handler) -> Handler:
         async def observed(request: Any, context: grpc.aio.ServicerContext) -> Any:
             start, code = time.perf_counter(), None
+            served = _Served()
+            _SERVED.set(served)  # this RPC's task; served_by() fills it in
             offered = dict(context.invocation_metadata() or ()).get(REQUEST_ID_HEADER)
             context.set_trailing_metadata(((REQUEST_ID_HEADER, bind_request_id(offered)),))
             try:
@@ -120,7 +188,7 @@ class ObservingInterceptor(grpc.aio.ServerInterceptor):
             finally:
                 code = code or _status(context.code()) or grpc.StatusCode.OK
                 seconds = time.perf_counter() - start
-                self.metrics.observe(method, code, seconds)
+                self.metrics.observe(method, code, seconds, served)
                 log.info(
                     "rpc",
                     extra={

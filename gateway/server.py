@@ -90,7 +90,7 @@ class Gateway:
         )
         for name in ("", SERVICE_NAME):
             asyncio.get_running_loop().create_task(self.health.set(name, status))
-        self.metrics.model_version.set(tracker.current.version if tracker.current else 0)
+        self.metrics.set_serving_version(tracker.current.version if tracker.current else 0)
         self.metrics.triton_up.set(1 if tracker.triton_up else 0)
         log.info(
             "health",

@@ -121,6 +121,7 @@ class RecommenderServicer(pb_grpc.RecommenderServicer):
             query = parse_recommend(request, self.config)
             deadline = Deadline(context.time_remaining(), self.config.triton_timeout_s)
             result = await self.service.recommend(query, deadline)
+            self.service.metrics.served_by(result.version, result.fallback)
             with self.service.metrics.stage("response"):
                 return to_response(result)
         except GatewayError as exc:
@@ -153,6 +154,7 @@ class RecommenderServicer(pb_grpc.RecommenderServicer):
             listener = parse_listener(request, self.config.max_history)
             n = _in_range("n", request.n, self.config.neighbours, self.config.max_neighbours)
             result = await self.service.similar_users(listener, n)
+            self.service.metrics.served_by(result.version)
         except GatewayError as exc:
             await context.abort(exc.code, str(exc))
         except Exception:
