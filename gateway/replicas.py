@@ -21,11 +21,11 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import tritonclient.grpc.aio as triton
+import grpc
 
 from core.endpoints import resolve_endpoints
 from gateway.errors import GatewayError, Unavailable
-from gateway.inference import Inference
+from gateway.inference import Inference, InferResult, Tensor, open_channel
 
 log = logging.getLogger(__name__)
 
@@ -48,8 +48,7 @@ class ReplicaSet:
     ready_versions) spread over them."""
 
     def __init__(self, target: str, *, on_poll: Callable[[int, int], None] = lambda up, n: None,
-                 connect: Callable[[str], triton.InferenceServerClient] =
-                 triton.InferenceServerClient) -> None:  # fmt: skip
+                 connect: Callable[[str], grpc.aio.Channel] = open_channel) -> None:  # fmt: skip
         self.target = target
         self.url = target  # for messages, as Inference.url
         self.replicas: dict[str, Replica] = {}
@@ -72,7 +71,7 @@ class ReplicaSet:
         for url in set(self.replicas) - set(urls):
             gone = self.replicas.pop(url)
             with contextlib.suppress(Exception):
-                await gone.inference.client.close()
+                await gone.inference.close()
 
     async def ready_versions(self, repository: Path, timeout_s: float) -> set[int]:
         """Versions ready on every replica that answers; UNAVAILABLE when none answers."""
@@ -115,8 +114,8 @@ class ReplicaSet:
                 return chosen
         return []
 
-    async def infer(self, model: str, version: int, inputs: list[triton.InferInput],
-                    timeout_s: float) -> triton.InferResult:  # fmt: skip
+    async def infer(self, model: str, version: int, inputs: list[Tensor],
+                    timeout_s: float) -> InferResult:  # fmt: skip
         """One inference on a replica that serves ``version``; on UNAVAILABLE, once more on
         another."""
         candidates = self._candidates(version)
@@ -136,4 +135,4 @@ class ReplicaSet:
     async def close(self) -> None:
         for replica in self.replicas.values():
             with contextlib.suppress(Exception):
-                await replica.inference.client.close()
+                await replica.inference.close()
