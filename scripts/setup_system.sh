@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
-# System packages the operations tests need (Debian): prometheus (a real scraper) and
-# docker-compose (validates docker-compose.yml; no Docker engine is needed). Idempotent.
+# System packages the operations tests need (Debian): prometheus (a real scraper, and promtool,
+# which unit-tests ops/alerts.yml) and docker-compose (validates docker-compose.yml; no Docker
+# engine is needed). Idempotent.
 set -euo pipefail
 missing=()
-command -v prometheus >/dev/null || missing+=(prometheus)
+{ command -v prometheus >/dev/null && command -v promtool >/dev/null; } || missing+=(prometheus)
 command -v docker-compose >/dev/null || missing+=(docker-compose)
 [ ${#missing[@]} -eq 0 ] && exit 0
 if ! command -v apt-get >/dev/null; then
