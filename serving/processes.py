@@ -130,6 +130,9 @@ class ChildProcess:
     def is_ready(self) -> bool:
         raise NotImplementedError
 
+    def after_exit(self) -> None:
+        """Release what a dead server leaves behind (called once its whole group is gone)."""
+
     def start(self, timeout_s: float = 60.0) -> Self:
         """Start and wait until :meth:`is_ready`; raise :attr:`error` with the cause."""
         for label, port in self.ports().items():
@@ -155,6 +158,7 @@ class ChildProcess:
         """SIGTERM the group (graceful), SIGKILL what is left after ``timeout_s``."""
         proc, self.process = self.process, None
         stop_group(proc, timeout_s)
+        self.after_exit()
 
     def __enter__(self) -> Self:
         return self.start()

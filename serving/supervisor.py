@@ -3,7 +3,8 @@
 The embedded stack supervises Triton this way, so a Triton killed under load comes back by
 itself while the gateway stays up (answering UNAVAILABLE meanwhile, then SERVING again). Before
 each restart the dead server's whole process group is killed, so no Python-backend stub of the
-old server is left behind.
+old server is left behind, and what the dead server leaves on the host (Triton's Python-backend
+shared-memory regions) is released.
 """
 
 from __future__ import annotations
@@ -48,6 +49,7 @@ class Supervisor:
             log.error("%s exited (%s); restarting in %.0f s", self.child.name, code, delay)
             stop_group(proc)  # its helpers too
             self.child.process = None
+            self.child.after_exit()  # e.g. Triton's shared-memory regions
             if self._stopping.wait(delay):
                 return
             try:

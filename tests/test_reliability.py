@@ -25,6 +25,8 @@ from serving.processes import free_port, group_members
 from serving.stack import StackConfig, serving_stack
 from training.run import load_run
 
+TRITON_SHM = "triton_python_backend_shm_region_"  # the Python backend's regions in /dev/shm
+
 pytestmark = pytest.mark.slow
 
 
@@ -119,6 +121,8 @@ def test_a_killed_triton_comes_back_alone_and_leaves_no_stub_behind(run_dir, tmp
         gateway_pid, old = running.gateway.process.pid, running.triton.process.pid
         stubs = [p for p in group_members(old) if p != old]
         assert stubs, "the Python backend runs its models in stub processes"
+        regions = running.triton.shm_regions()  # one per model instance, named by this server
+        assert regions and all(r.name.startswith(TRITON_SHM) for r in regions)
         with AsyncLoad(running.gateway.address, users, concurrency=4) as load:
             assert load.wait_for(50, timeout_s=60)
             killed = time.monotonic()
@@ -134,11 +138,15 @@ def test_a_killed_triton_comes_back_alone_and_leaves_no_stub_behind(run_dir, tmp
             answered = load.ok
             assert load.wait_for(answered + 100, timeout_s=60), "no answers after the restart"
         assert group_members(old) == [], "a stub of the killed Triton survived"
+        after = running.triton.shm_regions()
+        assert not set(regions) & set(after), "the killed Triton's shared memory was left"
+        assert len(after) == len(regions)  # the new server's own, no more
         assert running.gateway.process.pid == gateway_pid and running.gateway.process.poll() is None
         assert running.supervisor.restarts == 1
         assert all(f.startswith("UNAVAILABLE") for f in load.failures), load.failures[:3]
         print(f"recovered in {recovery_s:.1f} s; {load.ok} answered, {len(load.failures)} failed")
     assert eventually(lambda: _triton_processes(repo) == [], timeout_s=10), "left behind"
+    assert running.triton.shm_regions() == [], "shared memory left after the stack stopped"
 
 
 def test_a_client_of_two_gateways_loses_no_request_when_one_is_killed(stack, run_dir, tmp_path):
