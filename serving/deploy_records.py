@@ -9,6 +9,7 @@ import shutil
 from pathlib import Path
 
 from core.contract import CATALOGUE_SCORER, SERVED_MODELS, versions
+from core.errors import MusicrecError
 from core.files import write_atomically
 
 HISTORY_FILE = "deployments.json"
@@ -19,9 +20,26 @@ def now() -> str:
     return dt.datetime.now(dt.UTC).isoformat(timespec="seconds")
 
 
+class RecordError(MusicrecError):
+    """A deploy record is unreadable; the message names the file."""
+
+
+def _read_json(path: Path, what: str, expected: type) -> object:
+    """The JSON in ``path``; a :class:`RecordError` naming the file when it is not readable
+    JSON of the expected shape (a truncated or hand-edited record)."""
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise RecordError(f"{path} ({what}) is unreadable: {exc}") from exc
+    if not isinstance(data, expected):
+        raise RecordError(f"{path} ({what}) holds a JSON {type(data).__name__}, "
+                          f"not a {expected.__name__}")  # fmt: skip
+    return data
+
+
 def read_history(repository: Path) -> list[dict]:
     path = repository / HISTORY_FILE
-    return json.loads(path.read_text()) if path.is_file() else []
+    return _read_json(path, "the deploy history", list) if path.is_file() else []
 
 
 def record(repository: Path, entry: dict) -> None:
@@ -47,7 +65,13 @@ def begin(repository: Path, action: str, version: int, previous: int | None) -> 
 def pending(repository: Path) -> dict | None:
     """The intent of a swap that did not finish, if one died between its steps."""
     path = repository / INTENT_FILE
-    return json.loads(path.read_text()) if path.is_file() else None
+    if not path.is_file():
+        return None
+    try:
+        return _read_json(path, "the intent record of an unfinished swap", dict)
+    except RecordError as exc:
+        raise RecordError(f"{exc}; check which version each model pins with `musicrec status`, "
+                          f"then delete the file") from exc  # fmt: skip
 
 
 def done(repository: Path) -> None:

@@ -273,3 +273,25 @@ def eventually(check, timeout_s: float = 30.0):
     while not (result := check()) and time.monotonic() < deadline:
         time.sleep(0.1)
     return result
+
+
+def test_a_truncated_deploy_record_is_an_error_naming_the_file(tmp_path, capsys):
+    from app.main import main as musicrec
+
+    repo = tmp_path / "model_repository"
+    repo.mkdir()
+    intent = repo / records.INTENT_FILE
+    intent.write_text('{"action": "deploy", "vers')  # cut short
+    cfg = DeployConfig(repo, f"127.0.0.1:{free_port()}")
+    with pytest.raises(records.RecordError, match=f"{intent}.*unreadable.*musicrec status"):
+        status(cfg)
+    assert musicrec(["status", "--repository", str(repo), "--triton-url", cfg.triton_url]) == 2
+    out = capsys.readouterr().out.replace("\n", "")
+    assert str(intent) in out and "Traceback" not in out
+    intent.unlink()
+    (repo / records.HISTORY_FILE).write_text('[{"action": "deploy", "version": 2, ')
+    with pytest.raises(records.RecordError, match=f"{records.HISTORY_FILE}.*deploy history"):
+        records.rollback_target(repo, 2)
+    (repo / records.HISTORY_FILE).write_text('{"version": 2}')
+    with pytest.raises(records.RecordError, match="holds a JSON dict, not a list"):
+        records.read_history(repo)
