@@ -34,6 +34,8 @@ def _deploy_config(args: argparse.Namespace, *, needs_key: bool = True):
 def _print_report(report) -> None:
     if report.recovered:
         console.print(f"[yellow]{report.recovered}[/]")
+    for warning in getattr(report, "warnings", ()):
+        console.print(f"[yellow]warning:[/] {warning}", highlight=False)
     console.print(
         f"{report.action}: version {report.version} serves (was {report.previous}) after "
         f"{report.seconds:.1f}s; metric gate {report.gate}"

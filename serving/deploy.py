@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import logging
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -44,6 +45,7 @@ from serving.fleet import TritonFleet
 from serving.validation import DeployError, metric_gate, quality, validate_version
 
 __all__ = ["DeployConfig", "DeployError", "DeployReport", "deploy", "rollback", "status"]
+log = logging.getLogger(__name__)
 # Loaded last in a swap, so the default mode's model switches once the others serve.
 LOAD_ORDER = sorted(SERVED_MODELS, key=lambda name: name in MODES[DEFAULT_MODE].models)
 
@@ -84,6 +86,7 @@ class DeployReport:
     retired: tuple[int, ...]
     gate: str  # what the metric gate decided
     recovered: str = ""  # what an interrupted earlier swap left, and how it was repaired
+    warnings: tuple[str, ...] = ()  # what went through but deserves a look (a downgrade)
 
 
 # ---------------------------------------------------------------- Triton and the gateway
@@ -234,6 +237,12 @@ def deploy(
         if version == previous:
             raise DeployError(f"version {version} is already serving")
         manifest = validate_version(repo, version)
+        warnings = []
+        if previous is not None and version < previous:
+            warnings.append(f"version {version} is older than version {previous}, which served: "
+                            f"a downgrade (to undo it, `rollback` serves {previous} "
+                            f"again)")  # fmt: skip
+            log.warning(warnings[-1])
         gate = metric_gate(manifest, _manifest_or_none(repo, previous), cfg.max_metric_drop,
                            force)  # fmt: skip
         _swap_recorded(cfg, "deploy", previous, version)
@@ -242,7 +251,7 @@ def deploy(
         records.done(repo)
         retired = records.retire(repo, cfg.keep, {version, previous} - {None}, version)
     return DeployReport("deploy", version, previous, time.monotonic() - start,
-                        tuple(retired), gate, recovered)  # fmt: skip
+                        tuple(retired), gate, recovered, tuple(warnings))  # fmt: skip
 
 
 def rollback(cfg: DeployConfig) -> DeployReport:

@@ -295,3 +295,23 @@ def test_a_truncated_deploy_record_is_an_error_naming_the_file(tmp_path, capsys)
     (repo / records.HISTORY_FILE).write_text('{"version": 2}')
     with pytest.raises(records.RecordError, match="holds a JSON dict, not a list"):
         records.read_history(repo)
+
+
+def test_a_deploy_of_an_older_version_over_a_newer_one_warns(stack, run_dir, capsys, monkeypatch):
+    from app.main import main as musicrec
+
+    running, cfg = stack
+    older, newer = (export_run(run_dir, cfg.repository).version for _ in range(2))
+    assert not deploy(cfg, version=newer, force=True).warnings  # an upgrade says nothing
+    report = deploy(cfg, version=older, force=True)
+    assert _serving(running) == older
+    (warning,) = report.warnings
+    assert warning == (f"version {older} is older than version {newer}, which served: a "
+                       f"downgrade (to undo it, `rollback` serves {newer} again)")  # fmt: skip
+    monkeypatch.setenv(admin_key.ENV_VAR, running.triton.admin_key)
+    ops = ["--repository", str(cfg.repository), "--triton-url", cfg.triton_url, "--force"]
+    assert musicrec(["deploy", "--version", str(newer), *ops]) == 0
+    assert "warning" not in capsys.readouterr().out
+    assert musicrec(["deploy", "--version", str(older), *ops]) == 0
+    out = capsys.readouterr().out.replace("\n", " ")
+    assert f"warning: version {older} is older than version {newer}" in out
