@@ -99,3 +99,15 @@ def test_prometheus_scrapes_triton_and_the_gateway(stack, run_dir, tmp_path):
         assert up == {"triton": "1", "gateway": "1"}
     finally:
         stop_group(prometheus)
+
+
+def test_cli_calls_print_no_tensorflow_banner(tmp_path):
+    """Every CLI call printed TensorFlow's absl line and oneDNN notice (twice) on stderr."""
+    env = {k: v for k, v in os.environ.items()
+           if k not in ("TF_CPP_MIN_LOG_LEVEL", "TF_ENABLE_ONEDNN_OPTS")}  # fmt: skip
+    cmd = [sys.executable, "-m", "app", "export", str(tmp_path / "no-run"),
+           "--repository", str(tmp_path / "repo")]  # fmt: skip
+    done = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 2 and "cannot read run" in done.stdout  # TensorFlow was imported
+    for banner in ("oneDNN", "absl::InitializeLog", "cpu_feature_guard"):
+        assert banner not in done.stderr, done.stderr[:400]
