@@ -11,6 +11,7 @@ import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from core.errors import MusicrecError
+from gateway import logs
 from gateway.config import GatewayConfig
 from serving.processes import ChildProcess
 
@@ -49,14 +50,19 @@ def health_status(address: str, timeout_s: float = 1.0,
 
 
 class GatewayProcess(ChildProcess):
-    """``with GatewayProcess(config) as gw:`` starts the gateway and waits for its health."""
+    """``with GatewayProcess(config) as gw:`` starts the gateway and waits for its health.
+
+    With ``log_file`` the gateway writes its JSON log there itself, rotated
+    (``gateway/logs.py``); what the process prints outside its logger (a start-up error, a
+    crash's traceback) goes to ``<name>.stderr.log`` beside it, never into a rotated file."""
 
     name = "gateway"
     error = GatewayStartError
 
     def __init__(self, config: GatewayConfig, log_file: Path | None = None, *,
                  probe_credentials: grpc.ChannelCredentials | None = None) -> None:  # fmt: skip
-        super().__init__(log_file)
+        self.json_log = Path(log_file) if log_file else None
+        super().__init__(self.json_log.with_suffix(".stderr.log") if self.json_log else None)
         self.config = config
         self.probe_credentials = probe_credentials  # to check the health of a TLS gateway
         self.wait_for = "SERVING"
@@ -69,7 +75,10 @@ class GatewayProcess(ChildProcess):
         return command(self.config)
 
     def environment(self) -> dict[str, str]:
-        return dict(os.environ, PYTHONUNBUFFERED="1")
+        env = dict(os.environ, PYTHONUNBUFFERED="1")
+        if self.json_log:
+            env[logs.FILE_ENV] = str(self.json_log)
+        return env
 
     def ports(self) -> dict[str, int]:
         return {"": self.config.port, "metrics": self.config.metrics_port}

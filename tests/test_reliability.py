@@ -3,6 +3,7 @@ poller, health that must tell the truth."""
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import time
@@ -96,6 +97,14 @@ def test_a_corrupt_version_is_reported_health_turns_false_and_a_valid_one_serves
         assert client.recommend(user, k=3).model_version == 3
 
 
+def requests_served(port: int) -> float:
+    """Recommend calls a gateway answered, from its metrics (its access log is sampled)."""
+    text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read().decode()
+    return sum(float(line.split()[-1]) for line in text.splitlines()
+               if line.startswith("musicrec_gateway_requests_total{")
+               and 'method="Recommend"' in line)  # fmt: skip
+
+
 def _triton_processes(repo: Path) -> list[int]:
     """Processes whose command line names ``repo`` (tritonserver and its stubs)."""
     found = []
@@ -158,7 +167,7 @@ def test_a_client_of_two_gateways_loses_no_request_when_one_is_killed(stack, run
     run = load_run(run_dir)
     users = [u for i, u in enumerate(run.vocab.user_ids) if run.plays[i].nnz]
     gateways = [
-        GatewayProcess(GatewayConfig(port=free_port(), metrics_port=0, backend="cpu",
+        GatewayProcess(GatewayConfig(port=free_port(), metrics_port=free_port(), backend="cpu",
                                      triton_url=running.triton.grpc_url, repository=repo),
                        log_file=tmp_path / f"gw{i}.log").start()
         for i in range(2)
@@ -167,7 +176,7 @@ def test_a_client_of_two_gateways_loses_no_request_when_one_is_killed(stack, run
     try:
         with AsyncLoad(target, users, concurrency=16) as load:  # more in flight than retry tokens
             assert load.wait_for(300, timeout_s=60)
-            served = [(tmp_path / f"gw{i}.log").read_text().count('"msg": "rpc"') for i in (0, 1)]
+            served = [requests_served(g.config.metrics_port) for g in gateways]
             assert min(served) > 50, served  # round_robin: both take their share
             gateways[0].process.send_signal(signal.SIGKILL)
             assert load.wait_for(load.ok + 5_000, timeout_s=120), "the survivor did not carry on"
@@ -177,3 +186,37 @@ def test_a_client_of_two_gateways_loses_no_request_when_one_is_killed(stack, run
     finally:
         for g in gateways:
             g.stop()
+
+
+def test_the_gateway_log_is_sampled_and_rotated(stack, run_dir, tmp_path, monkeypatch):
+    """23 MB in 22 minutes before: one info line per RPC, never rotated. Successful RPCs' access
+    lines are now sampled (failures always logged) and the file rotates at its size limit."""
+    from gateway import logs
+    from serving.gateway_process import GatewayProcess
+
+    running, repo, cfg = stack
+    run = load_run(run_dir)
+    users = [u for i, u in enumerate(run.vocab.user_ids) if run.plays[i].nnz]
+    monkeypatch.setenv(logs.ROTATE_ENV, "8000")
+    log = tmp_path / "gateway.log"
+    gateway = GatewayProcess(GatewayConfig(port=free_port(), metrics_port=free_port(),
+                                           backend="cpu", triton_url=running.triton.grpc_url,
+                                           repository=repo), log_file=log)  # fmt: skip
+    with gateway:
+        with (
+            RecommenderClient(gateway.address, timeout_s=10) as client,
+            pytest.raises(RecommenderError),
+        ):
+            client.recommend("no-such-user", request_id="a-failed-call")
+        with AsyncLoad(gateway.address, users, concurrency=8) as load:
+            assert load.wait_for(3_000, timeout_s=120)
+        served = requests_served(gateway.config.metrics_port)
+    files = sorted(tmp_path.glob("gateway.log*"))
+    assert log.with_suffix(".log.1") in files, files  # rotated
+    logs_only = [f for f in files if ".stderr" not in f.name]
+    assert all(f.stat().st_size <= 8_000 for f in logs_only)
+    lines = [json.loads(line) for f in logs_only for line in f.read_text().splitlines()]
+    access = [e for e in lines if e["msg"] == "rpc"]
+    assert any(e.get("request_id") == "a-failed-call" and e["code"] == "NOT_FOUND" for e in access)
+    assert len(access) < served / 4, (len(access), served)
+    assert any(e.get("skipped_before") for e in access)

@@ -227,3 +227,27 @@ def test_gateway_serves_mutual_tls_and_checks_bearer_tokens(triton, tmp_path):
 
     with pytest.raises(ValueError, match="plaintext on 0.0.0.0 is refused"):
         GatewayConfig(host="0.0.0.0")
+
+
+def test_tls_handshake_failures_are_json_lines_in_the_log(triton, tmp_path):
+    import json
+
+    from client import Credentials
+    from gateway.config import GatewayConfig
+    from serving.gateway_process import GatewayProcess, health_status
+
+    _certificates(tmp_path)
+    config = GatewayConfig(port=free_port(), metrics_port=0, triton_url=triton.grpc_url,
+                           backend="cpu", repository=triton.config.repository,
+                           tls_cert_file=tmp_path / "server.pem",
+                           tls_key_file=tmp_path / "server.key")  # fmt: skip
+    probe = Credentials(tmp_path / "ca.pem").channel_credentials()
+    log = tmp_path / "gw.log"
+    with GatewayProcess(config, log, probe_credentials=probe) as gw:
+        for _ in range(3):
+            assert health_status(gw.address) == "UNREACHABLE"  # plaintext: handshake fails
+        assert health_status(gw.address, credentials=probe) == "SERVING"
+    text = log.read_text()
+    entries = [json.loads(line) for line in text.splitlines()]  # every line is JSON
+    native = [e for e in entries if e["logger"] == "grpc.core"]
+    assert any("handshake" in e["msg"].lower() for e in native), text[-2000:]
