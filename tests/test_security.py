@@ -229,6 +229,59 @@ def test_gateway_serves_mutual_tls_and_checks_bearer_tokens(triton, tmp_path):
         GatewayConfig(host="0.0.0.0")
 
 
+def test_reflection_needs_the_token_when_one_is_set(triton, tmp_path):
+    import grpc
+    from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
+
+    from gateway.config import GatewayConfig
+    from serving.gateway_process import GatewayProcess
+
+    token = tmp_path / "token"
+    token.write_text("a-long-random-bearer-token-value\n")
+    config = GatewayConfig(port=free_port(), metrics_port=0, triton_url=triton.grpc_url,
+                           backend="cpu", repository=triton.config.repository,
+                           token_file=token)  # fmt: skip
+
+    def list_services(metadata=None) -> list[str]:
+        with grpc.insecure_channel(gw.address) as channel:
+            stub = reflection_pb2_grpc.ServerReflectionStub(channel)
+            ask = reflection_pb2.ServerReflectionRequest(list_services="")
+            replies = stub.ServerReflectionInfo(iter([ask]), metadata=metadata, timeout=5)
+            return [s.name for r in replies for s in r.list_services_response.service]
+
+    with GatewayProcess(config, tmp_path / "gw.log") as gw:
+        for wrong in (None, (("authorization", "Bearer not-the-right-token-at-all"),)):
+            with pytest.raises(grpc.RpcError) as err:
+                list_services(wrong)
+            assert err.value.code() == grpc.StatusCode.UNAUTHENTICATED
+        good = (("authorization", "Bearer a-long-random-bearer-token-value"),)
+        assert "musicrec.v1.Recommender" in list_services(good)
+
+
+def test_swapped_or_mismatched_certificate_and_key_exit_with_one_line(triton, tmp_path):
+    import os
+    import subprocess
+
+    from gateway.config import GatewayConfig
+    from serving.gateway_process import command
+
+    _certificates(tmp_path)
+    cases = {
+        "swapped": (tmp_path / "server.key", tmp_path / "server.pem", "not a PEM certificate"),
+        "mismatched": (tmp_path / "server.pem", tmp_path / "client.key", "does not match"),
+    }
+    for cert, key, says in cases.values():
+        config = GatewayConfig(port=free_port(), metrics_port=0, triton_url=triton.grpc_url,
+                               backend="cpu", tls_cert_file=cert, tls_key_file=key)  # fmt: skip
+        done = subprocess.run(command(config), capture_output=True, text=True, timeout=60,
+                              env=dict(os.environ, PYTHONUNBUFFERED="1"))  # fmt: skip
+        assert done.returncode == 2, done.stderr
+        lines = [line for line in done.stderr.splitlines() if not line.startswith("{")]
+        assert len(lines) == 1 and says in lines[0], done.stderr
+        assert str(cert) in lines[0] and str(key) in lines[0]
+        assert "Traceback" not in done.stderr and "Failed to bind" not in done.stderr
+
+
 def test_tls_handshake_failures_are_json_lines_in_the_log(triton, tmp_path):
     import json
 
