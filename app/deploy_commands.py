@@ -67,8 +67,9 @@ def _status(args: argparse.Namespace) -> None:
         console.print(f"[yellow]{recovered}[/]")
     for row in rows:
         metric = "-" if row.metric is None else f"{row.metric:.4f}"
-        table.add_row(str(row.version), "yes" if row.serving else "", metric, row.created,
-                      row.source_run)  # fmt: skip
+        serving = ("yes" if row.serving
+                   else "pinned, NOT READY" if getattr(row, "pinned", False) else "")  # fmt: skip
+        table.add_row(str(row.version), serving, metric, row.created, row.source_run)
     console.print(table)
 
 

@@ -38,7 +38,7 @@ from client import Credentials, RecommenderClient, RecommenderError
 from core.contract import CATALOGUE_SCORER, MANIFEST, SERVED_MODELS, versions
 from core.files import repository_lock
 from core.modes import DEFAULT_MODE, MODES
-from export.triton_config import write_configs
+from export.triton_config import serving_policy, write_configs
 from serving import admin_key
 from serving import deploy_records as records
 from serving.fleet import TritonFleet
@@ -261,10 +261,19 @@ def rollback(cfg: DeployConfig) -> DeployReport:
     with repository_lock(repo):
         recovered = recover(cfg)
         current = _current(cfg)
-        target = records.rollback_target(repo, current)
-        if target is None:
-            raise DeployError(f"nothing to roll back to: no deploy of version {current} "
-                              "records a predecessor")  # fmt: skip
+        if current is None:  # the pinned version is broken: back to the last healthy one
+            broken = set(serving_policy(repo / CATALOGUE_SCORER) or ())
+            target = records.last_healthy(repo, exclude=broken)
+            if target is None:
+                raise DeployError(
+                    f"nothing to roll back to: no version is ready in Triton (pinned: "
+                    f"{', '.join(map(str, sorted(broken))) or 'none'}) and the deploy records "
+                    "name no other version still on disk")  # fmt: skip
+        else:
+            target = records.rollback_target(repo, current)
+            if target is None:
+                raise DeployError(f"nothing to roll back to: no deploy of version {current} "
+                                  "records a predecessor")  # fmt: skip
         validate_version(repo, target)
         _swap_recorded(cfg, "rollback", current, target)
         records.record(repo, {"action": "rollback", "version": target, "previous": current,
@@ -281,6 +290,7 @@ class VersionStatus:
     created: str
     source_run: str
     metric: float | None
+    pinned: bool = False  # the repository's configuration pins it (pinned, not serving: broken)
 
 
 def status(cfg: DeployConfig) -> tuple[list[VersionStatus], str]:
@@ -295,9 +305,11 @@ def status(cfg: DeployConfig) -> tuple[list[VersionStatus], str]:
         served = served_versions(cfg, _triton(cfg))
     except InferenceServerException:
         served = set()
+    pinned = set(serving_policy(repo / CATALOGUE_SCORER) or ())
     rows = []
     for v in versions(repo, CATALOGUE_SCORER):
         m = _manifest_or_none(repo, v) or {}
         rows.append(VersionStatus(v, v in served, m.get("created", "?"),
-                                  str(m.get("source_run", "?")), quality(m)))  # fmt: skip
+                                  str(m.get("source_run", "?")), quality(m),
+                                  v in pinned))  # fmt: skip
     return rows, recovered

@@ -56,6 +56,18 @@ def rollback_target(repository: Path, current: int | None) -> int | None:
     return deploys[-1].get("previous") if deploys else None
 
 
+def last_healthy(repository: Path, exclude: set[int]) -> int | None:
+    """The version most recently made to serve by a deploy or rollback that finished (records
+    are written only after the gateway answered with the version), still on disk and not in
+    ``exclude``: where to go back to when the serving version is broken."""
+    on_disk = set(versions(repository, CATALOGUE_SCORER))
+    for entry in reversed(read_history(repository)):
+        v = entry.get("version")
+        if entry.get("action") in ("deploy", "rollback") and v in on_disk and v not in exclude:
+            return v
+    return None
+
+
 def begin(repository: Path, action: str, version: int, previous: int | None) -> None:
     """Record a swap about to start; a later command that finds it finishes the recovery."""
     intent = {"action": action, "version": version, "previous": previous, "at": now()}

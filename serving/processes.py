@@ -133,12 +133,16 @@ class ChildProcess:
     def after_exit(self) -> None:
         """Release what a dead server leaves behind (called once its whole group is gone)."""
 
-    def start(self, timeout_s: float = 60.0) -> Self:
-        """Start and wait until :meth:`is_ready`; raise :attr:`error` with the cause."""
+    def launch(self) -> None:
+        """Start the process without waiting for it (a supervisor watches readiness itself)."""
         for label, port in self.ports().items():
             if port and not port_free(port):
                 raise self.error(f"{label} port {port} is already in use".lstrip())
         self.process = spawn(self.command(), self.environment(), self.log_file)
+
+    def start(self, timeout_s: float = 60.0) -> Self:
+        """Start and wait until :meth:`is_ready`; raise :attr:`error` with the cause."""
+        self.launch()
         self.wait_ready(timeout_s)
         return self
 

@@ -9,6 +9,7 @@ directory is in ``LD_LIBRARY_PATH`` (``PYTHONPATH`` is ignored); numpy must be <
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import secrets
 import shutil
@@ -158,18 +159,48 @@ class TritonServer(ChildProcess):
         cfg = self.config
         return {"http": cfg.http_port, "grpc": cfg.grpc_port, "metrics": cfg.metrics_port}
 
-    def is_ready(self) -> bool:
-        url = f"http://{self.http_url}/v2/health/ready"
+    def _answers(self, path: str) -> bool:
         with (
-            contextlib.suppress(urllib.error.URLError, ConnectionError, TimeoutError),
-            urllib.request.urlopen(url, timeout=1) as resp,
+            contextlib.suppress(urllib.error.URLError, ConnectionError, TimeoutError, OSError),
+            urllib.request.urlopen(f"http://{self.http_url}{path}", timeout=1) as resp,
         ):
             return resp.status == 200
         return False
 
-    def start(self, timeout_s: float | None = None) -> TritonServer:
-        """Start the server and wait until it reports ready; raise :class:`TritonError`."""
+    def is_ready(self) -> bool:
+        """Ready, or (with ``load_models``) live with a version of every one of them ready: a
+        version that failed to load keeps Triton's strict readiness false even after a deploy
+        loaded a working one."""
+        if self._answers("/v2/health/ready"):
+            return True
+        models = self.config.load_models
+        return bool(models) and self._answers("/v2/health/live") and all(
+            self._answers(f"/v2/models/{name}/ready") for name in models)  # fmt: skip
+
+    def not_ready_reason(self) -> str:
+        """The models and versions Triton's repository index reports as failed, with its
+        reasons ('' when none is known)."""
+        request = urllib.request.Request(
+            f"http://{self.http_url}/v2/repository/index", data=b"{}", method="POST",
+            headers={admin_key.HEADER: self.admin_key})  # fmt: skip
+        try:
+            with urllib.request.urlopen(request, timeout=2) as resp:
+                index = json.loads(resp.read())
+        except (OSError, ValueError):
+            return "Triton does not answer"
+        failed = [
+            f"{m['name']} version {m.get('version', '?')}: {m.get('reason', '').strip()}"
+            for m in index
+            if m.get("state") not in ("READY", None) and m.get("reason")
+        ]
+        return "; ".join(failed)[:1000]  # fmt: skip
+
+    def launch(self) -> None:
         if not Path(self.config.repository).is_dir():
             raise TritonError(f"model repository not found: {self.config.repository}")
         install_python_stub(triton_home())
+        super().launch()
+
+    def start(self, timeout_s: float | None = None) -> TritonServer:
+        """Start the server and wait until it reports ready; raise :class:`TritonError`."""
         return super().start(timeout_s or self.config.ready_timeout_s)

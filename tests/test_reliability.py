@@ -3,6 +3,7 @@ poller, health that must tell the truth."""
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
 import signal
@@ -15,7 +16,7 @@ import pytest
 import tritonclient.grpc as grpcclient
 
 from client import RecommenderClient, RecommenderError
-from core.contract import CATALOGUE_SCORER, PLAYS, SERVED_MODELS
+from core.contract import CANDIDATE_SCORER, CATALOGUE_SCORER, PLAYS, SERVED_MODELS
 from export.repository import export_run
 from export.triton_config import write_configs
 from gateway.config import GatewayConfig
@@ -220,3 +221,72 @@ def test_the_gateway_log_is_sampled_and_rotated(stack, run_dir, tmp_path, monkey
     assert any(e.get("request_id") == "a-failed-call" and e["code"] == "NOT_FOUND" for e in access)
     assert len(access) < served / 4, (len(access), served)
     assert any(e.get("skipped_before") for e in access)
+
+
+def _break_initialize(repo: Path, version: int) -> None:
+    """``candidate_scorer``'s runner of ``version`` raises when Triton loads it (manifests
+    resealed: exported like that, so only Triton finds out)."""
+    from core.files import file_digests
+
+    model_py = repo / CANDIDATE_SCORER / str(version) / "model.py"
+    broken = "def initialize(self, args):\n        raise RuntimeError('broken on purpose')"
+    model_py.write_text(model_py.read_text().replace("def initialize(self, args):", broken))
+    manifest = model_py.parent / "manifest.json"
+    sealed = json.loads(manifest.read_text())
+    sealed["files"] = file_digests(model_py.parent, skip=("manifest.json",))
+    manifest.write_text(json.dumps(sealed))
+
+
+def test_a_triton_whose_serving_version_is_broken_backs_off_and_a_repair_is_never_killed(
+    run_dir, tmp_path, caplog
+):
+    """Issue 17: a corrupt serving version made the supervisor restart Triton every 60 s, kill
+    the Triton a deploy had repaired, and `rollback` answered "no deploy of version None"."""
+    import logging
+
+    from serving import deploy_records as records
+    from serving.deploy import DeployConfig, deploy, rollback, status
+    from serving.supervisor import Supervisor
+    from serving.triton_server import TritonConfig, TritonServer
+
+    caplog.set_level(logging.WARNING, logger="serving.supervisor")
+    repo = tmp_path / "model_repository"
+    for _ in range(3):
+        export_run(run_dir, repo)
+    _break_initialize(repo, 3)
+    for name in SERVED_MODELS:
+        write_configs(repo / name, name, serving=[1])
+    triton = TritonServer(TritonConfig(repo, free_port(), free_port(), free_port(),
+                                       load_models=SERVED_MODELS,
+                                       log_file=tmp_path / "triton.log"))  # fmt: skip
+    supervisor = Supervisor(triton, backoff_s=2.0, start_timeout_s=8.0, healthy_after_s=600)
+    cfg = DeployConfig(repo, triton.grpc_url, admin_key=triton.admin_key, timeout_s=60)
+
+    def live() -> bool:
+        return triton.process is not None and triton._answers("/v2/health/live")
+
+    with supervisor:
+        assert deploy(cfg, version=2).previous == 1  # recorded: 2 served, healthy
+        for name in SERVED_MODELS:  # the serving version goes bad, then Triton dies
+            write_configs(repo / name, name, serving=[3])
+        os.kill(triton.process.pid, signal.SIGKILL)
+
+        assert eventually(lambda: supervisor.restarts >= 3, timeout_s=150)
+        gaps = [b - a for a, b in itertools.pairwise(supervisor.starts)]
+        assert gaps[1] > gaps[0] + 2.5, gaps  # the delay doubles: 4 s, then 8 s
+        named = [r.getMessage() for r in caplog.records if "not ready" in r.getMessage()]
+        assert any(f"{CANDIDATE_SCORER} version 3" in m and "broken on purpose" in m
+                   for m in named), named  # fmt: skip
+
+        # status and rollback work while nothing serves: back to 2, the last healthy version
+        assert eventually(live, timeout_s=60)
+        rows = {r.version: r for r in status(cfg)[0]}
+        assert rows[3].pinned and not any(r.serving for r in rows.values())
+        report = rollback(cfg)
+        assert (report.version, report.previous) == (2, None)
+        pid, restarts = triton.process.pid, supervisor.restarts
+        time.sleep(supervisor.start_timeout_s + 4)  # past that start's deadline
+        assert triton.process.pid == pid and triton.process.poll() is None, "repaired, killed"
+        assert supervisor.restarts == restarts and triton.is_ready()
+        assert [r.version for r in status(cfg)[0] if r.serving] == [2]
+        assert records.last_healthy(repo, exclude=set()) == 2
