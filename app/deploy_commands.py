@@ -94,7 +94,9 @@ def register(sub: argparse._SubParsersAction, fmt: type[argparse.HelpFormatter])
     dp.add_argument("run_dir", type=Path, nargs="?", help="export this run first")
     dp.add_argument("--version", type=int, help="an already exported version")
     dp.add_argument("--force", action="store_true", help="deploy despite a worse NDCG@10")
-    dp.add_argument("--keep", type=int, default=3, help="versions kept on disk")
+    dp.add_argument(
+        "--keep", type=int, default=3, help="deployed versions kept on disk (rollback targets)"
+    )
     dp.add_argument("--max-metric-drop", type=float, default=0.01, help="allowed NDCG@10 drop")
     _operations(dp)
     dp.set_defaults(func=_deploy)

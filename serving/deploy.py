@@ -57,7 +57,7 @@ class DeployConfig:
     repository: Path
     triton_url: str = "127.0.0.1:8001"  # every replica: a:8001,b:8001 or dns:///name:8001
     gateway: str | None = None  # host:port: wait until it answers with the new version
-    keep: int = 3  # versions kept on disk (the serving one and the rollback target always)
+    keep: int = 3  # deployed versions kept on disk (the last ones served: rollback targets)
     max_metric_drop: float = 0.01  # NDCG@10 (known users) the new version may lose
     timeout_s: float = 120.0
     admin_key: str | None = field(default=None, repr=False)  # unlocks Triton's load/unload
@@ -202,6 +202,16 @@ def recover(cfg: DeployConfig) -> str:
             f"version {keep} serves")  # fmt: skip
 
 
+def _refuse_retired(repository: Path, version: int, doing: str = "deploy") -> None:
+    """A DeployError naming ``version`` as retired when a deploy deleted it."""
+    entry = records.retired_by(repository, version)
+    if entry is not None:
+        raise DeployError(f"cannot {doing} version {version}: it was retired (deleted from "
+                          f"disk) by the deploy of version {entry.get('version')} at "
+                          f"{entry.get('at', '?')}; --keep sets how many deployed versions "
+                          "stay")  # fmt: skip
+
+
 def _manifest_or_none(repository: Path, version: int | None) -> dict | None:
     if version is None:
         return None
@@ -236,6 +246,7 @@ def deploy(
             raise DeployError("give a run directory or --version")
         if version == previous:
             raise DeployError(f"version {version} is already serving")
+        _refuse_retired(repo, version)
         manifest = validate_version(repo, version)
         warnings = []
         if previous is not None and version < previous:
@@ -246,10 +257,14 @@ def deploy(
         gate = metric_gate(manifest, _manifest_or_none(repo, previous), cfg.max_metric_drop,
                            force)  # fmt: skip
         _swap_recorded(cfg, "deploy", previous, version)
-        records.record(repo, {"action": "deploy", "version": version, "previous": previous,
-                              "at": records.now(), "gate": gate})  # fmt: skip
+        entry = {"action": "deploy", "version": version, "previous": previous,
+                 "at": records.now(), "gate": gate}  # fmt: skip
+        records.record(repo, entry)
         records.done(repo)
-        retired = records.retire(repo, cfg.keep, {version, previous} - {None}, version)
+        retired = records.retire(repo, cfg.keep, {version, previous} - {None}, version,
+                                 fresh_after=previous)  # fmt: skip
+        if retired:  # named in the history, so a later rollback can say what happened
+            records.amend_last(repo, {**entry, "retired": retired})
     return DeployReport("deploy", version, previous, time.monotonic() - start,
                         tuple(retired), gate, recovered, tuple(warnings))  # fmt: skip
 
@@ -274,6 +289,7 @@ def rollback(cfg: DeployConfig) -> DeployReport:
             if target is None:
                 raise DeployError(f"nothing to roll back to: no deploy of version {current} "
                                   "records a predecessor")  # fmt: skip
+        _refuse_retired(repo, target, "roll back to")
         validate_version(repo, target)
         _swap_recorded(cfg, "rollback", current, target)
         records.record(repo, {"action": "rollback", "version": target, "previous": current,

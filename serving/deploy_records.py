@@ -48,6 +48,12 @@ def record(repository: Path, entry: dict) -> None:
                      json.dumps([*read_history(repository), entry], indent=2))  # fmt: skip
 
 
+def amend_last(repository: Path, entry: dict) -> None:
+    """Replace the last history entry (callers hold the repository lock)."""
+    history = read_history(repository)
+    write_atomically(repository / HISTORY_FILE, json.dumps([*history[:-1], entry], indent=2))
+
+
 def rollback_target(repository: Path, current: int | None) -> int | None:
     """The version that served before ``current`` was deployed: deploy records only, so two
     rollbacks in a row never serve again a version that was rolled back."""
@@ -90,13 +96,40 @@ def done(repository: Path) -> None:
     (repository / INTENT_FILE).unlink(missing_ok=True)
 
 
-def retire(repository: Path, keep: int, protect: set[int], newest_served: int) -> list[int]:
-    """Delete the oldest versions beyond ``keep``; never one in ``protect`` or any version
-    newer than ``newest_served`` (exported candidates)."""
+def served_order(repository: Path) -> list[int]:
+    """Versions deploys and rollbacks made to serve, most recently served first."""
+    order: list[int] = []
+    for entry in reversed(read_history(repository)):
+        v = entry.get("version")
+        if entry.get("action") in ("deploy", "rollback") and v is not None and v not in order:
+            order.append(v)
+    return order
+
+
+def retired_by(repository: Path, version: int) -> dict | None:
+    """The deploy record that retired ``version`` (deleted it from disk), if one did."""
+    for entry in reversed(read_history(repository)):
+        if version in entry.get("retired", ()):
+            return entry
+    return None
+
+
+def retire(repository: Path, keep: int, protect: set[int], newest_served: int,
+           fresh_after: int | None = None) -> list[int]:  # fmt: skip
+    """Delete versions beyond ``keep``, chosen by deploy history: the ``keep`` versions served
+    most recently (the rollback chain, ``protect`` included) stay; never-deployed or refused
+    candidates go first and stay only while there is room. Never deleted: a version in
+    ``protect``, one newer than ``newest_served``, or a never-deployed one newer than
+    ``fresh_after`` (exported while the previous version served: another deploy may be
+    waiting for it)."""
     on_disk = versions(repository, CATALOGUE_SCORER)
     old = [v for v in on_disk if v <= newest_served and v not in protect]
     room = max(0, keep - len(protect & set(on_disk)))
-    doomed = old[: max(0, len(old) - room)]
+    deployed = [v for v in served_order(repository) if v in old]  # most recently served first
+    candidates = sorted((v for v in old if v not in deployed), reverse=True)  # newest first
+    fresh = {v for v in candidates if fresh_after is not None and v > fresh_after}
+    kept = fresh | set((deployed + [v for v in candidates if v not in fresh])[:room])
+    doomed = [v for v in old if v not in kept]
     for v in doomed:
         for name in SERVED_MODELS:
             shutil.rmtree(repository / name / str(v), ignore_errors=True)

@@ -302,7 +302,8 @@ def test_a_deploy_of_an_older_version_over_a_newer_one_warns(stack, run_dir, cap
 
     running, cfg = stack
     older, newer = (export_run(run_dir, cfg.repository).version for _ in range(2))
-    assert not deploy(cfg, version=newer, force=True).warnings  # an upgrade says nothing
+    for version in (older, newer):
+        assert not deploy(cfg, version=version, force=True).warnings  # upgrades say nothing
     report = deploy(cfg, version=older, force=True)
     assert _serving(running) == older
     (warning,) = report.warnings
@@ -315,3 +316,29 @@ def test_a_deploy_of_an_older_version_over_a_newer_one_warns(stack, run_dir, cap
     assert musicrec(["deploy", "--version", str(older), *ops]) == 0
     out = capsys.readouterr().out.replace("\n", " ")
     assert f"warning: version {older} is older than version {newer}" in out
+
+
+def test_retention_keeps_the_rollback_chain_and_prunes_candidates_first(stack, run_dir):
+    """Issue 17: with a refused candidate on disk, deploy, deploy, rollback, rollback failed:
+    the oldest version (a rollback target) was retired and the candidate kept."""
+    running, cfg = stack
+    serving = _serving(running)
+    refused = export_run(run_dir, cfg.repository).version
+    for name in SERVED_MODELS:
+        path = cfg.repository / name / str(refused) / "manifest.json"
+        manifest = json.loads(path.read_text())
+        manifest["metrics"]["known_users"]["ndcg@10"] -= 0.05
+        path.write_text(json.dumps(manifest))
+    with pytest.raises(DeployError, match="refused"):
+        deploy(cfg, version=refused)
+    first, second = (export_run(run_dir, cfg.repository).version for _ in range(2))
+    deploy(cfg, version=first, force=True)
+    report = deploy(cfg, version=second, force=True)
+    on_disk = versions(cfg.repository, CATALOGUE_SCORER)
+    assert {serving, first, second} <= set(on_disk)  # keep=3: the last three deployed
+    assert refused in report.retired and refused not in on_disk  # never deployed: first out
+    assert rollback(cfg).version == first
+    assert rollback(cfg).version == serving  # the second rollback in a row works
+    assert _serving(running) == serving
+    with pytest.raises(DeployError, match=f"cannot deploy version {refused}: it was retired"):
+        deploy(cfg, version=refused)
