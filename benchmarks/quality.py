@@ -1,10 +1,19 @@
-"""Train and evaluate every model on HetRec 2011 Last.fm; write benchmarks/results/quality.json.
+"""Train and evaluate every model on HetRec 2011 Last.fm over several split seeds; write
+benchmarks/results/quality.json.
 
-    .venv/bin/python -m benchmarks.quality            # all models (~10 min on 2 cores)
-    .venv/bin/python -m benchmarks.quality -m ease dnn
+    .venv/bin/python -m benchmarks.quality                      # 3 seeds, every model (~30 min)
+    .venv/bin/python -m benchmarks.quality --seeds 0 -m ease dnn
+    .venv/bin/python -m benchmarks.quality --ablations          # + ranker ablations per seed
 
-Known users are evaluated on a per-user holdout; ``dnn_new_user`` (and the ``new_user`` block)
-on held-out users recommended from their history alone. See training/split.py for the protocol.
+Known users are evaluated on a per-user holdout; new listeners (``new_user``) are held-out
+users recommended from their history alone (training/split.py has the protocol). Each seed is
+a different split; every figure is reported per seed and as mean and standard deviation. The
+DNN's two-stage blend and learned ranker are tuned on each split's validation plays only.
+
+Top-level figures: ``served_vs_ease_known`` / ``served_vs_ease_new`` (mean NDCG@10 of the served
+default, ``dnn_ranked``, over EASE's), ``served_vs_best_baseline_min`` (over seeds and both
+listener kinds, the served default's NDCG@10 over the best baseline's on that seed) and
+``candidate_recall`` (stage 1's share of held-out artists, known users, mean over seeds).
 """
 
 from __future__ import annotations
@@ -20,81 +29,136 @@ import numpy as np
 
 from core.console import console, metrics_table
 from core.paths import HETREC_DIR
+from core.ranker_features import NETWORK_FEATURES, RANKER_FEATURES
 from training.config import DataConfig, TrainConfig
 from training.data import load_hetrec
 from training.evaluation import evaluate_known_users, evaluate_new_users
 from training.models import MODEL_NAMES
 from training.models.dnn import NetworkRecommender
 from training.pipeline import fit_model, make_model
-from training.split import Split, split_interactions
+from training.ranker import RankedRecommender, RankerConfig, fit_ranker
+from training.split import Split, SplitConfig, split_interactions
 from training.two_stage import TwoStageRecommender, candidate_recall
 
 RESULTS = Path(__file__).parent / "results" / "quality.json"
 KEYS = ("precision@10", "recall@10", "map@10", "ndcg@10", "hit@10", "coverage")
+BASELINES = ("popularity", "user_knn", "item_knn", "ease", "als")
+SERVED = "dnn_ranked"  # the gateway's default mode, ``ranked``
+# Ranker ablations: each leaves out one group of features (their columns zeroed).
+ABLATIONS = {
+    "no_dnn": NETWORK_FEATURES,
+    "no_ease": tuple(f for f in RANKER_FEATURES if f.startswith("ease")),
+    "no_item_knn": tuple(f for f in RANKER_FEATURES if f.startswith("item_knn")),
+    "no_neighbourhood": tuple(f for f in RANKER_FEATURES if f.startswith("neighbourhood")),
+    "no_ranks_z_shares": tuple(f for f in RANKER_FEATURES
+                               if f.endswith(("_z", "_rank", "_share")) and f != "dnn_z"),
+    "no_listener": ("log_history", "similarity_mass", "top_similarity", "neighbours", "known"),
+}  # fmt: skip
 
 
-def run(models: list[str], data_dir: Path) -> dict:
-    """Fit and evaluate ``models`` on one shared split; returns the quality.json document."""
-    data = load_hetrec(data_dir)
-    base = TrainConfig(data=DataConfig(f"hetrec:{data_dir}"))
+def run_seed(models: list[str], data, seed: int, ablations: bool) -> dict:
+    """Fit and evaluate ``models`` on one split; ``{"known": ..., "new": ..., ...}``."""
+    base = TrainConfig(data=DataConfig("hetrec"), split=SplitConfig(seed=seed))
     split = split_interactions(data.matrix, base.split)
-    out: dict = {
-        "dataset": {"name": "hetrec2011-lastfm-2k", **data.summary(), "source": str(data_dir)},
-        "protocol": {
-            **base.split.as_dict(),
-            **split.summary(),
-            "k": base.k,
-            "exclude_played": True,
-            "candidates": "all artists not in the user's train/val history",
-        },
-        "machine": {"cpus": 2, "python": platform.python_version()},
-        "models": {},
-        "new_user": {},
-        "throughput": {},
-    }
+    out: dict = {"split": split.summary(), "known": {}, "new": {}, "train_seconds": {}}
     for name in models:
-        cfg = TrainConfig(model=name, data=base.data)
+        cfg = TrainConfig(model=name, data=base.data, split=base.split)
         model = make_model(cfg, progress=True)
         seconds = fit_model(model, split)
-        known = evaluate_known_users(model, split, cfg.k)
-        new = evaluate_new_users(model, split, cfg.k)
-        row = {k: known[k] for k in KEYS} | {"train_seconds": seconds, "params": model.params()}
-        out["models"][name] = row
-        out["new_user"][name] = {k: new[k] for k in KEYS}
+        _record(out, name, model, split, cfg.k, seconds)
         if name == "dnn":
-            out["models"]["dnn_new_user"] = {k: new[k] for k in KEYS} | {"train_seconds": seconds}
-            out["models"] |= _two_stage_rows(model, split, cfg.k)
+            out |= _staged_rows(out, model, split, cfg.k, ablations)
         if isinstance(model, NetworkRecommender):
-            out["throughput"][name] = {
-                "rows": model.train_rows_,
-                "epochs": model.epochs_,
-                "seconds": model.train_seconds_,
-                "rows_per_second": model.rows_per_second_,
-            }
-            if name == "dnn":
-                out["models"][name]["history"] = model.history_
-        console.print(f"{name}: ndcg@10 {known['ndcg@10']:.4f} in {seconds:.1f}s")
+            out.setdefault("throughput", {})[name] = {
+                "rows": model.train_rows_, "epochs": model.epochs_,
+                "seconds": model.train_seconds_, "rows_per_second": model.rows_per_second_,
+            }  # fmt: skip
+        console.print(f"seed {seed} {name}: ndcg@10 known {out['known'][name]['ndcg@10']:.4f} "
+                      f"new {out['new'][name]['ndcg@10']:.4f} in {seconds:.1f}s")  # fmt: skip
     return out
 
 
-def _two_stage_rows(model: NetworkRecommender, split: Split, k: int) -> dict[str, dict]:
-    """The trained DNN behind stage-1 candidates with its validation-tuned blend (the gateway's
-    ``two_stage`` mode), for known users and held-out users; with the candidates' recall of the
-    held-out artists and their median count."""
-    two = TwoStageRecommender(model, model.two_stage_).fit(split.train_full)
-    known = evaluate_known_users(two, split, k)
-    new = evaluate_new_users(two, split, k)
+def _record(out: dict, name: str, model, split: Split, k: int, seconds: float | None) -> None:
+    known = evaluate_known_users(model, split, k)
+    new = evaluate_new_users(model, split, k)
+    out["known"][name] = {key: known[key] for key in KEYS}
+    out["new"][name] = {key: new[key] for key in KEYS}
+    if seconds is not None:
+        out["train_seconds"][name] = seconds
+
+
+def _staged_rows(out: dict, model: NetworkRecommender, split: Split, k: int,
+                 ablations: bool) -> dict:  # fmt: skip
+    """The DNN behind stage 1: the blend (``dnn_two_stage``) and the learned ranker
+    (``dnn_ranked``, the served default), both tuned on validation; stage 1's recall of the
+    held-out artists; the ranker's validation figures and, optionally, its ablations."""
+    settings = model.two_stage_
+    two = TwoStageRecommender(model, settings, als=model.als_).fit(split.train_full)
+    _record(out, "dnn_two_stage", two, split, k, None)
+    ranked = RankedRecommender(model, model.ranker_, settings, two.item_table_,
+                               two.ease_table_, model.als_).fit(split.train_full)  # fmt: skip
+    _record(out, SERVED, ranked, split, k, None)
     users = np.flatnonzero(np.diff(split.test.indptr) > 0)
-    coverage = candidate_recall(two.stage1_users(users), split.test[users])
-    new_coverage = candidate_recall(two.stage1_histories(split.new_user_history[split.new_users]),
-                                    split.new_user_targets[split.new_users])  # fmt: skip
-    settings = model.two_stage_.to_dict()
-    console.print(f"dnn_two_stage: ndcg@{k} {known[f'ndcg@{k}']:.4f}, candidate recall "
-                  f"{coverage['candidate_recall']:.3f}")  # fmt: skip
-    return {
-        "dnn_two_stage": {key: known[key] for key in KEYS} | coverage | {"params": settings},
-        "dnn_two_stage_new_user": {key: new[key] for key in KEYS} | new_coverage,
-    }
+    recall = {
+        "known": candidate_recall(two.stage1_users(users), split.test[users]),
+        "new": candidate_recall(two.stage1_histories(split.new_user_history[split.new_users]),
+                                split.new_user_targets[split.new_users]),
+    }  # fmt: skip
+    extra = {"candidate_recall": recall, "ranker": model.ranker_.to_dict(),
+             "two_stage": settings.to_dict()}  # fmt: skip
+    if ablations:
+        inner = TwoStageRecommender(model, settings).fit(split.train)
+        extra["ablation"] = {}
+        for name, drop in ABLATIONS.items():
+            ranker = fit_ranker(inner, split.val, RankerConfig(drop=drop))
+            variant = RankedRecommender(model, ranker, settings, two.item_table_, two.ease_table_,
+                                        model.als_)  # fmt: skip
+            variant.fit(split.train_full)
+            row = {"known": evaluate_known_users(variant, split, k)[f"ndcg@{k}"],
+                   "new": evaluate_new_users(variant, split, k)[f"ndcg@{k}"]}  # fmt: skip
+            extra["ablation"][name] = row
+            console.print(f"ablation {name}: known {row['known']:.4f} new {row['new']:.4f}")
+    return extra
+
+
+def summarise(per_seed: dict[int, dict]) -> dict:
+    """Mean and standard deviation over seeds of every model's metrics, and the figures."""
+    seeds = sorted(per_seed)
+    out: dict = {"models": {}, "new_user": {}}
+    for kind, section in (("known", "models"), ("new", "new_user")):
+        for name in per_seed[seeds[0]][kind]:
+            out[section][name] = {
+                key: _spread([per_seed[s][kind][name][key] for s in seeds]) for key in KEYS
+            }
+    ndcg = lambda s, kind, name: per_seed[s][kind][name]["ndcg@10"]  # noqa: E731
+    if SERVED in per_seed[seeds[0]]["known"] and "ease" in per_seed[seeds[0]]["known"]:
+        for kind in ("known", "new"):
+            served = np.mean([ndcg(s, kind, SERVED) for s in seeds])
+            out[f"served_vs_ease_{kind}"] = float(served / np.mean([ndcg(s, kind, "ease")
+                                                                    for s in seeds]))  # fmt: skip
+        ratios = {}
+        for s in seeds:
+            for kind in ("known", "new"):
+                present = [b for b in BASELINES if b in per_seed[s][kind]]
+                best = max(present, key=lambda b: ndcg(s, kind, b))
+                ratio = ndcg(s, kind, SERVED) / ndcg(s, kind, best)
+                ratios[f"{s}/{kind}"] = {"best_baseline": best, "ratio": ratio}
+        out["served_vs_best_baseline"] = ratios
+        out["served_vs_best_baseline_min"] = float(min(r["ratio"] for r in ratios.values()))
+        out["candidate_recall"] = float(np.mean([per_seed[s]["candidate_recall"]["known"]
+                                                 ["candidate_recall"] for s in seeds]))  # fmt: skip
+    ablations = [per_seed[s].get("ablation") for s in seeds if per_seed[s].get("ablation")]
+    if ablations:
+        out["ablation"] = {
+            name: {kind: _spread([a[name][kind] for a in ablations]) for kind in ("known", "new")}
+            for name in ablations[0]
+        }
+    return out
+
+
+def _spread(values: list[float]) -> dict:
+    return {"mean": float(np.mean(values)), "std": float(np.std(values)),
+            "values": [float(v) for v in values]}  # fmt: skip
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -102,25 +166,43 @@ def main(argv: list[str] | None = None) -> int:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("-m", "--models", nargs="+", choices=MODEL_NAMES, default=list(MODEL_NAMES))
+    parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
+    parser.add_argument("--ablations", action="store_true", help="ranker ablations per seed")
     parser.add_argument("--data", type=Path, default=HETREC_DIR)
     parser.add_argument("-o", "--out", type=Path, default=RESULTS)
     args = parser.parse_args(argv)
     t0 = time.perf_counter()
-    result = run(args.models, args.data)
+    data = load_hetrec(args.data)
+    per_seed = {seed: run_seed(args.models, data, seed, args.ablations) for seed in args.seeds}
+    split_cfg = SplitConfig()
+    result = {
+        "dataset": {"name": "hetrec2011-lastfm-2k", **data.summary(), "source": str(args.data)},
+        "protocol": {**split_cfg.as_dict(), "k": 10, "exclude_played": True,
+                     "candidates": "all artists not in the user's train/val history",
+                     "tuning": "validation plays only (split.val); test plays never seen"},
+        "machine": {"cpus": 2, "python": platform.python_version()},
+        "seeds": args.seeds,
+        **summarise(per_seed),
+        "per_seed": {str(s): per_seed[s] for s in args.seeds},
+    }  # fmt: skip
     result["total_seconds"] = time.perf_counter() - t0
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(result, indent=2))
-    console.print(
-        metrics_table("HetRec 2011 Last.fm — known users (per-user 20% holdout)", result["models"])
-    )
-    console.print(metrics_table("held-out users, from their history", result["new_user"]))
-    for name, t in result["throughput"].items():
-        console.print(
-            f"{name}: {t['rows_per_second']:,.0f} training rows/s "
-            f"({t['rows']:,} rows, {t['epochs']} epochs, {t['seconds']:.0f}s)"
-        )
-    console.print(f"wrote {args.out} in {result['total_seconds']:.0f}s")
+    _print(result)
     return 0
+
+
+def _print(result: dict) -> None:
+    for section, title in (("models", "known users"), ("new_user", "new listeners")):
+        rows = {name: {k: v["mean"] for k, v in entry.items()}
+                for name, entry in result[section].items()}  # fmt: skip
+        console.print(metrics_table(f"HetRec 2011 Last.fm — {title}, mean over seeds "
+                                    f"{result['seeds']}", rows))  # fmt: skip
+    for key in ("served_vs_ease_known", "served_vs_ease_new", "served_vs_best_baseline_min",
+                "candidate_recall"):  # fmt: skip
+        if key in result:
+            console.print(f"{key}: {result[key]:.4f}")
+    console.print(f"wrote quality.json in {result['total_seconds']:.0f}s")
 
 
 if __name__ == "__main__":

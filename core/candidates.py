@@ -1,6 +1,6 @@
 """Two-stage recommendation, stage 1 and the blend: shared by offline evaluation and the gateway.
 
-Stage 1 picks a few hundred candidate artists cheaply, from three sources:
+Stage 1 picks a few hundred candidate artists cheaply, from four sources:
 
 * **neighbourhood**: the artists the listener's most similar known users play, each scored
   ``sum_j similarity_j * v_j[artist]`` (``v``: the users' ``log1p``, L2-normalised vectors,
@@ -8,12 +8,17 @@ Stage 1 picks a few hundred candidate artists cheaply, from three sources:
 * **item neighbours**: the nearest artists of each artist the listener plays, from a sparse
   top-N item-item cosine table computed at export (:func:`item_neighbour_table`), scored
   ``log1p(plays) @ table`` (the item-kNN score);
-* **popularity**: the most-listened artists, always considered.
+* **popularity**: the most-listened artists, always considered;
+* **EASE**: a pruned top-N table of EASE's item weights (:mod:`core.ease_table`), scored
+  ``binary(plays) @ table``; the large-catalogue approximation is described there.
+
+The capped candidates also get their ALS score (:mod:`core.als_factors`), a feature only.
 
 The union, without what the listener plays, is capped at ``max_candidates`` by a cheap score
-(each source's score scaled by its maximum, summed). Stage 2 (Triton's ``candidate_scorer``)
-scores only those; :class:`Blend` combines its DNN score with the stage-1 scores, each
-z-scored over the listener's candidates, with weights tuned on validation data.
+(each source's score scaled by its maximum, summed). Stage 2 scores only those: the learned
+ranker (``core.ranker_features``, Triton's ``candidate_ranker``) or, in the ``two_stage``
+mode, :class:`Blend`, which combines the DNN score with the stage-1 scores, each z-scored over
+the listener's candidates, with weights tuned on validation data.
 """
 
 from __future__ import annotations
@@ -24,9 +29,13 @@ from typing import Any
 import numpy as np
 import scipy.sparse as sp
 
+from core.als_factors import AlsFactors
+from core.ease_table import ease_neighbour_table
 from core.similarity import l2_normalize_rows, log_weights, user_vectors, weighted_rows
 
-FEATURES = ("neighbourhood", "item_knn", "popularity")  # stage-1 scores, in feature order
+# Stage-1 scores, in this order; ALS scores only the capped candidates (not a source).
+FEATURES = ("neighbourhood", "item_knn", "popularity", "ease", "als")
+LISTENER = ("log_history", "similarity_mass", "top_similarity", "neighbours")  # per listener
 _PRODUCT_BUDGET = 20_000_000  # co-occurrence entries computed at once (bounds memory)
 
 
@@ -40,6 +49,9 @@ class CandidateConfig:
     popular: int = 100  # most-listened artists always considered
     max_candidates: int = 500  # the cap, by the cheap score
     popularity_weight: float = 0.1  # of popularity in the cheap score (the others count 1)
+    ease_neighbours: int = 200  # weights kept per artist in the EASE table (by magnitude)
+    ease_items: int = 10_000  # most-listened artists in EASE's dense inverse (cube cost)
+    ease_l2: float = 200.0  # EASE's regularisation
 
     def __post_init__(self) -> None:
         for f in fields(self):
@@ -55,6 +67,10 @@ class CandidateConfig:
         """The item-item table these settings call for, computed from ``plays``."""
         return item_neighbour_table(plays, self.item_neighbours, self.table_user_artists)
 
+    def ease_table(self, plays: sp.csr_matrix) -> sp.csr_matrix:
+        """The pruned EASE table these settings call for, computed from ``plays``."""
+        return ease_neighbour_table(plays, self.ease_neighbours, self.ease_l2, self.ease_items)
+
 
 @dataclass(frozen=True)
 class Candidates:
@@ -62,6 +78,7 @@ class Candidates:
 
     artists: np.ndarray  # int64 artist columns, (C,)
     features: np.ndarray  # float32 (C, len(FEATURES))
+    listener: np.ndarray = field(default_factory=lambda: np.zeros(len(LISTENER), np.float32))
 
 
 @dataclass(frozen=True)
@@ -73,6 +90,8 @@ class Blend:
     neighbourhood: float = 0.0
     item_knn: float = 0.0
     popularity: float = 0.0
+    ease: float = 0.0
+    als: float = 0.0
 
     @classmethod
     def from_dict(cls, raw: dict | None) -> Blend:
@@ -184,18 +203,29 @@ def _top_per_row(m: sp.csr_matrix, n: int) -> sp.csr_matrix:
 
 
 class CandidateIndex:
-    """What stage 1 needs of one model version: the known users' vectors, the item-item table
-    and artist popularity (listeners per artist)."""
+    """What stage 1 needs of one model version: the known users' vectors, the item-item and
+    EASE tables, ALS's artist factors and artist popularity (listeners per artist). Without an
+    EASE table or ALS factors (versions exported before them) those scores are 0."""
 
     def __init__(self, known_plays: sp.csr_matrix, item_table: sp.csr_matrix,
-                 config: CandidateConfig) -> None:  # fmt: skip
+                 config: CandidateConfig, ease_table: sp.csr_matrix | None = None,
+                 als: AlsFactors | None = None) -> None:  # fmt: skip
         known_plays = sp.csr_matrix(known_plays)
-        if item_table.shape != (known_plays.shape[1],) * 2:
-            raise ValueError(f"item table {item_table.shape} does not fit {known_plays.shape[1]} "
-                             "artists")  # fmt: skip
+        square = (known_plays.shape[1],) * 2
+        if ease_table is None:
+            ease_table = sp.csr_matrix(square, dtype=np.float32)
+        for name, table in (("item", item_table), ("EASE", ease_table)):
+            if table.shape != square:
+                raise ValueError(f"{name} table {table.shape} does not fit {known_plays.shape[1]}"
+                                 " artists")  # fmt: skip
         self.config = config
         self.vectors = user_vectors(known_plays)
         self.item_table = sp.csr_matrix(item_table, dtype=np.float32)
+        self.ease_table = sp.csr_matrix(ease_table, dtype=np.float32)
+        self.als = als if als is not None else AlsFactors.empty(known_plays.shape[1])
+        if self.als.n_artists != known_plays.shape[1]:
+            raise ValueError(f"ALS factors for {self.als.n_artists} artists, not "
+                             f"{known_plays.shape[1]}")  # fmt: skip
         listeners = np.diff(known_plays.tocsc().indptr)
         self.log_listeners = np.log1p(listeners).astype(np.float32)
         self.popular = np.argsort(-listeners, kind="stable")[: config.popular].astype(np.int64)
@@ -214,16 +244,22 @@ class CandidateIndex:
         # catalogue-wide vector (at 290k artists that allocation is most of the cost).
         nb_cols, nb_vals = weighted_rows(self.vectors, users, sims)
         item_cols, item_vals = weighted_rows(self.item_table, played, np.log1p(plays))
+        ease_cols, ease_vals = weighted_rows(self.ease_table, played, np.ones(len(played)))
         exclude = played if exclude is None else np.asarray(exclude)
-        pool = np.unique(np.concatenate([nb_cols, item_cols, self.popular]))
+        pool = np.unique(np.concatenate([nb_cols, item_cols, ease_cols, self.popular]))
         pool = pool[~np.isin(pool, exclude)].astype(np.int64)
         features = np.column_stack([_sum_at(pool, nb_cols, nb_vals),
                                     _sum_at(pool, item_cols, item_vals),
-                                    self.log_listeners[pool]])  # fmt: skip
-        cheap = _scaled(features[:, 0]) + _scaled(features[:, 1]) \
+                                    self.log_listeners[pool],
+                                    _sum_at(pool, ease_cols, ease_vals)])  # fmt: skip
+        cheap = _scaled(features[:, 0]) + _scaled(features[:, 1]) + _scaled(features[:, 3]) \
             + self.config.popularity_weight * _scaled(features[:, 2])  # fmt: skip
         best = rank_candidates(pool, cheap, self.config.max_candidates)
-        return Candidates(pool[best], features[best].astype(np.float32))
+        als = self.als.scores(self.als.user_factor(history), pool[best])
+        listener = np.array([np.log1p(len(played)), sims.sum(), sims.max(initial=0.0),
+                             len(users)], np.float32)  # fmt: skip
+        return Candidates(pool[best], np.column_stack([features[best], als]).astype(np.float32),
+                          listener)  # fmt: skip
 
 
 def _sum_at(pool: np.ndarray, columns: np.ndarray, values: np.ndarray) -> np.ndarray:

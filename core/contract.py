@@ -7,7 +7,8 @@ models by these tensor names. A drift fails the export instead of the first requ
 
 Version directory ``<repository>/<model>/<version>/``: ``model.onnx``, ``model.py`` (Python
 backend), ``manifest.json``, ``vocab/`` (``users.json``, ``artists.json``), ``plays.npz``; the
-versions of :data:`ARTIFACT_MODEL` (the ones the gateway reads) also ``item_neighbours.npz``.
+versions of :data:`ARTIFACT_MODEL` (the ones the gateway reads) also ``item_neighbours.npz``,
+``ease_neighbours.npz`` (stage 1's tables) and ``als_factors.npz`` (a ranker feature).
 """
 
 from __future__ import annotations
@@ -18,9 +19,12 @@ from pathlib import Path
 
 import numpy as np
 
+from core.ranker_features import GATEWAY_FEATURES
+
 PAIR_SCORER = "pair_scorer"
 CATALOGUE_SCORER = "catalogue_scorer"
 CANDIDATE_SCORER = "candidate_scorer"
+CANDIDATE_RANKER = "candidate_ranker"
 ARTIFACT_MODEL = CATALOGUE_SCORER  # whose version directories also carry the item-item table
 
 # pair_scorer: the Keras network's own input/output names (training/models/network.py).
@@ -30,6 +34,8 @@ MANIFEST, VOCAB_DIR, PLAYS, ONNX_FILE, PYTHON_MODEL_FILE = (
     "manifest.json", "vocab", "plays.npz", "model.onnx", "model.py",
 )  # fmt: skip
 ITEM_NEIGHBOURS = "item_neighbours.npz"  # stage-1 item-item table, in ARTIFACT_MODEL's versions
+EASE_NEIGHBOURS = "ease_neighbours.npz"  # stage-1 pruned EASE table, in ARTIFACT_MODEL's versions
+ALS_FACTORS = "als_factors.npz"  # ALS artist factors (a ranker feature), in ARTIFACT_MODEL's
 VERSION_FILES = (ONNX_FILE, PYTHON_MODEL_FILE, MANIFEST, PLAYS, f"{VOCAB_DIR}/users.json",
                  f"{VOCAB_DIR}/artists.json")  # fmt: skip
 
@@ -120,7 +126,27 @@ CANDIDATES = ModelSpec(
     parity_tolerance=1e-3,  # scores summed over a weighted group
     example_feed=_candidate_feed,
 )
-MODELS: dict[str, ModelSpec] = {spec.name: spec for spec in (CATALOGUE, CANDIDATES, PAIR)}
+
+
+def _ranker_feed() -> dict[str, np.ndarray]:
+    return {**_candidate_feed(), "features": np.zeros((1, 3, len(GATEWAY_FEATURES)), np.float32)}
+
+
+RANKER = ModelSpec(
+    CANDIDATE_RANKER,
+    inputs=(
+        *CANDIDATES.inputs,
+        TensorSpec("features", "TYPE_FP32", (-1, len(GATEWAY_FEATURES))),  # core.ranker_features
+    ),  # fmt: skip
+    outputs=(TensorSpec("scores", "TYPE_FP32", (-1,)),),
+    max_batch_size=64,
+    cpu_max_batch_size=8,
+    # Scores of trees: a network score within float error of a split threshold can take the
+    # other branch, so parity checks the rankings' agreement as well (export/parity.py).
+    parity_tolerance=1e-3,
+    example_feed=_ranker_feed,
+)
+MODELS: dict[str, ModelSpec] = {spec.name: spec for spec in (CATALOGUE, CANDIDATES, RANKER, PAIR)}
 SERVED_MODELS = tuple(MODELS)  # one export = one version of each
 
 

@@ -18,21 +18,28 @@ import onnx
 import scipy.sparse as sp
 from onnx import TensorProto, helper, numpy_helper
 
+from core.als_factors import AlsFactors
 from core.candidates import TwoStageSettings
 from core.contract import (
+    ALS_FACTORS,
+    ARTIFACT_MODEL,
     ARTIST_INPUT,
+    CANDIDATE_RANKER,
     CANDIDATE_SCORER,
     CANDIDATES,
     CATALOGUE,
     CATALOGUE_SCORER,
+    EASE_NEIGHBOURS,
     PAIR,
     PAIR_SCORER,
     SCORE_OUTPUT,
     USER_INPUT,
 )
 from core.files import repository_lock
+from core.ranker_features import GATEWAY_FEATURES
 from export import gpu_scorers
 from export.onnx_models import OPSET, candidate_scorer, catalogue_scorer
+from export.ranker_model import candidate_ranker
 from export.staging import ExportError, ExportResult, place
 
 
@@ -161,6 +168,8 @@ def check_groups(w: Weights, proto: onnx.ModelProto, name: str, *, groups: int =
     chosen = rng.integers(0, reference.n_artists, (groups, candidates))
     mask = rng.random((groups, candidates)) < 0.9
     feed = {"users": users, "weights": weights, "candidates": chosen, "mask": mask}
+    if name == CANDIDATE_RANKER:  # without trees it ranks by the network: features unused
+        feed["features"] = np.zeros((groups, candidates, len(GATEWAY_FEATURES)), np.float32)
     (scores,) = session.run(["scores"], feed)
     expected = reference.candidates(users, weights, chosen, mask)
     diff = float(np.max(np.abs(expected[mask] - scores[mask])))
@@ -184,14 +193,24 @@ def export_weights(
     repository.mkdir(parents=True, exist_ok=True)
     pair = pair_scorer_from_weights(weights)
     catalogue, candidates = catalogue_scorer(weights), candidate_scorer(weights)
+    ranker = candidate_ranker(weights, None)  # no learned ranker here: the network ranks
     built = {
         CATALOGUE_SCORER: (catalogue, check_groups(weights, catalogue, CATALOGUE_SCORER)),
         CANDIDATE_SCORER: (candidates, check_groups(weights, candidates, CANDIDATE_SCORER)),
+        CANDIDATE_RANKER: (ranker, check_groups(weights, ranker, CANDIDATE_RANKER)),
         PAIR_SCORER: (pair, check_pairs(weights, pair)),
     }
     two_stage = two_stage or TwoStageSettings()
     provenance = {**provenance, "two_stage": two_stage.to_dict(),
                   "exported_by": "export.from_weights (no TensorFlow, no SavedModel)"}  # fmt: skip
     table = two_stage.candidates.item_table(plays)
+    ease = two_stage.candidates.ease_table(plays)
+
+    def tables(staging: Path, version: int) -> None:
+        """The EASE table, and no ALS factors (the network alone ranks: scores 0)."""
+        artifacts = staging / ARTIFACT_MODEL / str(version)
+        sp.save_npz(artifacts / EASE_NEIGHBOURS, ease, compressed=False)
+        AlsFactors.empty(plays.shape[1]).save(artifacts / ALS_FACTORS)
+
     with repository_lock(repository):
-        return place(repository, built, vocab_dir, plays, provenance, table)
+        return place(repository, built, vocab_dir, plays, provenance, table, tables)

@@ -130,15 +130,11 @@ def catalogue_scorer(weights: NetworkWeights, chunk: int = ARTIST_CHUNK) -> onnx
     return model
 
 
-def candidate_scorer(weights: NetworkWeights) -> onnx.ModelProto:
-    """Build the stage-2 ranker: a weighted group of users against given candidate artists.
-
-    Inputs ``users`` (int64 ``[B, G]``), ``weights`` (float32 ``[B, G]``), ``candidates``
-    (int64 ``[B, C]``) and ``mask`` (bool ``[B, C]``, False on padding); output ``scores``
-    (float32 ``[B, C]``): ``sum_g weights[g] * network(users[g], candidate)``, ``-inf`` where
-    the mask is False. The first Dense layer is split as in :func:`catalogue_scorer`, so each
-    (member, candidate) pair costs an add, a ReLU and a dot product.
-    """
+def group_score_nodes(weights: NetworkWeights) -> tuple[list, list]:
+    """Nodes and initialisers computing ``summed`` (float32 ``[B, C]``): ``sum_g weights[g] *
+    network(users[g], candidates[c])`` from the inputs ``users``, ``weights`` and
+    ``candidates``. The first Dense layer is split as in :func:`catalogue_scorer`, so each
+    (member, candidate) pair costs an add, a ReLU and a dot product."""
     user_half = weights.user_embedding @ weights.hidden_kernel[: weights.dim]
     init = [
         numpy_helper.from_array(user_half.astype(np.float32), "user_half_table"),
@@ -163,17 +159,34 @@ def candidate_scorer(weights: NetworkWeights) -> onnx.ModelProto:
         helper.make_node("Unsqueeze", ["weights", "axis_last"], ["w3"]),  # [B, G, 1]
         helper.make_node("Mul", ["grid_b", "w3"], ["weighted"]),
         helper.make_node("ReduceSum", ["weighted", "axis_one"], ["summed"], keepdims=0),
-        helper.make_node("Where", ["mask", "summed", "minus_inf"], ["scores"]),
     ]  # fmt: skip
+    return nodes, init
+
+
+def candidate_inputs() -> list[onnx.ValueInfoProto]:
+    """The inputs every candidate model shares (see :func:`candidate_scorer`)."""
+    return [
+        helper.make_tensor_value_info("users", TensorProto.INT64, ["B", "G"]),
+        helper.make_tensor_value_info("weights", TensorProto.FLOAT, ["B", "G"]),
+        helper.make_tensor_value_info("candidates", TensorProto.INT64, ["B", "C"]),
+        helper.make_tensor_value_info("mask", TensorProto.BOOL, ["B", "C"]),
+    ]
+
+
+def candidate_scorer(weights: NetworkWeights) -> onnx.ModelProto:
+    """Build the stage-2 scorer: a weighted group of users against given candidate artists.
+
+    Inputs ``users`` (int64 ``[B, G]``), ``weights`` (float32 ``[B, G]``), ``candidates``
+    (int64 ``[B, C]``) and ``mask`` (bool ``[B, C]``, False on padding); output ``scores``
+    (float32 ``[B, C]``): ``sum_g weights[g] * network(users[g], candidate)``, ``-inf`` where
+    the mask is False (:func:`group_score_nodes`).
+    """
+    nodes, init = group_score_nodes(weights)
+    nodes.append(helper.make_node("Where", ["mask", "summed", "minus_inf"], ["scores"]))
     graph = helper.make_graph(
         nodes,
         "candidate_scorer",
-        [
-            helper.make_tensor_value_info("users", TensorProto.INT64, ["B", "G"]),
-            helper.make_tensor_value_info("weights", TensorProto.FLOAT, ["B", "G"]),
-            helper.make_tensor_value_info("candidates", TensorProto.INT64, ["B", "C"]),
-            helper.make_tensor_value_info("mask", TensorProto.BOOL, ["B", "C"]),
-        ],
+        candidate_inputs(),
         [helper.make_tensor_value_info("scores", TensorProto.FLOAT, ["B", "C"])],
         init,
     )

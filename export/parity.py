@@ -9,9 +9,11 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 
-from core.contract import ARTIST_INPUT, CANDIDATES, CATALOGUE, PAIR, USER_INPUT
+from core.contract import ARTIST_INPUT, CANDIDATES, CATALOGUE, PAIR, RANKER, USER_INPUT
 from core.errors import MusicrecError
+from core.ranker_features import GATEWAY_FEATURES, network_features
 from training.models.network import CatalogueScorer
+from training.ranker import LearnedRanker
 
 
 class ParityError(MusicrecError):
@@ -120,3 +122,57 @@ def check_candidate_scorer(
         raise ParityError(f"candidate_scorer disagrees with the network: score diff {diff:.3g}"
                           " or a masked slot not -inf")  # fmt: skip
     return ParityReport(pairs=int(mask.sum()) * group_size, max_abs_diff=diff, groups=groups)
+
+
+RANKER_MIN_CLOSE = 0.99  # share of scores within tolerance (the rest: a split flipped by float)
+RANKER_MIN_TOP10 = 0.9  # mean overlap of each group's top 10
+
+
+def check_candidate_ranker(
+    keras_model: keras.Model,
+    onnx_model: onnx.ModelProto,
+    ranker: LearnedRanker | None,
+    *,
+    groups: int = 8,
+    group_size: int = 10,
+    candidates: int = 300,
+    tolerance: float = RANKER.parity_tolerance,
+    seed: int = 0,
+) -> ParityReport:
+    """``candidate_ranker`` must score as the network followed by the offline ranker (the
+    network alone without one), over each group's unmasked candidates, and masked slots
+    ``-inf``. A network score within float error of a split threshold may take the other
+    branch, so :data:`RANKER_MIN_CLOSE` of the scores must match within ``tolerance`` and the
+    top 10 agree by :data:`RANKER_MIN_TOP10`."""
+    scorer = CatalogueScorer.from_model(keras_model)
+    n_users, n_artists = scorer.weights.user_embedding.shape[0], scorer.artist_half.shape[0]
+    rng = np.random.default_rng(seed)
+    users = rng.integers(0, n_users, (groups, group_size))
+    weights = rng.random((groups, group_size)).astype(np.float32)
+    chosen = rng.integers(0, n_artists, (groups, candidates))
+    mask = rng.random((groups, candidates)) < 0.9
+    features = rng.normal(size=(groups, candidates, len(GATEWAY_FEATURES))).astype(np.float32)
+    (scores,) = session(onnx_model).run(
+        ["scores"], {"users": users.astype(np.int64), "weights": weights,
+                     "candidates": chosen.astype(np.int64), "mask": mask, "features": features},
+    )  # fmt: skip
+    dnn = np.take_along_axis(scorer.score_groups(users, weights), chosen, axis=1)
+    close, overlap, diffs = [], [], []
+    for g in range(groups):
+        m = mask[g]
+        rows = np.hstack([network_features(dnn[g, m]), features[g, m]])
+        expected = ranker.predict(rows) if ranker is not None else dnn[g, m]
+        got = scores[g, m]
+        diffs.append(np.abs(expected - got))
+        close.append(diffs[-1] <= tolerance)
+        top = lambda v: set(np.argsort(-v, kind="stable")[:10].tolist())  # noqa: E731
+        overlap.append(len(top(expected) & top(got)) / 10)
+    share, agreement = float(np.concatenate(close).mean()), float(np.mean(overlap))
+    diff = float(np.max(np.concatenate(diffs)))
+    if share < RANKER_MIN_CLOSE or agreement < RANKER_MIN_TOP10 or \
+            not np.all(np.isneginf(scores[~mask])):  # fmt: skip
+        raise ParityError(f"candidate_ranker disagrees with the offline ranker: {share:.1%} of "
+                          f"scores within {tolerance:g}, top-10 agreement {agreement:.2f}, or a "
+                          "masked slot not -inf")  # fmt: skip
+    return ParityReport(pairs=int(mask.sum()) * group_size, max_abs_diff=diff, groups=groups,
+                        topk_agreement=agreement)  # fmt: skip

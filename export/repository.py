@@ -13,6 +13,8 @@ Layout (one export = the same version number in every model)::
     model_repository/<model>/<v>/vocab/          users.json, artists.json (index <-> id/name)
     model_repository/<model>/<v>/plays.npz       known users' plays, for the similar-user lookup
     model_repository/catalogue_scorer/<v>/item_neighbours.npz   stage-1 item-item table
+    model_repository/catalogue_scorer/<v>/ease_neighbours.npz   stage-1 pruned EASE table
+    model_repository/catalogue_scorer/<v>/als_factors.npz       ALS artist factors (ranker feature)
     model_repository/pair_scorer/<v>/model.savedmodel/   the same network for TF Serving users
 
 Everything is built and parity-checked in a staging directory beside the repository and renamed
@@ -23,39 +25,69 @@ only increase and an existing version is never overwritten.
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import dataclass
+from functools import cached_property
 from pathlib import Path
 
 import keras
 import onnx
 import scipy.sparse as sp
 
+from core.als_factors import AlsFactors
 from core.candidates import TwoStageSettings
-from core.contract import CANDIDATE_SCORER, CATALOGUE_SCORER, MODELS, PAIR_SCORER
+from core.contract import (
+    ALS_FACTORS,
+    ARTIFACT_MODEL,
+    CANDIDATE_RANKER,
+    CANDIDATE_SCORER,
+    CATALOGUE_SCORER,
+    EASE_NEIGHBOURS,
+    MODELS,
+    PAIR_SCORER,
+)
 from core.files import repository_lock
 from export.onnx_models import candidate_scorer, catalogue_scorer, pair_scorer
 from export.parity import (
     ParityReport,
+    check_candidate_ranker,
     check_candidate_scorer,
     check_catalogue_scorer,
     check_pair_scorer,
 )
+from export.ranker_model import candidate_ranker, ranker_trees
 from export.staging import ExportError, ExportResult, next_version, place
 from training.models.network import NetworkWeights
+from training.ranker import LearnedRanker
 from training.run import load_run
 
 __all__ = ["BUILDERS", "ExportError", "ExportResult", "export_network", "export_run",
            "next_version"]  # fmt: skip
 
 
-Builder = Callable[[keras.Model], onnx.ModelProto]
-Gate = Callable[[keras.Model, onnx.ModelProto], ParityReport]
+@dataclass(frozen=True)
+class Trained:
+    """What the served models are built from: the network and, when the run trained one, the
+    learned ranker (without it ``candidate_ranker`` ranks by the network alone)."""
+
+    model: keras.Model
+    ranker: LearnedRanker | None = None
+
+    @cached_property
+    def weights(self) -> NetworkWeights:
+        return NetworkWeights.from_model(self.model)
+
+
+Builder = Callable[[Trained], onnx.ModelProto]
+Gate = Callable[[Trained, onnx.ModelProto], ParityReport]
 # How each served model is built from the trained network, and the gate it must pass.
 BUILDERS: dict[str, tuple[Builder, Gate]] = {
-    PAIR_SCORER: (pair_scorer, check_pair_scorer),
-    CATALOGUE_SCORER: (lambda m: catalogue_scorer(NetworkWeights.from_model(m)),
-                       check_catalogue_scorer),
-    CANDIDATE_SCORER: (lambda m: candidate_scorer(NetworkWeights.from_model(m)),
-                       check_candidate_scorer),
+    PAIR_SCORER: (lambda t: pair_scorer(t.model), lambda t, p: check_pair_scorer(t.model, p)),
+    CATALOGUE_SCORER: (lambda t: catalogue_scorer(t.weights),
+                       lambda t, p: check_catalogue_scorer(t.model, p)),
+    CANDIDATE_SCORER: (lambda t: candidate_scorer(t.weights),
+                       lambda t, p: check_candidate_scorer(t.model, p)),
+    CANDIDATE_RANKER: (lambda t: candidate_ranker(t.weights, t.ranker and ranker_trees(t.ranker)),
+                       lambda t, p: check_candidate_ranker(t.model, p, t.ranker)),
 }  # fmt: skip
 if set(BUILDERS) != set(MODELS):  # pragma: no cover - a model spec without its builder
     raise ImportError(f"models {sorted(MODELS)} but builders {sorted(BUILDERS)}")
@@ -72,11 +104,11 @@ def export_run(run_dir: Path | str, repository: Path | str) -> ExportResult:
         "source_run": str(Path(run.path).resolve()),
         "data_fingerprint": run.data_info.get("fingerprint"),
         "vocab_fingerprint": run.vocab.fingerprint(),
-        "metrics": {k: run.metrics.get(k) for k in ("known_users", "new_users")},
+        "metrics": {k: run.metrics.get(k) for k in ("known_users", "new_users", "served")},
     }
     return export_network(
         keras_model, repository, vocab_dir=run.path / "vocab", plays=run.plays,
-        provenance=provenance, two_stage=run.two_stage,
+        provenance=provenance, two_stage=run.two_stage, ranker=run.ranker, als=run.als,
     )  # fmt: skip
 
 
@@ -88,22 +120,34 @@ def export_network(
     plays: sp.csr_matrix,
     provenance: dict,
     two_stage: TwoStageSettings | None = None,
+    ranker: LearnedRanker | None = None,
+    als: AlsFactors | None = None,
 ) -> ExportResult:
-    """Export a trained network with its vocabulary, known users' plays, stage-1 item table and
-    two-stage settings (default: the DNN alone ranks the candidates) as the next version of
-    every model, after the parity gates; the repository is untouched on any failure."""
+    """Export a trained network with its vocabulary, known users' plays, stage-1 tables,
+    two-stage settings (default: the DNN alone ranks the candidates), learned ranker (default:
+    none, the network ranks) and the ALS factors its features need (default: none, scores 0)
+    as the next version of every model, after the parity gates; the repository is untouched
+    on any failure."""
     repository = Path(repository)
     repository.mkdir(parents=True, exist_ok=True)
+    trained = Trained(keras_model, ranker)
     built = {}
     for name, (build, gate) in BUILDERS.items():
-        proto = build(keras_model)
-        built[name] = (proto, gate(keras_model, proto))
+        proto = build(trained)
+        built[name] = (proto, gate(trained, proto))
     two_stage = two_stage or TwoStageSettings()
-    provenance = {**provenance, "two_stage": two_stage.to_dict()}
+    provenance = {**provenance, "two_stage": two_stage.to_dict(),
+                  "ranker": ranker.to_dict() if ranker is not None else None}  # fmt: skip
     table = two_stage.candidates.item_table(plays)
+    ease = two_stage.candidates.ease_table(plays)
+    als = als if als is not None else AlsFactors.empty(plays.shape[1])
 
     def savedmodel(staging: Path, version: int) -> None:
-        """The same network as a SavedModel, for TF Serving and other TensorFlow tools."""
+        """The same network as a SavedModel, for TF Serving and other TensorFlow tools, and
+        the EASE table and ALS factors beside the item table."""
+        artifacts = staging / ARTIFACT_MODEL / str(version)
+        sp.save_npz(artifacts / EASE_NEIGHBOURS, ease, compressed=False)
+        als.save(artifacts / ALS_FACTORS)
         keras_model.export(staging / PAIR_SCORER / str(version) / "model.savedmodel",
                            format="tf_saved_model", verbose=False)  # fmt: skip
 

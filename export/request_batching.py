@@ -55,9 +55,13 @@ def check(names: Sequence[str], arrays: Sequence[np.ndarray], bounds: dict[str, 
 
 
 def pad_to(parts: Sequence[np.ndarray], width: int) -> list[np.ndarray]:
-    """Each ``[rows, w]`` part padded to ``[rows, width]`` with zeros (False for booleans)."""
+    """Each ``[rows, w, ...]`` part padded to ``[rows, width, ...]`` with zeros (False for
+    booleans); only the second dimension grows."""
     return [
-        p if p.shape[1] == width else np.pad(p, ((0, 0), (0, width - p.shape[1]))) for p in parts
+        p
+        if p.shape[1] == width
+        else np.pad(p, [(0, 0), (0, width - p.shape[1])] + [(0, 0)] * (p.ndim - 2))
+        for p in parts
     ]
 
 

@@ -16,8 +16,18 @@ from pathlib import Path
 import numpy as np
 import scipy.sparse as sp
 
+from core.als_factors import AlsFactors
 from core.candidates import CandidateIndex, TwoStageSettings
-from core.contract import ARTIFACT_MODEL, ITEM_NEIGHBOURS, MANIFEST, MAX_PLAYS, PLAYS, VOCAB_DIR
+from core.contract import (
+    ALS_FACTORS,
+    ARTIFACT_MODEL,
+    EASE_NEIGHBOURS,
+    ITEM_NEIGHBOURS,
+    MANIFEST,
+    MAX_PLAYS,
+    PLAYS,
+    VOCAB_DIR,
+)
 from core.similarity import ArrayBackend, SimilarityIndex
 from core.vocabulary import ArtistLookup, Vocabulary
 from gateway.errors import InvalidArgument
@@ -73,8 +83,10 @@ class ModelVersion:
             vocab = Vocabulary.load(directory / VOCAB_DIR)
             plays = sp.load_npz(directory / PLAYS).tocsr()
             table = sp.load_npz(directory / ITEM_NEIGHBOURS).tocsr()
+            ease = sp.load_npz(directory / EASE_NEIGHBOURS).tocsr()
+            als = AlsFactors.load(directory / ALS_FACTORS)
             two_stage = TwoStageSettings.from_dict(manifest.get("two_stage"))
-            candidates = CandidateIndex(plays, table, two_stage.candidates)
+            candidates = CandidateIndex(plays, table, two_stage.candidates, ease, als)
         except (OSError, ValueError, KeyError, TypeError) as exc:
             raise ArtifactError(f"version {version} in {directory}: {exc}") from exc
         if plays.shape != (vocab.n_users, vocab.n_artists):

@@ -6,9 +6,11 @@ most similar known users, whose scores are summed weighted by similarity, as in 
 history with no artist the model knows gets the most-listened artists instead, flagged as a
 popularity fallback (or INVALID_ARGUMENT when the caller asked for ``strict``).
 
-In the ``two_stage`` mode the listener's similar users (a known user's own, never themselves)
-also give stage 1's candidates (``core.candidates``), which Triton ranks; the version's blend
-for known users or for histories (tuned on validation at training) makes the final score.
+In the ``ranked`` (default) and ``two_stage`` modes the listener's similar users (a known
+user's own, never themselves) also give stage 1's candidates (``core.candidates``), which
+Triton ranks: ``ranked`` with the version's learned ranker inside ``candidate_ranker``,
+``two_stage`` with the version's blend for known users or for histories (both tuned on
+validation at training).
 """
 
 from __future__ import annotations
@@ -173,7 +175,8 @@ class RecommendationService:
                                    True, group.unknown, "popularity")  # fmt: skip
         blend = mv.two_stage.known if group.known_user else mv.two_stage.history
         request = ScoringRequest(mv.version, mv.n_artists, group.users, group.weights, q.k,
-                                 exclude, deadline.left(), group.candidates, blend)  # fmt: skip
+                                 exclude, deadline.left(), group.candidates, blend,
+                                 group.known_user)  # fmt: skip
         with self.metrics.triton_seconds.labels(q.mode).time(), self.metrics.stage("triton"):
             ranked = await self.modes[q.mode].top_k(request)
         similar = _similar(mv, group.users, group.weights)

@@ -109,8 +109,12 @@ def validate_version(repository: Path, version: int) -> dict:
 
 
 def quality(manifest: dict) -> float | None:
-    """The version's offline NDCG@10 for known users, if its manifest records one."""
-    value = ((manifest.get("metrics") or {}).get("known_users") or {}).get(GATE_METRIC)
+    """The version's offline NDCG@10 for known users, if its manifest records one: the served
+    default's (``metrics.served``, the ``ranked`` mode) where the run measured it, else the
+    network's over the whole catalogue (versions exported before the learned ranker)."""
+    metrics = manifest.get("metrics") or {}
+    served = (metrics.get("served") or {}).get("known_users") or {}
+    value = served.get(GATE_METRIC, (metrics.get("known_users") or {}).get(GATE_METRIC))
     return float(value) if value is not None else None
 
 

@@ -174,14 +174,41 @@ def test_two_stage_answers_equal_the_offline_two_stage_recommender(stack, offlin
             user = vocab.user_ids[u]
             rec = client.recommend(user, k=10, scoring="two_stage")
             assert rec.scoring == "two_stage"
-            expected = offline.for_user(user, 10, two_stage=True)
+            expected = offline.for_user(user, 10, mode="two_stage")
             _assert_same_ranking([(a.id, a.score) for a in rec.artists],
                                  [(r.id, r.score) for r in expected])  # fmt: skip
             played = {vocab.artist_ids[i] for i in run.plays[u].indices}
             assert not played & {a.id for a in rec.artists}
         names = [vocab.artist_names[i] for i in (5, 17, 40, 41)]
         rec = client.recommend(artists=names, k=15, scoring="two_stage")
-    expected = offline.for_history(names, 15, two_stage=True)
+    expected = offline.for_history(names, 15, mode="two_stage")
+    _assert_same_ranking([(a.name, a.score) for a in rec.artists],
+                         [(r.name, r.score) for r in expected])  # fmt: skip
+    assert len(rec.artists) == 15 and not set(names) & set(rec.names())
+
+
+def test_ranked_default_answers_equal_the_offline_ranked_recommender(stack, offline):
+    """The served default: stage 1 and the features in the gateway, the network and the learned
+    ranker's trees in one candidate_ranker request; the offline reference is the run's
+    RankedRecommender over the same tables and ALS factors."""
+    run, vocab = offline.run, offline.vocab
+    assert run.ranker is not None and run.als is not None  # trained on validation labels
+    manifest = json.loads((stack.root / "model_repository" / CATALOGUE_SCORER / "1" /
+                           "manifest.json").read_text())  # fmt: skip
+    assert manifest["ranker"]["trees"] == run.ranker.booster.num_trees()
+    with RecommenderClient(stack.address) as client:
+        for u in (3, 7, 20):
+            user = vocab.user_ids[u]
+            rec = client.recommend(user, k=10)  # the default mode
+            assert rec.scoring == "ranked"
+            expected = offline.for_user(user, 10, mode="ranked")
+            _assert_same_ranking([(a.id, a.score) for a in rec.artists],
+                                 [(r.id, r.score) for r in expected])  # fmt: skip
+            played = {vocab.artist_ids[i] for i in run.plays[u].indices}
+            assert not played & {a.id for a in rec.artists}
+        names = [vocab.artist_names[i] for i in (5, 17, 40, 41)]
+        rec = client.recommend(artists=names, k=15, scoring="ranked")
+    expected = offline.for_history(names, 15, mode="ranked")
     _assert_same_ranking([(a.name, a.score) for a in rec.artists],
                          [(r.name, r.score) for r in expected])  # fmt: skip
     assert len(rec.artists) == 15 and not set(names) & set(rec.names())
@@ -352,7 +379,7 @@ def test_prometheus_endpoint_counts_requests_by_code_and_shows_the_version(stack
     assert delta == {"OK": 2, "NOT_FOUND": 1, "INVALID_ARGUMENT": 1}, delta
     text = urllib.request.urlopen(url, timeout=5).read().decode()
     assert f"musicrec_gateway_model_version {float(_served_version(stack))}" in text
-    assert 'musicrec_gateway_triton_seconds_count{mode="two_stage"}' in text  # the default
+    assert 'musicrec_gateway_triton_seconds_count{mode="ranked"}' in text  # the default
     assert "musicrec_gateway_similarity_seconds_count" in text
     for stage in ("similarity", "candidates", "triton", "response"):
         assert f'musicrec_gateway_stage_seconds_count{{stage="{stage}"}}' in text
@@ -376,9 +403,7 @@ def test_client_cli_prints_tables_and_exits_non_zero_on_errors(stack, capsys):
     assert "Similar users" in capsys.readouterr().out
     assert client_cli([*base, "info"]) == 0
     info = json.loads(capsys.readouterr().out)
-    assert (
-        info["model_version"] == 1 and info["triton_up"] and info["default_scoring"] == "two_stage"
-    )
+    assert info["model_version"] == 1 and info["triton_up"] and info["default_scoring"] == "ranked"
     assert client_cli([*base, "recommend", "--user", "nobody"]) == 1
     out = capsys.readouterr().out
     assert "NOT_FOUND" in out and "Traceback" not in out

@@ -10,6 +10,7 @@ import scipy.sparse as sp
 from onnx import numpy_helper
 
 from core.candidates import (
+    FEATURES,
     Blend,
     CandidateConfig,
     CandidateIndex,
@@ -96,7 +97,7 @@ def test_candidates_are_capped_by_the_cheap_score():
 def test_blend_of_the_dnn_alone_ranks_by_the_dnn_and_ties_go_to_the_lower_artist():
     artists = np.array([9, 3, 5, 7])
     dnn = np.array([0.5, 2.0, 0.5, -1.0], np.float32)
-    features = np.random.default_rng(0).random((4, 3)).astype(np.float32)
+    features = np.random.default_rng(0).random((4, len(FEATURES))).astype(np.float32)
     final = Blend().score(dnn, features)
     assert artists[rank_candidates(artists, final, 4)].tolist() == [3, 5, 9, 7]
     # A feature-only blend follows that feature.

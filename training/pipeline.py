@@ -6,12 +6,15 @@ import logging
 import time
 from dataclasses import dataclass, field
 
+from core.als_factors import AlsFactors
 from training.config import DataConfig, TrainConfig
 from training.data import Interactions, filter_min_counts, load_dataset
 from training.evaluation import evaluate_known_users, evaluate_new_users
 from training.models import BASELINES, DNNRecommender, Recommender, SeedRecommender
+from training.models.als import fit_als_factors
+from training.ranker import LearnedRanker, RankedRecommender, fit_ranker
 from training.split import Split, split_interactions
-from training.two_stage import TwoStageSettings, tune_two_stage
+from training.two_stage import TwoStageRecommender, TwoStageSettings, tune_on
 
 log = logging.getLogger(__name__)
 
@@ -28,6 +31,9 @@ class TrainResult:
     load_report: dict[str, object] = field(default_factory=dict)
     train_seconds: float = 0.0
     two_stage: TwoStageSettings | None = None  # the network's two-stage blend, tuned on val
+    ranker: LearnedRanker | None = None  # the learned ranking stage, trained on val labels
+    als: AlsFactors | None = None  # ALS artist factors on train_full, a ranker feature
+    served_metrics: dict[str, object] | None = None  # the served default (``ranked``)'s
 
 
 def prepare_data(cfg: DataConfig, *, progress: bool = False) -> tuple[Interactions, dict]:
@@ -49,13 +55,18 @@ def make_model(cfg: TrainConfig, *, progress: bool = False) -> Recommender:
 
 
 def fit_model(model: Recommender, split: Split) -> float:
-    """Fit ``model`` on the split (the DNN early-stops on ``val``, then its two-stage blend is
-    tuned on ``val``: ``model.two_stage_``); returns seconds taken."""
+    """Fit ``model`` on the split; returns seconds taken. The DNN early-stops on ``val``; then,
+    with stage 1 fitted on ``train`` alone, its two-stage blend is tuned (``model.two_stage_``)
+    and the learned ranker trained (``model.ranker_``) on ``val``'s labels."""
     t0 = time.perf_counter()
     if isinstance(model, DNNRecommender):
         model.fit(split.train, split.val)
+        model.ranker_ = model.als_ = None
         if split.val.nnz:
-            model.two_stage_ = tune_two_stage(model, split.train, split.val)
+            inner = TwoStageRecommender(model).fit(split.train)
+            model.two_stage_ = tune_on(inner, split.val)
+            model.ranker_ = fit_ranker(inner, split.val)
+            model.als_ = fit_als_factors(split.train_full)  # served beside the refitted tables
         model.use_known_plays(split.train_full)  # what the run saves and serving matches against
     else:
         model.fit(split.train_full)
@@ -76,6 +87,12 @@ def train_and_evaluate(
     log.info("split: %s", split.summary())
     model = make_model(cfg, progress=progress)
     seconds = fit_model(model, split)
+    served = None
+    if getattr(model, "ranker_", None) is not None:  # what the gateway's default mode serves
+        ranked = RankedRecommender(model, model.ranker_, model.two_stage_, als=model.als_)
+        ranked.fit(split.train_full)
+        served = {"mode": "ranked", "known_users": evaluate_known_users(ranked, split, cfg.k),
+                  "new_users": evaluate_new_users(ranked, split, cfg.k)}  # fmt: skip
     return TrainResult(
         model=model,
         data=data,
@@ -85,4 +102,7 @@ def train_and_evaluate(
         load_report=report,
         train_seconds=seconds,
         two_stage=getattr(model, "two_stage_", None),
+        ranker=getattr(model, "ranker_", None),
+        als=getattr(model, "als_", None),
+        served_metrics=served,
     )

@@ -1,5 +1,6 @@
 """Recommendations from a saved run: the offline reference that serving must reproduce, over the
-whole catalogue (``all_artists``) or through stage-1 candidates (``two_stage``)."""
+whole catalogue (``all_artists``) or through stage-1 candidates (``two_stage`` with the blend,
+``ranked`` with the learned ranker)."""
 
 from __future__ import annotations
 
@@ -13,8 +14,11 @@ from core.ranking import top_k_excluding
 from core.vocabulary import ArtistLookup, ScoredArtist
 from training.models.base import Recommender
 from training.models.dnn import NetworkRecommender
+from training.ranker import RankedRecommender
 from training.run import Run
 from training.two_stage import TwoStageRecommender
+
+OFFLINE_MODES = ("all_artists", "two_stage", "ranked")
 
 
 class RunRecommender:
@@ -28,31 +32,41 @@ class RunRecommender:
             run.load_model(), run.plays, run.config.dnn.neighbours
         )
         self._users = self.vocab.user_index()
-        self._two_stage: TwoStageRecommender | None = None
+        self._staged: dict[str, TwoStageRecommender] = {}
 
-    @property
-    def two_stage(self) -> TwoStageRecommender:
-        """The run's network behind stage-1 candidates, with the run's tuned blend."""
-        if self._two_stage is None:
+    def _model(self, mode: str) -> Recommender:
+        """The network over the whole catalogue, or behind stage-1 candidates with the run's
+        tuned blend (``two_stage``) or learned ranker (``ranked``)."""
+        if mode not in OFFLINE_MODES:
+            raise ValueError(f"unknown mode {mode!r}; choose one of {', '.join(OFFLINE_MODES)}")
+        if mode == "all_artists":
+            return self.model
+        if mode not in self._staged:
             settings = self.run.two_stage or TwoStageSettings()
-            self._two_stage = TwoStageRecommender(self.model, settings).fit(self.run.plays)
-        return self._two_stage
+            if mode == "ranked" and self.run.ranker is None:
+                raise ValueError(f"run {self.run.path} has no learned ranker")
+            als = self.run.als  # the run's own factors, as export ships them
+            if mode == "ranked":
+                staged = RankedRecommender(self.model, self.run.ranker, settings, als=als)
+            else:
+                staged = TwoStageRecommender(self.model, settings, als=als)
+            self._staged[mode] = staged.fit(self.run.plays)
+        return self._staged[mode]
 
-    def _model(self, two_stage: bool) -> Recommender:
-        return self.two_stage if two_stage else self.model
-
-    def for_user(self, user_id: str, k: int = 10, *, two_stage: bool = False) -> list[ScoredArtist]:
+    def for_user(
+        self, user_id: str, k: int = 10, *, mode: str = "all_artists"
+    ) -> list[ScoredArtist]:
         """Top-``k`` unplayed artists for a user the model was trained on."""
         u = self._users.get(user_id)
         if u is None or self.run.plays[u].nnz == 0:
             raise KeyError(f"unknown user {user_id!r}: not among the model's training users")
-        scores = self._model(two_stage).score_users(np.array([u]))[0]
+        scores = self._model(mode).score_users(np.array([u]))[0]
         top = top_k_excluding(scores[None, :], self.run.plays[u], k)[0]
         top = top[top >= 0]  # fewer candidates than k
         return self.artists.named(top, scores[top])
 
     def for_history(
-        self, artists: Sequence[str], k: int = 10, *, two_stage: bool = False
+        self, artists: Sequence[str], k: int = 10, *, mode: str = "all_artists"
     ) -> list[ScoredArtist]:
         """Top-``k`` artists for a new listener given artist ids or names they play."""
         columns = [self.artists.by_id_or_name(a) for a in artists]
@@ -65,7 +79,7 @@ class RunRecommender:
             shape=(1, self.vocab.n_artists),
         )
         history.sum_duplicates()
-        scores = self._model(two_stage).score_histories(history)[0]
+        scores = self._model(mode).score_histories(history)[0]
         top = top_k_excluding(scores[None, :], history, k)[0]
         top = top[top >= 0]
         return self.artists.named(top, scores[top])

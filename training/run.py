@@ -10,6 +10,8 @@ Layout (``RUN_LAYOUT_VERSION`` = 1)::
     <run>/metrics.json       offline metrics, training time and throughput
     <run>/data.json          data summary, fingerprint and load report
     <run>/two_stage.json     candidate settings and blend weights tuned on validation (dnn/seed)
+    <run>/ranker.txt         the learned ranker (LightGBM text), ranker.json its settings (dnn)
+    <run>/als_factors.npz    ALS artist factors fitted on plays.npz (a ranker feature; dnn)
 """
 
 from __future__ import annotations
@@ -24,14 +26,18 @@ from typing import Any
 import keras
 import scipy.sparse as sp
 
+from core.als_factors import AlsFactors
 from core.candidates import TwoStageSettings
 from training.config import TrainConfig
 from training.data import Vocabulary
 from training.models.dnn import NetworkRecommender
 from training.pipeline import TrainResult
+from training.ranker import LearnedRanker
 
 RUN_LAYOUT_VERSION = 1
 TWO_STAGE = "two_stage.json"
+RANKER = "ranker.txt"
+ALS = "als_factors.npz"
 
 
 def result_metrics(result: TrainResult) -> dict[str, Any]:
@@ -43,6 +49,8 @@ def result_metrics(result: TrainResult) -> dict[str, Any]:
         "train_seconds": result.train_seconds,
         "params": model.params(),
     }
+    if result.served_metrics is not None:  # the served default's, which deploy's gate reads
+        out["served"] = result.served_metrics
     if isinstance(model, NetworkRecommender):
         out.update(
             train_rows=model.train_rows_,
@@ -69,6 +77,10 @@ def save_run(run_dir: Path, cfg: TrainConfig, result: TrainResult) -> Path:
         (tmp / "metrics.json").write_text(json.dumps(result_metrics(result), indent=2))
         if result.two_stage is not None:
             (tmp / TWO_STAGE).write_text(json.dumps(result.two_stage.to_dict(), indent=2))
+        if result.ranker is not None:
+            result.ranker.save(tmp / RANKER)
+        if result.als is not None:
+            result.als.save(tmp / ALS)
         data_info = {
             "layout_version": RUN_LAYOUT_VERSION,
             "summary": result.data.summary(),
@@ -95,6 +107,8 @@ class Run:
     metrics: dict[str, Any]
     data_info: dict[str, Any]
     two_stage: TwoStageSettings | None = None  # absent in runs older than two-stage serving
+    ranker: LearnedRanker | None = None  # absent without validation plays, or in older runs
+    als: AlsFactors | None = None  # absent in runs older than the learned ranker
 
     def load_model(self) -> keras.Model:
         """The trained network (seed/dnn runs)."""
@@ -121,4 +135,6 @@ def load_run(run_dir: Path | str) -> Run:
         two_stage=TwoStageSettings.from_dict(json.loads((path / TWO_STAGE).read_text()))
         if (path / TWO_STAGE).is_file()
         else None,
+        ranker=LearnedRanker.load(path / RANKER) if (path / RANKER).is_file() else None,
+        als=AlsFactors.load(path / ALS) if (path / ALS).is_file() else None,
     )

@@ -7,8 +7,9 @@ translating. For a seeded split:
   entirely. Each one's artists are split into a ``new_user_history`` (what a listener would send
   us) and ``new_user_targets`` (what we should recommend).
 * every other eligible user: ``test_fraction`` of their artists (at least one) go to ``test``;
-* of those users, a ``val_user_fraction`` share also give ``val_fraction`` of their remaining
-  artists (at least one) to ``val``, used for early stopping only;
+* of those users, a ``val_user_fraction`` share (all, by default) also give ``val_fraction`` of
+  their remaining artists (at least one) to ``val``: the DNN early-stops on it, and it holds
+  the labels the two-stage blend and the learned ranker are tuned on (never the test plays);
 * everything else is ``train``. Users with too few artists stay whole in ``train``.
 
 Nothing in ``test``, ``val`` or ``new_user_*`` is in ``train`` (tested in tests/test_split.py).
@@ -28,16 +29,18 @@ class SplitConfig:
 
     test_fraction: float = 0.2
     new_user_fraction: float = 0.1
-    val_user_fraction: float = 0.25
-    val_fraction: float = 0.1
+    val_user_fraction: float = 1.0  # every known user: the learned ranker's labels
+    val_fraction: float = 0.15
     min_user_artists: int = 5
     seed: int = 0
 
     def __post_init__(self) -> None:
-        for name in ("test_fraction", "new_user_fraction", "val_user_fraction", "val_fraction"):
+        for name in ("test_fraction", "new_user_fraction", "val_fraction"):
             value = getattr(self, name)
             if not 0.0 <= value < 1.0:
                 raise ValueError(f"{name} must be in [0, 1), got {value}")
+        if not 0.0 <= self.val_user_fraction <= 1.0:
+            raise ValueError(f"val_user_fraction must be in [0, 1], got {self.val_user_fraction}")
         if self.min_user_artists < 2:
             raise ValueError("min_user_artists must be >= 2 so every evaluated user keeps history")
 

@@ -14,6 +14,7 @@ from typing import Self
 import numpy as np
 import scipy.sparse as sp
 
+from core.als_factors import AlsFactors
 from core.candidates import (
     FEATURES,
     Blend,
@@ -25,13 +26,15 @@ from core.candidates import (
 )
 from core.similarity import SimilarityIndex
 from training.metrics import ranking_metrics
+from training.models.als import fit_als_factors
 from training.models.base import Recommender
 from training.models.dnn import NetworkRecommender
 
 # Blend weights tried on validation: the DNN's weight, then each stage-1 feature's.
 DNN_GRID = (0.0, 1.0)
 FEATURE_GRID = {"neighbourhood": (0.0, 0.25, 0.5, 1.0, 2.0), "item_knn": (0.0, 0.25, 0.5, 1.0, 2.0),
-                "popularity": (0.0, 0.25, 0.5)}  # fmt: skip
+                "popularity": (0.0, 0.25, 0.5), "ease": (0.0, 0.5, 1.0, 2.0),
+                "als": (0.0,)}  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -48,10 +51,14 @@ class TwoStageRecommender(Recommender):
     name = "dnn_two_stage"
 
     def __init__(self, network: NetworkRecommender, settings: TwoStageSettings | None = None,
-                 item_table: sp.csr_matrix | None = None) -> None:  # fmt: skip
+                 item_table: sp.csr_matrix | None = None,
+                 ease_table: sp.csr_matrix | None = None,
+                 als: AlsFactors | None = None) -> None:  # fmt: skip
         self.network = network
         self.settings = settings or TwoStageSettings()
         self._item_table = item_table
+        self._ease_table = ease_table
+        self._als = als
 
     def params(self) -> dict[str, object]:
         return self.settings.to_dict()
@@ -63,7 +70,12 @@ class TwoStageRecommender(Recommender):
         if table is None:
             table = self.settings.candidates.item_table(self.train_)
         self.item_table_ = table
-        self.index_ = CandidateIndex(self.train_, table, self.settings.candidates)
+        ease = self._ease_table
+        if ease is None:
+            ease = self.settings.candidates.ease_table(self.train_)
+        self.ease_table_ = ease
+        self.als_ = self._als if self._als is not None else fit_als_factors(self.train_)
+        self.index_ = CandidateIndex(self.train_, table, self.settings.candidates, ease, self.als_)
         self.similarity_ = SimilarityIndex(self.train_)
         return self
 
@@ -129,7 +141,7 @@ def _tune(stage1: _Stage1, targets: sp.csr_matrix, k: int) -> tuple[Blend, dict[
     for weights in itertools.product(DNN_GRID, *FEATURE_GRID.values()):
         if not any(weights):
             continue
-        blend = Blend(*weights)
+        blend = Blend(weights[0], **dict(zip(FEATURE_GRID, weights[1:], strict=True)))
         scores = np.where(artists >= 0, z @ blend.weights, -np.inf)
         order = np.lexsort((artists, -scores), axis=1)[:, :k]
         top = np.where(np.isfinite(np.take_along_axis(scores, order, 1)),
@@ -154,6 +166,12 @@ def tune_two_stage(
     through their similar users other than themselves)."""
     config = config or CandidateConfig()
     model = TwoStageRecommender(network, TwoStageSettings(config)).fit(train)
+    return tune_on(model, val, k)
+
+
+def tune_on(model: TwoStageRecommender, val: sp.csr_matrix, k: int = 10) -> TwoStageSettings:
+    """:func:`tune_two_stage` on an already fitted recommender (its stage 1 reused)."""
+    network, config = model.network, model.settings.candidates
     users = np.flatnonzero(np.diff(sp.csr_matrix(val).indptr) > 0)
     targets = sp.csr_matrix(val)[users]
     known = model.stage1_users(users)

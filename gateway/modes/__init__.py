@@ -8,10 +8,11 @@ from gateway.inference import Inference
 from gateway.modes.all_artists import AllArtists
 from gateway.modes.base import ModeScorer, Ranked, ScoringRequest
 from gateway.modes.pairwise import Pairwise
+from gateway.modes.ranked import RankedMode
 from gateway.modes.two_stage import TwoStage
 
 IMPLEMENTATIONS: dict[str, type[ModeScorer]] = {
-    "two_stage": TwoStage, "all_artists": AllArtists, "pairwise": Pairwise,
+    "ranked": RankedMode, "two_stage": TwoStage, "all_artists": AllArtists, "pairwise": Pairwise,
 }  # fmt: skip
 if set(IMPLEMENTATIONS) != set(MODES):  # pragma: no cover - a registry edit without its module
     raise ImportError(

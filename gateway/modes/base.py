@@ -25,6 +25,7 @@ class ScoringRequest:
     timeout_s: float
     candidates: Candidates | None = None  # stage 1, for modes that rank candidates
     blend: Blend | None = None  # how their stage-1 scores join the network's
+    known: bool = False  # a known user (own embedding), not a listener given by history
 
 
 @dataclass(frozen=True)

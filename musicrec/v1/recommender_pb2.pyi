@@ -13,6 +13,7 @@ class ScoringMode(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     SCORING_MODE_ALL_ARTISTS: _ClassVar[ScoringMode]
     SCORING_MODE_PAIRWISE: _ClassVar[ScoringMode]
     SCORING_MODE_TWO_STAGE: _ClassVar[ScoringMode]
+    SCORING_MODE_RANKED: _ClassVar[ScoringMode]
 
 class Fallback(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     __slots__ = ()
@@ -22,6 +23,7 @@ SCORING_MODE_UNSPECIFIED: ScoringMode
 SCORING_MODE_ALL_ARTISTS: ScoringMode
 SCORING_MODE_PAIRWISE: ScoringMode
 SCORING_MODE_TWO_STAGE: ScoringMode
+SCORING_MODE_RANKED: ScoringMode
 FALLBACK_NONE: Fallback
 FALLBACK_POPULARITY: Fallback
 

@@ -9,6 +9,7 @@ import scipy.sparse as sp
 from implicit.cpu.als import AlternatingLeastSquares
 from threadpoolctl import threadpool_limits
 
+from core.als_factors import AlsFactors
 from training.models.base import Recommender
 
 
@@ -79,3 +80,10 @@ class ALS(Recommender):
         weighted = self._weight(histories)
         factors = m.recalculate_user(np.arange(weighted.shape[0]), weighted)
         return (np.atleast_2d(factors) @ m.item_factors.T).astype(np.float32)
+
+
+def fit_als_factors(plays: sp.csr_matrix) -> AlsFactors:
+    """ALS (default settings) fitted on ``plays``, as the artist factors stage 2 ships."""
+    model = ALS().fit(plays)
+    return AlsFactors(np.asarray(model.model_.item_factors, np.float32), model.idf_,
+                      model.mean_length_, model.alpha, model.regularization)  # fmt: skip
