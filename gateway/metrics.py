@@ -10,7 +10,9 @@ fallbacks again under ``*_by_version`` names, so that a dashboard or an alert ca
 version against another (a canary against the serving one) while the unlabelled series keep
 their names. The version of an RPC is the one its answer names (:meth:`GatewayMetrics.served_by`,
 called by the servicer, or by whatever routes a request to a version); an RPC that fails before
-a version answered counts under the version the gateway serves.
+a version answered counts under the version the gateway serves. A canary's failed attempt,
+answered again by the serving version, counts under the canary too (``gateway/rollout.py``,
+with the canary retries and the shadow version's calls, latency and agreement).
 """
 
 from __future__ import annotations
@@ -24,13 +26,21 @@ from dataclasses import dataclass
 from typing import Any
 
 import grpc
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
+from prometheus_client import (
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    Summary,
+    start_http_server,
+)
 
 from gateway.logs import REQUEST_ID_HEADER, bind_request_id
 
 log = logging.getLogger("gateway.access")
 _BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10)
 NO_VERSION = "none"  # the version label while the gateway serves none
+_UNIT_BUCKETS = tuple(i / 10 for i in range(11))  # 0, 0.1, ..., 1
 
 
 @dataclass
@@ -106,6 +116,32 @@ class GatewayMetrics:
             ["version"],
             registry=r,
         )
+        # Rollouts (gateway/rollout.py): canary requests answered again by the serving version,
+        # and the shadow version's calls, latency and agreement with the served answer.
+        self.canary_retries = Counter(
+            "musicrec_gateway_canary_retries",
+            "Canary requests that failed (by the canary's version and status code) and were "
+            "answered by the serving version instead", ["version", "code"], registry=r,
+        )  # fmt: skip
+        self.shadow_requests = Counter(
+            "musicrec_gateway_shadow_requests",
+            "Requests copied to the shadow version, by outcome: ok, error, dropped (bound full)",
+            ["version", "outcome"], registry=r,
+        )  # fmt: skip
+        self.shadow_seconds = Histogram(
+            "musicrec_gateway_shadow_seconds", "Latency of the shadow version's answers",
+            ["version"], buckets=_BUCKETS, registry=r,
+        )  # fmt: skip
+        self.shadow_overlap = Histogram(
+            "musicrec_gateway_shadow_overlap_at_10",
+            "Share of the served top 10 that the shadow version's top 10 holds too",
+            ["version"], buckets=_UNIT_BUCKETS, registry=r,
+        )  # fmt: skip
+        self.shadow_rank_correlation = Summary(  # a histogram with buckets below 0 has no _sum
+            "musicrec_gateway_shadow_rank_correlation",
+            "Rank correlation (spearman, kendall) of the served and the shadow top 10",
+            ["version", "method"], registry=r,
+        )  # fmt: skip
         self.serving = 0  # the version the gateway serves (0: none), the label of early errors
 
     def stage(self, name: str) -> Any:

@@ -27,8 +27,8 @@ from gateway.config import GatewayConfig, add_arguments, from_arguments
 from gateway.metrics import GatewayMetrics, ObservingInterceptor
 from gateway.modes import mode_scorers
 from gateway.overload import LoadShedder
-from gateway.recommender import RecommendationService
 from gateway.replicas import ReplicaSet
+from gateway.rollout import RolloutService
 from gateway.service import RecommenderServicer
 from gateway.versions import VersionTracker
 from musicrec.v1 import recommender_pb2 as pb
@@ -69,7 +69,9 @@ class Gateway:
             timeout_s=min(2.0, config.triton_timeout_s), on_change=self._on_change,
             on_load_error=lambda *_: self.metrics.version_load_errors.inc(),
         )  # fmt: skip
-        service = RecommendationService(self.tracker, mode_scorers(inference), self.metrics)
+        service = RolloutService(self.tracker, mode_scorers(inference), self.metrics,
+                                 shadow_limit=config.shadow_max_in_flight,
+                                 triton_timeout_s=config.triton_timeout_s)  # fmt: skip
         pb_grpc.add_RecommenderServicer_to_server(RecommenderServicer(service, config), self.server)
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
         reflection.enable_server_reflection(

@@ -4,7 +4,9 @@ The tracker asks Triton (explicit model control) which versions are READY in eve
 loads each one's vocabulary and known plays off the event loop, and serves the newest loaded one
 by swapping one immutable :class:`ModelVersion` reference, so each request sees one whole
 version. During a deploy both versions are ready, so a switch (or a rollback, once the newer one
-is unloaded) needs no loading.
+is unloaded) needs no loading. A version the repository's rollout file names (a canary or a
+shadow, ``core/rollout.py``, read at each poll) is loaded too but never served as the
+gateway's own; ``gateway/rollout.py`` routes a share of requests to it.
 
 A version whose artifacts cannot be loaded, for any reason (a truncated file, a wrong JSON
 shape, MemoryError, a GPU out of memory), is logged with its cause, counted, and retried with
@@ -22,6 +24,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+from core import rollout as split
 from core.similarity import ArrayBackend
 from gateway.artifacts import ModelVersion
 from gateway.errors import GatewayError, Unavailable
@@ -65,6 +68,9 @@ class VersionTracker:
         self.triton_up = False
         self.reason = "no model version is ready in Triton yet"  # why current is None
         self.failures: dict[int, LoadFailure] = {}
+        # The repository's canary/shadow split (core/rollout.py), read at every poll: its new
+        # version is loaded like any ready version but never served as the gateway's own.
+        self.rollout: split.Rollout | None = None
         self._loaded: dict[int, ModelVersion] = {}
         self._lock = asyncio.Lock()
 
@@ -92,6 +98,7 @@ class VersionTracker:
                     log.warning("Triton unreachable: %s", exc)
                 self.triton_up = False
             else:
+                self._read_rollout()
                 await self._follow(ready)
             if before != (self.triton_up, self.current.version if self.current else None):
                 self.on_change(self)
@@ -109,10 +116,26 @@ class VersionTracker:
                 await self._load(version)  # preloaded, so a swap or rollback switches at once
         self._loaded = {v: m for v, m in self._loaded.items() if v in ready}
         self.failures = {v: f for v, f in self.failures.items() if v in ready}
-        self.current = self._loaded[max(self._loaded)] if self._loaded else None
+        own = set(self._loaded) - (self.rollout.versions if self.rollout else set())
+        newest = max(own or self._loaded, default=None)  # a rollout's version only if alone
+        self.current = self._loaded[newest] if newest is not None else None
         if self.current is None:
             causes = "; ".join(f"version {v}: {f.cause}" for v, f in sorted(self.failures.items()))
             self.reason = f"Triton serves no version the gateway can load ({causes})"
+
+    def loaded(self, version: int) -> ModelVersion | None:
+        """``version``'s artifacts if it is ready in Triton and loaded (a canary, a shadow)."""
+        return self._loaded.get(version)
+
+    def _read_rollout(self) -> None:
+        try:
+            rollout = split.read(self.repository)
+        except split.RolloutError as exc:  # keep the split known so far
+            log.error("%s", exc)
+            return
+        if rollout != self.rollout:
+            log.info("rollout split: %s", rollout)
+        self.rollout = rollout
 
     async def _still_ready(self) -> bool:
         try:

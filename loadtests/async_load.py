@@ -14,10 +14,18 @@ from client import AsyncRecommenderClient, RecommenderError
 
 
 class AsyncLoad:
-    """``with AsyncLoad(address, users) as load:`` sends until the block ends."""
+    """``with AsyncLoad(address, users) as load:`` sends until the block ends.
 
-    def __init__(self, address: str, users: list[str], concurrency: int = 8) -> None:
+    ``histories`` (lists of artist names) are sent instead of known users when given.
+    ``seen[i]``: the versions that answered listener ``i`` (a canary's split is sticky).
+    ``rate``: requests per second in all (each worker paced), instead of as fast as answered."""
+
+    def __init__(self, address: str, users: list[str], concurrency: int = 8, *,
+                 histories: list[list[str]] | None = None,
+                 rate: float | None = None) -> None:  # fmt: skip
         self.address, self.users, self.concurrency = address, users, concurrency
+        self.histories, self.rate = histories, rate
+        self.seen: dict[int, set[int]] = {}
         self.ok = 0
         self.failures: list[str] = []
         self.latencies: list[float] = []
@@ -42,15 +50,24 @@ class AsyncLoad:
 
             async def worker(w: int) -> None:
                 i = w
+                slot = time.monotonic() + (w / self.rate if self.rate else 0.0)
                 while not self._stop.is_set():
+                    if self.rate:  # paced: one request per worker every concurrency/rate s
+                        await asyncio.sleep(max(0.0, slot - time.monotonic()))
+                        slot += self.concurrency / self.rate
                     start = time.monotonic()
+                    listener = i % len(self.histories or self.users)
                     try:
-                        rec = await client.recommend(self.users[i % len(self.users)], k=10)
+                        if self.histories:
+                            rec = await client.recommend(artists=self.histories[listener], k=10)
+                        else:
+                            rec = await client.recommend(self.users[listener], k=10)
                     except RecommenderError as exc:
                         self.failures.append(str(exc))
                     else:
                         self.ok += 1
                         self.latencies.append(time.monotonic() - start)
+                        self.seen.setdefault(listener, set()).add(rec.model_version)
                         if not self.switches or self.switches[-1][1] != rec.model_version:
                             self.switches.append((time.monotonic(), rec.model_version))
                     i += self.concurrency
