@@ -14,11 +14,13 @@ no client saw one.
 
 **Shadow.** A ``shadow_percent`` share of the requests the serving version answered is sent
 again to the shadow version by a task of its own, after the answer is ready and off its path:
-at most ``shadow_max_in_flight`` (default :data:`SHADOW_MAX_IN_FLIGHT`) at once per gateway; a
-request beyond that is dropped (counted), so shadow load never queues in front of served
-requests and adds at most that many calls' work. The shadow's answer is
-discarded; its latency, its outcome and its agreement with the served top 10 (overlap@10,
-Spearman's rho and Kendall's tau-b over the two lists) are recorded in the metrics.
+at most ``shadow_max_in_flight`` (default :data:`SHADOW_MAX_IN_FLIGHT`) at once per gateway,
+and only while no other served request is in flight on it; a request beyond that is dropped
+(counted), so shadow load never queues in front of served requests and takes the gateway's
+spare time, never its busy time: under saturation the shadow samples fewer requests. The
+shadow's answer is discarded; its latency, its outcome and its agreement with the served top
+10 (overlap@10, Spearman's rho and Kendall's tau-b over the two lists) are recorded in the
+metrics.
 """
 
 from __future__ import annotations
@@ -110,6 +112,7 @@ class RolloutService(RecommendationService):
         self.triton_timeout_s = triton_timeout_s
         self._shadows: set[asyncio.Task] = set()
         self._random = random.Random()
+        self._serving_now = 0  # Recommend calls in flight on this gateway
 
     def _canary(self, listener: Listener) -> ModelVersion | None:
         rollout = self.tracker.rollout
@@ -121,6 +124,13 @@ class RolloutService(RecommendationService):
         return canary if split.in_canary(rollout, listener_key(listener)) else None
 
     async def recommend(self, query: Query, deadline: Deadline) -> RecommendResult:
+        self._serving_now += 1
+        try:
+            return await self._recommend_routed(query, deadline)
+        finally:
+            self._serving_now -= 1
+
+    async def _recommend_routed(self, query: Query, deadline: Deadline) -> RecommendResult:
         canary = self._canary(query.listener)
         if canary is not None:
             try:
@@ -159,8 +169,8 @@ class RolloutService(RecommendationService):
         if shadow is None or shadow.version == served.version:
             return
         label = str(shadow.version)
-        if len(self._shadows) >= self.shadow_limit:
-            self.metrics.shadow_requests.labels(label, "dropped").inc()
+        if len(self._shadows) >= self.shadow_limit or self._serving_now > 1:
+            self.metrics.shadow_requests.labels(label, "dropped").inc()  # full, or busy
             return
         task = asyncio.get_running_loop().create_task(self._shadow(shadow, query, served))
         self._shadows.add(task)
