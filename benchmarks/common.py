@@ -42,6 +42,27 @@ def random_network(n_users: int, n_artists: int, seed: int = 0) -> keras.Model:
     return model
 
 
+def synthetic_ranker(seed: int = 0):
+    """A learned ranker of the production size (``RankerConfig``'s trees and leaves) fitted on
+    synthetic feature rows: the cost per request of a trained one, without training data."""
+    import lightgbm as lgb
+
+    from core.ranker_features import RANKER_FEATURES
+    from training.ranker import LearnedRanker, RankerConfig
+
+    config = RankerConfig(min_child_samples=20)
+    rng = np.random.default_rng(seed)
+    lists, width = 400, 200
+    x = rng.normal(size=(lists * width, len(RANKER_FEATURES))).astype(np.float32)
+    signal = x @ rng.normal(size=len(RANKER_FEATURES)) + rng.normal(size=len(x))
+    y = (signal > np.quantile(signal, 0.97)).astype(np.float32)
+    params = {"objective": config.objective, "learning_rate": config.learning_rate,
+              "num_leaves": config.leaves, "min_child_samples": config.min_child_samples,
+              "verbose": -1, "num_threads": 2, "seed": seed}  # fmt: skip
+    booster = lgb.train(params, lgb.Dataset(x, y, group=[width] * lists), config.trees)
+    return LearnedRanker(booster, config, {"synthetic": True})
+
+
 def history_requests(plays: sp.csr_matrix, names: Sequence[str], n: int, length: int = 10,
                      seed: int = 0) -> list[list[str]]:  # fmt: skip
     """``n`` new-listener histories: ``length`` artist names of a random listener each."""

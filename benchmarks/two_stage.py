@@ -5,17 +5,20 @@
 
 Catalogues: HetRec 2011 (real plays, 1,892 users x 17,632 artists) and a Spotify-scale synthetic
 one (15,918 users x 290,000 artists, 12.9M plays from the project's generator). A network of the
-seed architecture with random weights is exported over each with the default two-stage settings
-(speed does not depend on training); Triton (CPU, Python backend) and the gateway run as in the
-demo. Requests are new listeners' histories (10 artists of a random listener, by name), sent at
-concurrency 1, 8 and 32 in each mode: ``two_stage``, ``all_artists`` and ``pairwise``.
+seed architecture with random weights, a learned ranker of the production size fitted on
+synthetic rows, and ALS factors fitted on the catalogue's plays are exported over each with the
+default settings (speed does not depend on training); Triton (CPU, Python backend) and the
+gateway run as in the demo. Requests are new listeners' histories (10 artists of a random
+listener, by name), sent at concurrency 1, 8 and 32 in each mode: ``ranked`` (the default),
+``two_stage``, ``all_artists`` and ``pairwise``.
 
-Top-level figures: ``two_stage_vs_all_artists_290k`` (requests/s at concurrency 8, measured side
-by side), ``p50_ms_290k_c1`` (two_stage, end to end), ``gateway_overhead_ms_p50`` (HetRec,
-concurrency 1: the end-to-end p50 minus the p50 of the very same ``candidate_scorer`` requests
-sent straight to Triton), the gateway's own time per stage at concurrency 1 (its metrics:
-``gateway_own_ms_mean_c1`` is its whole Recommend minus its Triton stage), and NDCG@10 of
-``dnn``, ``dnn_two_stage`` and ``ease`` copied from ``quality.json`` (run that first).
+Top-level figures, all of the served default ``ranked``: ``two_stage_vs_all_artists_290k``
+(requests/s at concurrency 8 over ``all_artists``', measured side by side), ``p50_ms_290k_c1``
+(end to end), ``gateway_overhead_ms_p50`` (HetRec, concurrency 1: the end-to-end p50 minus the
+p50 of the very same ``candidate_ranker`` requests sent straight to Triton), the gateway's own
+time per stage at concurrency 1 (its metrics: ``gateway_own_ms_mean_c1`` is its whole Recommend
+minus its Triton stage), the export's time per source (``export_seconds``, ``als_seconds``),
+and NDCG@10 (mean over seeds) copied from ``quality.json`` (run that first).
 Writes benchmarks/results/two_stage.json.
 """
 
@@ -35,10 +38,18 @@ import tritonclient.grpc as grpcclient
 from prometheus_client.parser import text_string_to_metric_families
 from rich.table import Table
 
-from benchmarks.common import benchmark_arguments, drive, history_requests, random_network, summary
+from benchmarks.common import (
+    benchmark_arguments,
+    drive,
+    history_requests,
+    random_network,
+    summary,
+    synthetic_ranker,
+)
 from core.console import console
-from core.contract import CANDIDATE_SCORER
+from core.contract import CANDIDATE_RANKER, CANDIDATE_SCORER
 from core.paths import HETREC_DIR
+from core.ranker_features import candidate_features
 from core.similarity import CPU
 from core.vocabulary import Vocabulary
 from export.repository import export_network
@@ -48,17 +59,19 @@ from serving.processes import free_port
 from serving.stack import StackConfig, serving_stack
 from training.data import load_hetrec
 from training.data.generator import GeneratorConfig, artist_names, generate_play_matrix, user_ids
+from training.models.als import fit_als_factors
 
 RESULTS = Path(__file__).parent / "results" / "two_stage.json"
 QUALITY = Path(__file__).parent / "results" / "quality.json"
 SPOTIFY_SCALE = GeneratorConfig(rows=12_900_000, users=15_918, artists=290_000, communities=200)
-MODES = ("two_stage", "all_artists", "pairwise")
+MODES = ("ranked", "two_stage", "all_artists", "pairwise")
+SERVED = "ranked"
 # Requests per (mode, concurrency): the exhaustive modes cost 10-1000x more at 290k artists.
 COUNTS = {
-    "hetrec": {"two_stage": {1: 300, 8: 600, 32: 800}, "all_artists": {1: 100, 8: 200, 32: 300},
-               "pairwise": {1: 16, 8: 32, 32: 64}},
-    "290k": {"two_stage": {1: 300, 8: 600, 32: 800}, "all_artists": {1: 12, 8: 32, 32: 64},
-             "pairwise": {1: 3, 8: 8, 32: 32}},
+    "hetrec": {"ranked": {1: 300, 8: 600, 32: 800}, "two_stage": {1: 300, 8: 600, 32: 800},
+               "all_artists": {1: 100, 8: 200, 32: 300}, "pairwise": {1: 16, 8: 32, 32: 64}},
+    "290k": {"ranked": {1: 300, 8: 600, 32: 800}, "two_stage": {1: 300, 8: 600, 32: 800},
+             "all_artists": {1: 12, 8: 32, 32: 64}, "pairwise": {1: 3, 8: 8, 32: 32}},
 }  # fmt: skip
 STAGES = ("resolve", "similarity", "candidates", "triton", "response")
 
@@ -74,8 +87,10 @@ def _catalogue(name: str) -> tuple[sp.csr_matrix, Vocabulary]:
                              tuple(f"a{i}" for i in range(n_artists)), names)  # fmt: skip
 
 
-def _direct_triton_ms(repo: Path, url: str, requests: list[list[str]]) -> dict:
-    """The same candidate_scorer requests the gateway sends, straight to Triton, one at a time."""
+def _direct_triton_ms(repo: Path, url: str, requests: list[list[str]],
+                      model: str = CANDIDATE_RANKER) -> dict:  # fmt: skip
+    """The same ``model`` requests the gateway sends, straight to Triton, one at a time
+    (``candidate_scorer``'s without the features: the network alone)."""
     mv = ModelVersion.load(repo, 1, CPU)
     client = grpcclient.InferenceServerClient(url)
     latencies = []
@@ -87,13 +102,16 @@ def _direct_triton_ms(repo: Path, url: str, requests: list[list[str]]) -> dict:
         arrays = [("users", idx[0][keep][None, :].astype(np.int64), "INT64"),
                   ("weights", sims[0][keep][None, :].astype(np.float32), "FP32"),
                   ("candidates", found.artists[None, :], "INT64"),
-                  ("mask", np.ones((1, len(found.artists)), bool), "BOOL")]  # fmt: skip
+                  ("mask", np.ones((1, len(found.artists)), bool), "BOOL"),
+                  ("features", candidate_features(found, False)[None], "FP32")]  # fmt: skip
+        if model != CANDIDATE_RANKER:
+            arrays = arrays[:-1]
         inputs = []
         for name, array, dtype in arrays:
             inputs.append(grpcclient.InferInput(name, list(array.shape), dtype))
             inputs[-1].set_data_from_numpy(array)
         t0 = time.perf_counter()
-        client.infer(CANDIDATE_SCORER, inputs, model_version="1")
+        client.infer(model, inputs, model_version="1")
         latencies.append(time.perf_counter() - t0)
     client.close()
     return summary(latencies[1:], sum(latencies[1:]), 1)
@@ -143,8 +161,11 @@ def measure(name: str, scale: int) -> dict:
         root = Path(tmp)
         vocab.save(root / "vocab")
         t0 = time.perf_counter()
+        als = fit_als_factors(plays)
+        out["als_seconds"] = time.perf_counter() - t0
+        t0 = time.perf_counter()
         export_network(random_network(n_users, n_artists), root / "model_repository",
-                       vocab_dir=root / "vocab", plays=plays,
+                       vocab_dir=root / "vocab", plays=plays, ranker=synthetic_ranker(), als=als,
                        provenance={"source_run": "benchmark (random weights)"})  # fmt: skip
         out["export_seconds"] = time.perf_counter() - t0
         metrics_port = free_port()
@@ -160,19 +181,24 @@ def measure(name: str, scale: int) -> dict:
                     before = _stage_totals(metrics_port)
                     row = asyncio.run(drive(stack.gateway.address, requests, conc, mode))
                     out["rows"][f"{mode}_c{conc}"] = row
-                    if mode == "two_stage" and conc == 1:
+                    if mode == SERVED and conc == 1:
                         out["stage_means_ms_c1"] = _means_ms(before, _stage_totals(metrics_port))
                     console.print(f"{name} {mode} c{conc}: {row['rps']:.1f} req/s, "
                                   f"p50 {row['p50_ms']:.1f} ms")  # fmt: skip
             requests = history_requests(plays, vocab.artist_names, 300 // scale, seed=1)
             direct = _direct_triton_ms(root / "model_repository", stack.triton.grpc_url, requests)
             out["triton_direct_c1"] = direct
+            # What the trees add inside Triton: the same requests without them.
+            out["triton_direct_network_only_c1"] = _direct_triton_ms(
+                root / "model_repository", stack.triton.grpc_url, requests, CANDIDATE_SCORER
+            )
     return out
 
 
 def _quality() -> dict[str, float | None]:
     models = json.loads(QUALITY.read_text())["models"] if QUALITY.is_file() else {}
-    return {m: (models.get(m) or {}).get("ndcg@10") for m in ("dnn", "dnn_two_stage", "ease")}
+    names = ("dnn", "dnn_two_stage", "dnn_ranked", "ease")
+    return {m: ((models.get(m) or {}).get("ndcg@10") or {}).get("mean") for m in names}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -186,16 +212,24 @@ def main(argv: list[str] | None = None) -> int:
         "requests": "new listeners: 10 artists of a random listener, by name; top 10",
         "hetrec": hetrec,
         "290k": big,
-        "two_stage_vs_all_artists_290k": rows["two_stage_c8"]["rps"]
+        "mode": SERVED,
+        "two_stage_vs_all_artists_290k": rows[f"{SERVED}_c8"]["rps"]
         / rows["all_artists_c8"]["rps"],
-        "p50_ms_290k_c1": rows["two_stage_c1"]["p50_ms"],
-        "gateway_overhead_ms_p50": hetrec["rows"]["two_stage_c1"]["p50_ms"]
+        "p50_ms_290k_c1": rows[f"{SERVED}_c1"]["p50_ms"],
+        "p50_ms_290k_c1_two_stage_blend": rows["two_stage_c1"]["p50_ms"],
+        "gateway_overhead_ms_p50": hetrec["rows"][f"{SERVED}_c1"]["p50_ms"]
         - hetrec["triton_direct_c1"]["p50_ms"],
+        # The learned ranker's cost per request inside Triton (p50, concurrency 1).
+        "ranker_in_triton_ms_p50": {
+            cat: r["triton_direct_c1"]["p50_ms"] - r["triton_direct_network_only_c1"]["p50_ms"]
+            for cat, r in (("hetrec", hetrec), ("290k", big))
+        },
         # The gateway's own clock, concurrency 1: its whole Recommend minus its Triton stage.
         "gateway_own_ms_mean_c1": hetrec["stage_means_ms_c1"]["Recommend"]
         - hetrec["stage_means_ms_c1"]["triton"],
         "ndcg@10": _quality(),
-        "ndcg_source": "benchmarks/results/quality.json (HetRec, per-user 20% holdout)",
+        "ndcg_source": "benchmarks/results/quality.json (HetRec, per-user 20% holdout, mean "
+        "over split seeds)",
         "total_seconds": time.perf_counter() - t0,
     }
     args.out.parent.mkdir(parents=True, exist_ok=True)
