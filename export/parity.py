@@ -93,6 +93,19 @@ def check_catalogue_scorer(
                         groups=groups, topk_agreement=in_top)  # fmt: skip
 
 
+def _candidate_feed(scorer: CatalogueScorer, groups: int, group_size: int, candidates: int,
+                    seed: int) -> tuple[dict[str, np.ndarray], np.random.Generator]:  # fmt: skip
+    """Random groups of users, weights, candidates and a mask (10% padding) for a candidate
+    model, and the generator for anything else the check draws."""
+    n_users, n_artists = scorer.weights.user_embedding.shape[0], scorer.artist_half.shape[0]
+    rng = np.random.default_rng(seed)
+    feed = {"users": rng.integers(0, n_users, (groups, group_size)).astype(np.int64),
+            "weights": rng.random((groups, group_size)).astype(np.float32),
+            "candidates": rng.integers(0, n_artists, (groups, candidates)).astype(np.int64),
+            "mask": rng.random((groups, candidates)) < 0.9}  # fmt: skip
+    return feed, rng
+
+
 def check_candidate_scorer(
     keras_model: keras.Model,
     onnx_model: onnx.ModelProto,
@@ -106,16 +119,9 @@ def check_candidate_scorer(
     """The candidate model's scores must be the pairwise network's weighted group sums, and
     masked slots ``-inf``."""
     scorer = CatalogueScorer.from_model(keras_model)
-    n_users, n_artists = scorer.weights.user_embedding.shape[0], scorer.artist_half.shape[0]
-    rng = np.random.default_rng(seed)
-    users = rng.integers(0, n_users, (groups, group_size))
-    weights = rng.random((groups, group_size)).astype(np.float32)
-    chosen = rng.integers(0, n_artists, (groups, candidates))
-    mask = rng.random((groups, candidates)) < 0.9
-    (scores,) = session(onnx_model).run(
-        ["scores"], {"users": users.astype(np.int64), "weights": weights,
-                     "candidates": chosen.astype(np.int64), "mask": mask},
-    )  # fmt: skip
+    feed, _ = _candidate_feed(scorer, groups, group_size, candidates, seed)
+    users, weights, chosen, mask = (feed[k] for k in ("users", "weights", "candidates", "mask"))
+    (scores,) = session(onnx_model).run(["scores"], feed)
     expected = np.take_along_axis(scorer.score_groups(users, weights), chosen, axis=1)
     diff = float(np.max(np.abs(expected[mask] - scores[mask])))
     if not diff <= tolerance or not np.all(np.isneginf(scores[~mask])):
@@ -145,17 +151,10 @@ def check_candidate_ranker(
     branch, so :data:`RANKER_MIN_CLOSE` of the scores must match within ``tolerance`` and the
     top 10 agree by :data:`RANKER_MIN_TOP10`."""
     scorer = CatalogueScorer.from_model(keras_model)
-    n_users, n_artists = scorer.weights.user_embedding.shape[0], scorer.artist_half.shape[0]
-    rng = np.random.default_rng(seed)
-    users = rng.integers(0, n_users, (groups, group_size))
-    weights = rng.random((groups, group_size)).astype(np.float32)
-    chosen = rng.integers(0, n_artists, (groups, candidates))
-    mask = rng.random((groups, candidates)) < 0.9
+    feed, rng = _candidate_feed(scorer, groups, group_size, candidates, seed)
+    users, weights, chosen, mask = (feed[k] for k in ("users", "weights", "candidates", "mask"))
     features = rng.normal(size=(groups, candidates, len(GATEWAY_FEATURES))).astype(np.float32)
-    (scores,) = session(onnx_model).run(
-        ["scores"], {"users": users.astype(np.int64), "weights": weights,
-                     "candidates": chosen.astype(np.int64), "mask": mask, "features": features},
-    )  # fmt: skip
+    (scores,) = session(onnx_model).run(["scores"], {**feed, "features": features})
     dnn = np.take_along_axis(scorer.score_groups(users, weights), chosen, axis=1)
     close, overlap, diffs = [], [], []
     for g in range(groups):

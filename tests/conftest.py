@@ -40,6 +40,18 @@ def community_matrix(
     return sp.csr_matrix((data, (rows, cols)), shape=(n_users, n_artists))
 
 
+@pytest.fixture(scope="module")
+def network():
+    """The seed architecture over 120 users x 60 artists with N(0, 0.3) weights (seeded)."""
+    from training.models.network import build_network
+
+    model = build_network(120, 60, seed=3)
+    rng = np.random.default_rng(2)
+    for w in model.weights:
+        w.assign(rng.normal(0, 0.3, w.shape).astype(np.float32))
+    return model
+
+
 @pytest.fixture
 def tiny_csv(tmp_path: Path):
     """Write text to a CSV file in tmp_path and return its path."""

@@ -23,16 +23,7 @@ from export.ranker_model import candidate_ranker, ranker_trees
 from export.request_batching import join
 from tests.conftest import community_matrix
 from training.models.ease import EASE
-from training.models.network import NetworkWeights, build_network
-
-
-@pytest.fixture(scope="module")
-def network():
-    model = build_network(120, 60, seed=3)
-    rng = np.random.default_rng(2)
-    for w in model.weights:
-        w.assign(rng.normal(0, 0.3, w.shape).astype(np.float32))
-    return model
+from training.models.network import NetworkWeights
 
 
 @pytest.fixture(scope="module")

@@ -23,16 +23,7 @@ from export.onnx_models import candidate_scorer
 from export.parity import ParityError, check_candidate_scorer, session
 from tests.conftest import community_matrix
 from training.models.neighbors import ItemKNN, neighbour_sum
-from training.models.network import CatalogueScorer, NetworkWeights, build_network
-
-
-@pytest.fixture(scope="module")
-def network():
-    model = build_network(120, 60, seed=3)
-    rng = np.random.default_rng(2)
-    for w in model.weights:
-        w.assign(rng.normal(0, 0.3, w.shape).astype(np.float32))
-    return model
+from training.models.network import CatalogueScorer, NetworkWeights
 
 
 def test_item_table_is_item_knns_pruned_similarity():

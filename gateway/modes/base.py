@@ -8,7 +8,7 @@ from typing import Protocol
 import numpy as np
 
 from core.candidates import Blend, Candidates
-from gateway.inference import Inference
+from gateway.inference import Inference, tensor
 
 
 @dataclass(frozen=True)
@@ -34,6 +34,18 @@ class Ranked:
 
     artists: np.ndarray
     scores: np.ndarray
+
+
+def candidate_inputs(r: ScoringRequest) -> list:
+    """The group, its weights and the request's candidates (no padding) as the Triton inputs
+    every candidate model takes."""
+    artists = r.candidates.artists if r.candidates is not None else np.zeros(0, np.int64)
+    return [
+        tensor("users", r.group.reshape(1, -1).astype(np.int64), "INT64"),
+        tensor("weights", r.weights.reshape(1, -1).astype(np.float32), "FP32"),
+        tensor("candidates", artists.reshape(1, -1).astype(np.int64), "INT64"),
+        tensor("mask", np.ones((1, len(artists)), bool), "BOOL"),
+    ]
 
 
 class ModeScorer(Protocol):

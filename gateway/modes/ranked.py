@@ -11,7 +11,7 @@ from core.candidates import rank_candidates
 from core.contract import CANDIDATE_RANKER
 from core.ranker_features import candidate_features
 from gateway.inference import Inference, tensor
-from gateway.modes.base import Ranked, ScoringRequest
+from gateway.modes.base import Ranked, ScoringRequest, candidate_inputs
 
 
 class RankedMode:
@@ -25,13 +25,7 @@ class RankedMode:
         if len(artists) == 0:
             return Ranked(np.zeros(0, np.int64), np.zeros(0, np.float32))
         features = candidate_features(r.candidates, r.known)
-        inputs = [
-            tensor("users", r.group.reshape(1, -1).astype(np.int64), "INT64"),
-            tensor("weights", r.weights.reshape(1, -1).astype(np.float32), "FP32"),
-            tensor("candidates", artists.reshape(1, -1).astype(np.int64), "INT64"),
-            tensor("mask", np.ones((1, len(artists)), bool), "BOOL"),
-            tensor("features", features[None], "FP32"),
-        ]
+        inputs = [*candidate_inputs(r), tensor("features", features[None], "FP32")]
         result = await self.inference.infer(CANDIDATE_RANKER, r.version, inputs, r.timeout_s)
         scores = result.as_numpy("scores")[0][: len(artists)]  # never a batch-mate's padding
         best = rank_candidates(artists, scores, r.k)

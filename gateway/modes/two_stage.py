@@ -8,8 +8,8 @@ import numpy as np
 
 from core.candidates import Blend, rank_candidates
 from core.contract import CANDIDATE_SCORER
-from gateway.inference import Inference, tensor
-from gateway.modes.base import Ranked, ScoringRequest
+from gateway.inference import Inference
+from gateway.modes.base import Ranked, ScoringRequest, candidate_inputs
 
 
 class TwoStage:
@@ -22,13 +22,8 @@ class TwoStage:
         artists = r.candidates.artists
         if len(artists) == 0:
             return Ranked(np.zeros(0, np.int64), np.zeros(0, np.float32))
-        inputs = [
-            tensor("users", r.group.reshape(1, -1).astype(np.int64), "INT64"),
-            tensor("weights", r.weights.reshape(1, -1).astype(np.float32), "FP32"),
-            tensor("candidates", artists.reshape(1, -1).astype(np.int64), "INT64"),
-            tensor("mask", np.ones((1, len(artists)), bool), "BOOL"),
-        ]
-        result = await self.inference.infer(CANDIDATE_SCORER, r.version, inputs, r.timeout_s)
+        result = await self.inference.infer(CANDIDATE_SCORER, r.version, candidate_inputs(r),
+                                            r.timeout_s)  # fmt: skip
         dnn = result.as_numpy("scores")[0][: len(artists)]  # never a batch-mate's padding
         final = (r.blend or Blend()).score(dnn, r.candidates.features)
         best = rank_candidates(artists, final, r.k)
