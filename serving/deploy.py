@@ -175,12 +175,23 @@ def swap(cfg: DeployConfig, old: int | None, new: int) -> None:
         raise _restore(cfg, fleet, old, new, str(exc)) from None
 
 
+REACH_WAIT_S = 15.0  # how long deploy / rollback wait for a Triton that is (re)starting
+
+
 def _current(cfg: DeployConfig) -> int | None:
-    try:
-        served = served_versions(cfg, _triton(cfg))
-    except InferenceServerException as exc:
-        raise DeployError(f"Triton at {cfg.triton_url} is not reachable: {exc.message()}") from None
-    return max(served) if served else None
+    """The newest version ready everywhere (None when none is). A Triton that does not answer
+    is asked again for up to :data:`REACH_WAIT_S`: a supervised Triton being restarted comes
+    back meanwhile (its supervisor starts it at once while a deploy holds the lock)."""
+    deadline = time.monotonic() + min(cfg.timeout_s, REACH_WAIT_S)
+    while True:
+        try:
+            served = served_versions(cfg, _triton(cfg))
+            return max(served) if served else None
+        except InferenceServerException as exc:
+            if time.monotonic() > deadline:
+                raise DeployError(f"Triton at {cfg.triton_url} is not reachable: "
+                                  f"{exc.message()}") from None  # fmt: skip
+            time.sleep(0.5)
 
 
 def recover(cfg: DeployConfig) -> str:

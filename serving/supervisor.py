@@ -16,7 +16,8 @@ Convergence:
 * readiness is watched for the whole life of a start: one that a deploy repairs (loading a
   working version through the model-control API) is ready from then on and is never killed;
 * while another process holds the repository's lock (a deploy, rollback or export in progress)
-  a start that is not ready yet is given time instead of being killed mid-repair.
+  a start that is not ready yet is given time instead of being killed mid-repair, and a pending
+  restart does not wait out its delay: the deploy needs a running server.
 """
 
 from __future__ import annotations
@@ -113,7 +114,7 @@ class Supervisor:
             stop_group(proc)  # its helpers too
             self.child.process = None
             self.child.after_exit()  # e.g. Triton's shared-memory regions
-            if self._stopping.wait(self.delay(failures)):
+            if self._pause(self.delay(failures)):
                 return
             ready_since = None
             deadline = time.monotonic() + self.start_timeout_s
@@ -124,6 +125,17 @@ class Supervisor:
                 log.warning("%s restarted (restart %d)", self.child.name, self.restarts)
             except Exception as exc:  # the next turn tries again, later
                 log.error("restarting %s failed: %s", self.child.name, exc)
+
+    def _pause(self, seconds: float) -> bool:
+        """Wait ``seconds`` before the next start, cut short when a deploy or rollback holds the
+        repository's lock (it needs a running server to repair); True when stopping."""
+        end = time.monotonic() + seconds
+        while (left := end - time.monotonic()) > 0:
+            if self._stopping.wait(min(0.5, left)):
+                return True
+            if repository_busy(self.repository):
+                break
+        return self._stopping.is_set()
 
     def _is_ready(self) -> bool:
         try:
