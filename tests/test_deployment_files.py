@@ -14,6 +14,7 @@ import yaml
 
 from core.contract import SERVED_MODELS
 from gateway.metrics import GatewayMetrics
+from serving.admin_key import RESTRICTED
 
 ROOT = Path(__file__).resolve().parent.parent
 COMPOSE = yaml.safe_load((ROOT / "docker-compose.yml").read_text())
@@ -38,8 +39,9 @@ def test_compose_has_no_default_secret():
 
 def test_control_plane_and_dashboards_are_closed():
     triton = " ".join(SERVICES["triton"]["command"])
-    for flag in ("--grpc-restricted-protocol=model-repository:musicrec-admin-key=${TRITON",
-                 "--http-restricted-api=model-repository:musicrec-admin-key=${TRITON"):  # fmt: skip
+    groups = ",".join(RESTRICTED)  # the whole admin surface, as the embedded Triton keys it
+    for flag in (f"--grpc-restricted-protocol={groups}:musicrec-admin-key=${{TRITON",
+                 f"--http-restricted-api={groups}:musicrec-admin-key=${{TRITON"):  # fmt: skip
         assert flag in triton
     grafana = SERVICES["grafana"]["environment"]
     assert grafana["GF_AUTH_ANONYMOUS_ENABLED"] == "false"

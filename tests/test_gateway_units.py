@@ -42,7 +42,7 @@ def test_request_defaults_and_field_errors():
     cfg = GatewayConfig()
     q = parse_recommend(pb.RecommendRequest(user_id="7"), cfg)
     assert (q.k, q.exclude_played, q.mode, q.neighbours, q.strict) == (
-        10, True, "two_stage", 10, False)  # fmt: skip
+        10, True, "ranked", 10, False)  # fmt: skip
     q = parse_recommend(
         pb.RecommendRequest(
             history=pb.History(items=[pb.ArtistPlay(name="A"), pb.ArtistPlay(id="9", plays=3)]),

@@ -13,6 +13,7 @@ import pytest
 
 from client import RecommenderClient
 from core.contract import CANDIDATE_SCORER, SERVED_MODELS
+from core.modes import DEFAULT_MODE, MODES
 from export.repository import export_run
 from export.triton_config import write_configs
 from gateway.config import GatewayConfig
@@ -30,12 +31,14 @@ pytestmark = pytest.mark.slow
 
 
 def _inferences(triton: TritonServer) -> float:
-    """Successful candidate_scorer requests this replica has served (its own metrics)."""
+    """Successful requests of the default mode's model this replica has served (its own
+    metrics)."""
+    (model,) = MODES[DEFAULT_MODE].models
     url = f"http://127.0.0.1:{triton.config.metrics_port}/metrics"
     text = urllib.request.urlopen(url, timeout=5).read().decode()
     return sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines()
                if line.startswith("nv_inference_request_success")
-               and f'model="{CANDIDATE_SCORER}"' in line)  # fmt: skip
+               and f'model="{model}"' in line)  # fmt: skip
 
 
 @pytest.fixture(scope="module")
