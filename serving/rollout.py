@@ -52,6 +52,7 @@ from serving.deploy import (
     _current,
     _manifest_or_none,
     _pin_and_load,
+    _refuse_retired,
     _restore,
     _swap_recorded,
     _triton,
@@ -112,6 +113,7 @@ def start(cfg: DeployConfig, *, run_dir: Path | None = None, version: int | None
             raise DeployError("give a run directory or --version")
         if version == serving:
             raise DeployError(f"version {version} is already serving")
+        _refuse_retired(repo, version, "roll out")
         manifest = validate_version(repo, version)
         gate = metric_gate(manifest, _manifest_or_none(repo, serving), cfg.max_metric_drop,
                            force)  # fmt: skip
@@ -144,10 +146,13 @@ def promote(cfg: DeployConfig) -> RolloutReport:
         old, new = rollout.serving, rollout.new
         split.clear(repo)  # from here the gateways follow the swap
         _swap_recorded(cfg, "deploy", old, new)
-        records.record(repo, {"action": "deploy", "version": new, "previous": old,
-                              "at": records.now(), "gate": "promoted from a rollout"})  # fmt: skip
+        entry = {"action": "deploy", "version": new, "previous": old, "at": records.now(),
+                 "gate": "promoted from a rollout"}  # fmt: skip
+        records.record(repo, entry)  # a deploy: rollback returns to the version before
         records.done(repo)
-        retired = records.retire(repo, cfg.keep, {old, new}, new)
+        retired = records.retire(repo, cfg.keep, {old, new}, new, fresh_after=old)
+        if retired:  # as deploy does: a later rollback can say what happened
+            records.amend_last(repo, {**entry, "retired": retired})
     return RolloutReport("promote", new, new, time.monotonic() - begin, retired=tuple(retired))
 
 
