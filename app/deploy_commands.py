@@ -71,6 +71,10 @@ def _status(args: argparse.Namespace) -> None:
                    else "pinned, NOT READY" if getattr(row, "pinned", False) else "")  # fmt: skip
         table.add_row(str(row.version), serving, metric, row.created, row.source_run)
     console.print(table)
+    for row in rows:
+        if getattr(row, "problem", ""):
+            console.print(f"[red]version {row.version} does not match its manifest: "
+                          f"{row.problem}[/]", soft_wrap=True)  # fmt: skip
 
 
 def _operations(p: argparse.ArgumentParser) -> None:

@@ -69,9 +69,14 @@ def file_digests(directory: Path, *, skip: tuple[str, ...] = ()) -> dict[str, st
     for path in sorted(p for p in Path(directory).rglob("*") if p.is_file()):
         rel = path.relative_to(directory).as_posix()
         if rel not in skip and "__pycache__" not in path.relative_to(directory).parts:
-            h = hashlib.sha256()
-            with open(path, "rb") as f:
-                for block in iter(lambda: f.read(1 << 20), b""):
-                    h.update(block)
-            digests[rel] = h.hexdigest()
+            digests[rel] = sha256_of(path)
     return digests
+
+
+def sha256_of(path: Path) -> str:
+    """The hex sha256 of one file's bytes, read in 1 MiB blocks."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()

@@ -8,6 +8,7 @@ ready, so names, user ids and the similar-user index always match the weights th
 from __future__ import annotations
 
 import json
+import logging
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -28,13 +29,43 @@ from core.contract import (
     PLAYS,
     VOCAB_DIR,
 )
+from core.files import sha256_of
 from core.similarity import ArrayBackend, SimilarityIndex
 from core.vocabulary import ArtistLookup, Vocabulary
 from gateway.errors import InvalidArgument
 
+log = logging.getLogger(__name__)
+
+LOADED_FILES = (PLAYS, ITEM_NEIGHBOURS, EASE_NEIGHBOURS, ALS_FACTORS)  # and VOCAB_DIR's files
+
 
 class ArtifactError(RuntimeError):
     """A version directory is missing files or they disagree with its manifest."""
+
+
+def verify_loaded_files(directory: Path, manifest: dict, version: int) -> None:
+    """Check the sha256 the manifest records (export's seal) of every file the gateway loads:
+    the vocabulary, the plays and the candidate tables; :class:`ArtifactError` naming the first
+    file that differs. A manifest without a ``files`` block (an older export) loads with a
+    warning. Run at load time only, never on the request path."""
+    recorded = manifest.get("files")
+    if not recorded:
+        log.warning("model version %d: its manifest records no file checksums (an older "
+                    "export); loading its files unverified", version)  # fmt: skip
+        return
+    if not isinstance(recorded, dict):
+        raise ArtifactError(f"version {version}: the manifest's files block is not an object")
+    vocab = sorted(p.relative_to(directory).as_posix()
+                   for p in (directory / VOCAB_DIR).rglob("*") if p.is_file())  # fmt: skip
+    for rel in (*vocab, *LOADED_FILES):
+        if not (directory / rel).is_file():
+            continue  # the load itself names a missing file
+        if rel not in recorded:
+            raise ArtifactError(f"version {version}: {rel} is not sealed in its manifest "
+                                "(added after export)")  # fmt: skip
+        if sha256_of(directory / rel) != recorded[rel]:
+            raise ArtifactError(f"version {version}: checksum mismatch in {rel} (its sha256 "
+                                "differs from the manifest's): not loaded")  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -80,6 +111,7 @@ class ModelVersion:
         directory = Path(repository) / ARTIFACT_MODEL / str(version)
         try:
             manifest = json.loads((directory / MANIFEST).read_text())
+            verify_loaded_files(directory, manifest, version)
             vocab = Vocabulary.load(directory / VOCAB_DIR)
             plays = sp.load_npz(directory / PLAYS).tocsr()
             table = sp.load_npz(directory / ITEM_NEIGHBOURS).tocsr()

@@ -27,6 +27,18 @@ def truncate(path: Path, size: int = 100) -> None:
     path.write_bytes(path.read_bytes()[:size])
 
 
+def replace_plays(path: Path) -> None:
+    """Write a valid plays file of the same shape with other contents (the users' rows rolled
+    by one): loads without an error, yet is not the file the export sealed."""
+    import numpy as np
+    import scipy.sparse as sp
+
+    plays = sp.load_npz(path).tocsr()
+    rolled = sp.csr_matrix(np.roll(plays.toarray(), 1, axis=0))
+    assert rolled.shape == plays.shape and (rolled != plays).nnz
+    sp.save_npz(path, rolled)
+
+
 def listening(port: int) -> set[str]:
     """Local addresses with a listening TCP socket on ``port`` (from /proc/net/tcp{,6})."""
     found = set()

@@ -42,7 +42,13 @@ from export.triton_config import serving_policy, write_configs
 from serving import admin_key
 from serving import deploy_records as records
 from serving.fleet import TritonFleet
-from serving.validation import DeployError, metric_gate, quality, validate_version
+from serving.validation import (
+    DeployError,
+    checksum_problems,
+    metric_gate,
+    quality,
+    validate_version,
+)
 
 __all__ = ["DeployConfig", "DeployError", "DeployReport", "deploy", "rollback", "status"]
 log = logging.getLogger(__name__)
@@ -318,6 +324,7 @@ class VersionStatus:
     source_run: str
     metric: float | None
     pinned: bool = False  # the repository's configuration pins it (pinned, not serving: broken)
+    problem: str = ""  # a serving or pinned version's files that differ from its manifest
 
 
 def status(cfg: DeployConfig) -> tuple[list[VersionStatus], str]:
@@ -336,7 +343,8 @@ def status(cfg: DeployConfig) -> tuple[list[VersionStatus], str]:
     rows = []
     for v in versions(repo, CATALOGUE_SCORER):
         m = _manifest_or_none(repo, v) or {}
+        problem = checksum_problems(repo, v) if v in served or v in pinned else ""
         rows.append(VersionStatus(v, v in served, m.get("created", "?"),
                                   str(m.get("source_run", "?")), quality(m),
-                                  v in pinned))  # fmt: skip
+                                  v in pinned, problem))  # fmt: skip
     return rows, recovered

@@ -59,6 +59,19 @@ def _checksums(repository: Path, name: str, version: int, manifest: dict) -> Non
                           f"{', '.join(changed[:5])}{more}")  # fmt: skip
 
 
+def checksum_problems(repository: Path, version: int) -> str:
+    """What differs from the export's seal in ``version`` of every served model ('' when
+    nothing): ``musicrec status`` checks the serving version's files with it."""
+    problems = []
+    for name in SERVED_MODELS:
+        try:
+            manifest = _manifest(repository, name, version)
+            _checksums(repository, name, version, manifest)
+        except DeployError as exc:
+            problems.append(str(exc))
+    return "; ".join(problems)
+
+
 def _smoke(repository: Path, name: str, version: int) -> None:
     """Run the ONNX file once with onnxruntime: the spec's example feed gives finite outputs."""
     spec = MODELS[name]
