@@ -7,6 +7,7 @@ from pathlib import Path
 
 from rich.table import Table
 
+from app import rollout_commands
 from client import Credentials
 from core.console import console
 from core.paths import DEFAULT_REPOSITORY
@@ -46,6 +47,9 @@ def _print_report(report) -> None:
 def _deploy(args: argparse.Namespace) -> None:
     from serving.deploy import deploy
 
+    if rollout_commands.wanted(args):  # --canary, --shadow, --watch; promote, abort, watch
+        rollout_commands.run(args, _deploy_config(args))
+        return
     _print_report(deploy(_deploy_config(args), run_dir=args.run_dir, version=args.version,
                          force=args.force))  # fmt: skip
 
@@ -62,19 +66,23 @@ def _status(args: argparse.Namespace) -> None:
     table = Table(title=f"Model versions in {args.repository}")
     for col in ("version", "serving", "NDCG@10", "created", "source run"):
         table.add_column(col)
-    rows, recovered = status(_deploy_config(args, needs_key=False))
+    cfg = _deploy_config(args, needs_key=False)
+    rows, recovered = status(cfg)
+    roles = rollout_commands.roles(cfg.repository)
     if recovered:
         console.print(f"[yellow]{recovered}[/]")
     for row in rows:
         metric = "-" if row.metric is None else f"{row.metric:.4f}"
-        serving = ("yes" if row.serving
-                   else "pinned, NOT READY" if getattr(row, "pinned", False) else "")  # fmt: skip
+        serving = roles.get(row.version) or (  # a canary or shadow is ready, not serving
+            "yes" if row.serving
+            else "pinned, NOT READY" if getattr(row, "pinned", False) else "")  # fmt: skip
         table.add_row(str(row.version), serving, metric, row.created, row.source_run)
     console.print(table)
     for row in rows:
         if getattr(row, "problem", ""):
             console.print(f"[red]version {row.version} does not match its manifest: "
                           f"{row.problem}[/]", soft_wrap=True)  # fmt: skip
+    rollout_commands.print_status(args, cfg)
 
 
 def _operations(p: argparse.ArgumentParser) -> None:
@@ -103,10 +111,12 @@ def register(sub: argparse._SubParsersAction, fmt: type[argparse.HelpFormatter])
     )
     dp.add_argument("--max-metric-drop", type=float, default=0.01, help="allowed NDCG@10 drop")
     _operations(dp)
+    rollout_commands.add_arguments(dp)
     dp.set_defaults(func=_deploy)
     rb = sub.add_parser("rollback", formatter_class=fmt, help="serve the previous version again")
     _operations(rb)
     rb.set_defaults(func=_rollback)
     st = sub.add_parser("status", formatter_class=fmt, help="versions, which serves, metrics")
     _operations(st)
+    rollout_commands.add_metrics_argument(st)
     st.set_defaults(func=_status)

@@ -35,6 +35,7 @@ from pathlib import Path
 from tritonclient.utils import InferenceServerException
 
 from client import Credentials, RecommenderClient, RecommenderError
+from core import rollout as split
 from core.contract import CATALOGUE_SCORER, MANIFEST, SERVED_MODELS, versions
 from core.files import repository_lock
 from core.modes import DEFAULT_MODE, MODES
@@ -251,6 +252,7 @@ def deploy(
     repo = Path(cfg.repository)
     with repository_lock(repo):
         recovered = recover(cfg)
+        split.refuse_running(repo)  # a canary or shadow: promote or abort it first
         previous = _current(cfg)
         if previous is not None:  # pin what serves, so a new candidate never serves by accident
             for name in SERVED_MODELS:
@@ -292,6 +294,7 @@ def rollback(cfg: DeployConfig) -> DeployReport:
     repo = Path(cfg.repository)
     with repository_lock(repo):
         recovered = recover(cfg)
+        split.refuse_running(repo)
         current = _current(cfg)
         if current is None:  # the pinned version is broken: back to the last healthy one
             broken = set(serving_policy(repo / CATALOGUE_SCORER) or ())

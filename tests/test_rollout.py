@@ -310,3 +310,33 @@ def test_a_shadow_records_agreement_and_never_changes_the_answer(stack, listener
     assert found["kendall"] == pytest.approx(1.0) and found["shadow_p50_ms"] is not None
     rollout.abort(cfg)
     assert split.read(cfg.repository) is None and _pins(cfg) == {(serving,)}
+
+
+@slow
+def test_cli_canary_status_refused_deploy_and_abort(stack, listeners, run_dir, capsys,
+                                                     monkeypatch):  # fmt: skip
+    from app.main import main as musicrec
+    from serving import admin_key
+
+    running, cfg, metrics = stack
+    users, _ = listeners
+    serving = _serving(running)
+    version = export_run(run_dir, cfg.repository).version
+    monkeypatch.setenv(admin_key.ENV_VAR, running.triton.admin_key)
+    ops = ["--repository", str(cfg.repository), "--triton-url", cfg.triton_url]
+    assert musicrec(["deploy", "--version", str(version), "--canary", "50", "--force", *ops]) == 0
+    out = capsys.readouterr().out
+    assert f"canary: version {version} loaded beside version {serving}" in out
+    assert _routed(running, users, version)
+    for refused in (["deploy", "--version", str(version), "--force"], ["rollback"]):
+        assert musicrec([*refused, *ops]) == 2
+        assert f"a rollout of version {version} runs beside" in capsys.readouterr().out
+    assert musicrec(["status", *ops, "--gateway-metrics", metrics]) == 0
+    out = capsys.readouterr().out
+    assert f"canary version {version}: 50% of listeners" in out and "canary" in out
+    assert "gateway metrics endpoints" in out  # where the figures come from
+    assert musicrec(["deploy", "abort", *ops]) == 0
+    assert f"abort: version {version} unloaded" in capsys.readouterr().out
+    assert musicrec(["deploy", "promote", *ops]) == 2
+    assert "no canary or shadow rollout runs" in capsys.readouterr().out
+    assert _serving(running) == serving and _pins(cfg) == {(serving,)}
