@@ -119,6 +119,9 @@ class Inference:
         self.channel = channel
         self.stub = service_pb2_grpc.GRPCInferenceServiceStub(channel)
         self.url = url
+        # models not ready in a version some other model has ready (a model that failed to load
+        # there), as Triton's readiness API answered the last ready_versions: for messages
+        self.not_ready: tuple[str, ...] = ()
 
     async def close(self) -> None:
         await self.channel.close()
@@ -169,4 +172,8 @@ class Inference:
             ))  # fmt: skip
         except grpc.aio.AioRpcError as exc:
             raise translate(exc, self.url) from None
-        return on_disk - {v for (v, _), ok in zip(checks, ready, strict=True) if not ok}
+        answers = dict(zip(checks, ready, strict=True))
+        partly = {v for (v, _), ok in answers.items() if ok}
+        self.not_ready = tuple(f"{m} version {v}" for (v, m), ok in answers.items()
+                               if not ok and v in partly)  # fmt: skip
+        return on_disk - {v for (v, _), ok in answers.items() if not ok}

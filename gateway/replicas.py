@@ -55,6 +55,7 @@ class ReplicaSet:
         self._connect = connect
         self._on_poll = on_poll
         self._turn = itertools.count()
+        self.not_ready: tuple[str, ...] = ()  # as Inference.not_ready, over the replicas up
 
     async def _follow_target(self) -> None:
         """Open a client for each replica the target names now; close the ones it no longer
@@ -87,6 +88,7 @@ class ReplicaSet:
             if isinstance(answer, BaseException) and not isinstance(answer, GatewayError):
                 raise answer
         up = [r for r in replicas if r.up]
+        self.not_ready = tuple(sorted({m for r in up for m in r.inference.not_ready}))
         self._on_poll(len(up), len(replicas))
         if not up:
             raise Unavailable(f"no Triton replica of {self.target} answers")

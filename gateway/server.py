@@ -24,6 +24,7 @@ from core.similarity import array_backend
 from gateway import logs
 from gateway.auth import TokenAuth, read_token, server_credentials
 from gateway.config import GatewayConfig, add_arguments, from_arguments
+from gateway.errors import GatewayError
 from gateway.metrics import GatewayMetrics, ObservingInterceptor
 from gateway.modes import mode_scorers
 from gateway.overload import LoadShedder
@@ -99,6 +100,7 @@ class Gateway:
             extra={
                 "status": health_pb2.HealthCheckResponse.ServingStatus.Name(status),
                 "version": tracker.current.version if tracker.current else None,
+                **({} if tracker.ready else {"reason": _why_not(tracker)}),
             },
         )
 
@@ -162,6 +164,15 @@ async def serve(config: GatewayConfig) -> None:
     finally:
         log.info("shutting down", extra={"grace_s": config.grace_s})
         await gateway.stop()
+
+
+def _why_not(tracker: VersionTracker) -> str:
+    """Why the gateway does not serve, as a request would be told (UNAVAILABLE's message)."""
+    try:
+        tracker.serving()
+    except GatewayError as exc:
+        return str(exc)
+    return ""
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -107,7 +107,11 @@ class VersionTracker:
         if not ready:  # mid-swap (the models on different versions) or nothing loaded
             if self.current and not await self._still_ready():
                 self.current = None
+            if self.current is None:
                 self.reason = "no model version is ready in Triton"
+                failed = getattr(self.triton, "not_ready", ())  # a model that failed to load
+                if failed:
+                    self.reason += f" (not ready: {', '.join(failed)}; see Triton's log)"
             return
         now = time.monotonic()
         for version in sorted(ready - self._loaded.keys()):

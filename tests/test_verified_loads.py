@@ -8,13 +8,22 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import shutil
+import signal
 
 import grpc
 import pytest
 
 from client import RecommenderClient, RecommenderError
-from core.contract import ARTIFACT_MODEL, MANIFEST, PLAYS, SERVED_MODELS
+from core.contract import (
+    ARTIFACT_MODEL,
+    CANDIDATE_RANKER,
+    MANIFEST,
+    ONNX_FILE,
+    PLAYS,
+    SERVED_MODELS,
+)
 from export.repository import export_run
 from export.triton_config import write_configs
 from gateway.artifacts import ArtifactError, ModelVersion
@@ -91,3 +100,37 @@ def test_each_loaded_file_is_verified_and_an_unsealed_manifest_loads_with_a_warn
     with caplog.at_level(logging.WARNING, logger="gateway.artifacts"):
         assert ModelVersion.load(repo, 1, "cpu").version == 1  # an older export: unverified
     assert "records no file checksums" in caplog.text
+
+
+@pytest.mark.slow
+def test_unavailable_names_the_model_whose_serving_version_triton_cannot_load(run_dir, tmp_path):
+    """Issue 17: with the serving version's ranker broken, the gateway said only "no model
+    version is ready"; it names the model and version Triton failed to load."""
+    repo = tmp_path / "model_repository"
+    export_run(run_dir, repo)
+    clone_version(repo, 1, 2)
+    for name in SERVED_MODELS:
+        write_configs(repo / name, name, serving=[2])
+    cfg = StackConfig(repo, free_port(), free_port(), free_port(),
+                      gateway=GatewayConfig(port=free_port(), metrics_port=0, backend="cpu",
+                                            poll_interval_s=0.2),
+                      log_dir=tmp_path / "logs")  # fmt: skip
+    with serving_stack(cfg) as running:
+        onnx = repo / CANDIDATE_RANKER / "2" / ONNX_FILE  # the served default's model
+        onnx.write_bytes(b"\xff" * 64 + onnx.read_bytes()[64:])
+        old = running.triton.process.pid
+        os.kill(old, signal.SIGKILL)  # restarted into the broken version: never ready
+
+        def told() -> str:
+            proc = running.triton.process
+            if proc is None or proc.pid == old:
+                return ""
+            with RecommenderClient(running.gateway.address, timeout_s=10) as client:
+                try:
+                    client.recommend(_user(run_dir), k=3)
+                except RecommenderError as err:
+                    return err.details if f"{CANDIDATE_RANKER} version 2" in err.details else ""
+            return ""
+
+        assert eventually(told, timeout_s=60), "UNAVAILABLE does not name the broken model"
+        assert health_status(running.gateway.address) == "NOT_SERVING"
