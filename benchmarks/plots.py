@@ -35,8 +35,9 @@ import matplotlib.pyplot as plt  # after the backend is chosen
 
 RESULTS = Path(__file__).resolve().parent / "results"
 DOCS_IMG = Path(__file__).resolve().parent.parent / "docs" / "img"
-MODES = ("two_stage", "all_artists", "pairwise")
-COLOURS = {"two_stage": "#1f77b4", "all_artists": "#ff7f0e", "pairwise": "#2ca02c"}
+MODES = ("ranked", "two_stage", "all_artists", "pairwise")
+COLOURS = {"ranked": "#d62728", "two_stage": "#1f77b4", "all_artists": "#ff7f0e",
+           "pairwise": "#2ca02c"}  # fmt: skip
 DPI = 110
 
 
