@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+import scipy.linalg
 import scipy.sparse as sp
 
 BM25_K1, BM25_B = 100.0, 0.8  # as training/models/als.py weights plays
@@ -55,8 +56,9 @@ class AlsFactors:
             return np.zeros(self.item_factors.shape[1])
         c = self.confidences(artists, plays)
         y = self.item_factors[artists].astype(np.float64)
-        a = self._gram + y.T @ ((c - 1.0)[:, None] * y)
-        return np.linalg.solve(a, y.T @ c)
+        a = self._gram + y.T @ ((c - 1.0)[:, None] * y)  # symmetric positive definite
+        return scipy.linalg.cho_solve(scipy.linalg.cho_factor(a, check_finite=False), y.T @ c,
+                                      check_finite=False)  # fmt: skip
 
     def scores(self, factor: np.ndarray, artists: np.ndarray) -> np.ndarray:
         """``factor . y`` of the given artists."""
