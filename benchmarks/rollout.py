@@ -21,6 +21,10 @@ plays; version 1 serves, on a real Triton and gateway. Three scenarios, each of 
   saturated machine it can only take CPU from served requests); ``shadow.saturated`` is the
   same measurement with the clients unpaced.
 
+Triton's runners use one onnxruntime thread each (``MUSICREC_ORT_THREADS=1`` unless set): with
+two versions' sessions on 2 cores, sessions using every core spin against each other and a
+shadow call then slows served ones (p50 +1.9 ms against +0.9 ms in one comparison).
+
 Each scenario's ``timeline`` holds ``[seconds, answers so far, failures so far]`` every
 half second and ``events`` the commands, for plots. Writes benchmarks/results/rollout.json.
 """
@@ -28,6 +32,7 @@ half second and ``events`` the commands, for plots. Writes benchmarks/results/ro
 from __future__ import annotations
 
 import json
+import os
 import sys
 import tempfile
 import threading
@@ -234,6 +239,7 @@ def shadow(ops: DeployConfig, address: str, metrics: str, users: list[str], vers
 
 def main(argv: list[str] | None = None) -> int:
     parser_args = benchmark_arguments(__doc__, RESULTS, "1,000 requests per scenario", argv)
+    os.environ.setdefault("MUSICREC_ORT_THREADS", "1")  # Triton inherits it (see above)
     requests = 1000 if parser_args.quick else 5000
     with tempfile.TemporaryDirectory() as tmp:
         repo, data = _export(Path(tmp), 4)  # 1 serves, 2 canary, 3 broken, 4 shadow
@@ -255,6 +261,8 @@ def main(argv: list[str] | None = None) -> int:
                 "device": "CPU (2 cores; load generator, gateway and Triton share them)",
                 "catalogue": "HetRec 2011 (1,892 users x 17,632 artists), k=10",
                 "concurrency": CONCURRENCY,
+                # onnxruntime intra-op threads of each Triton runner (export/python_model.py)
+                "ort_threads": os.environ.get("MUSICREC_ORT_THREADS", "0 (all cores)"),
                 "canary": canary(ops, address, histories, requests),
             }
             console.print(f"canary: {result['canary']['requests']} requests")
