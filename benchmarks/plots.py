@@ -310,10 +310,46 @@ def _save(fig: plt.Figure, path: Path) -> Path:
     return path
 
 
+def plot_rollout(results: Path, out: Path) -> Path | None:
+    """Requests/s and errors/s over time for the canary (promoted) and the failing canary
+    (aborted by the watcher), with deploy, promote and abort marked (``rollout.json``)."""
+    data = _load(results, "rollout.json")
+    scenarios = [(k, data[k]) for k in ("canary", "bad_canary")
+                 if data and isinstance(data.get(k), dict) and data[k].get("timeline")]  # fmt: skip
+    if not scenarios:
+        return None
+    fig, axes = plt.subplots(1, len(scenarios), figsize=(6.2 * len(scenarios), 4.2), squeeze=False)
+    for ax, (name, scenario) in zip(axes[0], scenarios, strict=True):
+        t, answered, failed = (list(col) for col in zip(*scenario["timeline"], strict=True))
+        ax.plot(t, _per_second(t, answered), color="#1f77b4", label="requests/s answered")
+        ax.plot(t, _per_second(t, failed), color="#d62728", label="errors/s at the client")
+        for when, label in scenario.get("events", []):
+            ax.axvline(when, color="grey", linestyle=":")
+            ax.text(when, ax.get_ylim()[1] * 0.97, label, rotation=90, va="top", fontsize=8)
+        failures = scenario.get("failed", scenario.get("client_failed", 0))
+        ax.set_title(f"{name.replace('_', ' ')}: {scenario.get('requests', 0):,} requests, "
+                     f"{failures} failed", fontsize=10)  # fmt: skip
+        ax.set_xlabel("seconds since the load started")
+        ax.set_ylabel("per second")
+        ax.set_ylim(bottom=0)
+        ax.legend(fontsize=8, loc="lower right")
+    device = data.get("device", "")
+    fig.suptitle(f"Canary rollouts under load (rollout.json)\n{device}", fontsize=10)
+    fig.tight_layout()
+    return _save(fig, out / "rollout.png")
+
+
+def _per_second(t: list[float], cumulative: list[float]) -> list[float]:
+    """Rates between consecutive samples of a running count."""
+    return [(cumulative[i] - cumulative[i - 1]) / (t[i] - t[i - 1]) if i else cumulative[0] / t[0]
+            for i in range(len(t))]  # fmt: skip
+
+
 PLOTS: dict[str, Callable[[Path, Path], Path | None]] = {
     "latency_concurrency": plot_latency,
     "scale_out": plot_scale_out,
     "version_swap": plot_version_swap,
+    "rollout": plot_rollout,
     "quality": plot_quality,
 }
 

@@ -12,7 +12,7 @@ import pytest
 from benchmarks import plots
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
-EXPECTED = ("latency_concurrency", "scale_out", "version_swap", "quality")
+EXPECTED = ("latency_concurrency", "scale_out", "version_swap", "rollout", "quality")
 
 
 def _is_png(path: Path) -> bool:
