@@ -115,7 +115,9 @@ def test_a_worse_version_needs_force(stack, run_dir):
     for name in SERVED_MODELS:
         path = cfg.repository / name / str(version) / "manifest.json"
         manifest = json.loads(path.read_text())
-        manifest["metrics"]["known_users"]["ndcg@10"] -= 0.05
+        for block in (manifest["metrics"]["known_users"], manifest["metrics"]["served"]
+                      ["known_users"]):  # fmt: skip
+            block["ndcg@10"] -= 0.05  # the served default's is the one the gate reads
         path.write_text(json.dumps(manifest))
     with pytest.raises(DeployError, match="refused: ndcg@10"):
         deploy(cfg, version=version)
@@ -327,7 +329,9 @@ def test_retention_keeps_the_rollback_chain_and_prunes_candidates_first(stack, r
     for name in SERVED_MODELS:
         path = cfg.repository / name / str(refused) / "manifest.json"
         manifest = json.loads(path.read_text())
-        manifest["metrics"]["known_users"]["ndcg@10"] -= 0.05
+        for block in (manifest["metrics"]["known_users"], manifest["metrics"]["served"]
+                      ["known_users"]):  # fmt: skip
+            block["ndcg@10"] -= 0.05  # the served default's is the one the gate reads
         path.write_text(json.dumps(manifest))
     with pytest.raises(DeployError, match="refused"):
         deploy(cfg, version=refused)
