@@ -1,11 +1,14 @@
 """Where the gateway's own time goes: py-spy samples the gateway process under load.
 
-    .venv/bin/python -m benchmarks.profile_gateway                 # two_stage, HetRec, ~1 min
+    .venv/bin/python -m benchmarks.profile_gateway                 # ranked, HetRec, ~1 min
     .venv/bin/python -m benchmarks.profile_gateway --mode all_artists
+    .venv/bin/python -m benchmarks.profile_gateway --svg docs/img/gateway_flame_after.svg
 
-A network of the seed architecture with random weights is exported over HetRec's real plays;
-Triton and the gateway run as in the demo, and new listeners' 10-artist histories are sent one
-at a time (concurrency 1) while ``py-spy record`` samples the gateway for ``--seconds``. The
+HetRec's real plays are exported as ``benchmarks/catalogues.py`` does (a network with random
+weights, a ranker of the production size, ALS factors); Triton and the gateway run as in the
+demo, and new listeners' 10-artist histories are sent by a steady closed loop at
+``--concurrency`` (8) while ``py-spy record`` samples the gateway for ``--seconds`` (then
+again, for the flame graph ``--svg``, when asked). The
 event loop's samples (the thread that runs every request's Python) are summed by function,
 inclusive, and the top rows are written to ``benchmarks/results/gateway_profile.json`` with the
 requests/s and latency measured meanwhile. The gRPC library's own threads (completion-queue
@@ -23,14 +26,14 @@ import tempfile
 from collections import Counter
 from pathlib import Path
 
-from benchmarks.common import drive, history_requests, random_network
+from benchmarks.catalogues import export_catalogue
+from benchmarks.common import history_requests
+from benchmarks.process_cpu import sample_group
+from benchmarks.steady_load import LoadShape, history_messages, run_point
 from core.console import console
-from core.paths import HETREC_DIR
-from export.repository import export_network
 from gateway.config import GatewayConfig
 from serving.processes import free_port
-from serving.stack import StackConfig, serving_stack
-from training.data import load_hetrec
+from serving.stack import Stack, StackConfig, serving_stack
 
 RESULTS = Path(__file__).parent / "results" / "gateway_profile.json"
 PY_SPY = Path(sys.executable).with_name("py-spy")
@@ -58,44 +61,53 @@ def summarise(raw: Path, top: int = 30) -> dict:
     return {"event_loop_samples": loop, "other_thread_samples": other, "top": rows}
 
 
+def _record(stack: Stack, requests: list, args: argparse.Namespace, out: Path,
+            fmt: str) -> dict:  # fmt: skip
+    """py-spy samples the gateway for ``args.seconds`` while the load runs; the load's point."""
+    spy = subprocess.Popen([str(PY_SPY), "record", "-p", str(stack.gateway.process.pid),
+                            "-d", str(args.seconds), "-f", fmt, "-r", "200", "-o", str(out)],
+                           stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
+    shape = LoadShape(args.concurrency, seconds=args.seconds - 2, min_requests=1, warmup_s=1)
+    servers = {"gateway": lambda: sample_group(stack.gateway.process.pid)}
+    point = asyncio.run(run_point(stack.gateway.address, requests, shape, servers))
+    if spy.wait() != 0:
+        raise SystemExit(f"py-spy failed ({spy.returncode}); ptrace may be forbidden")
+    return point
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("--mode", default="two_stage")
-    parser.add_argument("--seconds", type=int, default=20)
+    parser.add_argument("--mode", default="ranked")
+    parser.add_argument("--concurrency", type=int, default=8)
+    parser.add_argument("--seconds", type=int, default=15)
+    parser.add_argument("--svg", type=Path, help="also write a flame graph here")
     parser.add_argument("-o", "--out", type=Path, default=RESULTS)
     args = parser.parse_args(argv)
     if not PY_SPY.is_file():
         parser.error(f"{PY_SPY} not found: run scripts/setup.sh (py-spy is in requirements.lock)")
-    data = load_hetrec(HETREC_DIR)
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
-        data.vocab.save(root / "vocab")
-        export_network(random_network(*data.matrix.shape), root / "repo",
-                       vocab_dir=root / "vocab", plays=data.matrix,
-                       provenance={"source_run": "benchmark (random weights)"})  # fmt: skip
-        cfg = StackConfig(root / "repo", free_port(), free_port(), free_port(),
+        exported = export_catalogue("hetrec", root)
+        cfg = StackConfig(exported.repository, free_port(), free_port(), free_port(),
                           gateway=GatewayConfig(port=free_port(), metrics_port=0, backend="cpu"),
                           log_dir=root / "logs")  # fmt: skip
+        histories = history_requests(exported.plays, exported.vocab.artist_names, 300, seed=3)
+        requests = history_messages(histories, args.mode)
         with serving_stack(cfg) as stack:
-            requests = history_requests(data.matrix, data.vocab.artist_names, 300, seed=3)
-            asyncio.run(drive(stack.gateway.address, requests, 1, args.mode))  # warm
             raw = root / "profile.txt"
-            spy = subprocess.Popen([str(PY_SPY), "record", "-p", str(stack.gateway.process.pid),
-                                    "-d", str(args.seconds), "-f", "raw", "-r", "200",
-                                    "-o", str(raw)], stdout=subprocess.DEVNULL,
-                                   stderr=subprocess.DEVNULL)  # fmt: skip
-            runs = []
-            while spy.poll() is None:
-                runs.append(asyncio.run(drive(stack.gateway.address, requests, 1, args.mode)))
-            if spy.returncode != 0:
-                raise SystemExit(f"py-spy failed ({spy.returncode}); ptrace may be forbidden")
+            point = _record(stack, requests, args, raw, "raw")
             profile = summarise(raw)
-    result = {"mode": args.mode, "catalogue": "HetRec (random weights)", "concurrency": 1,
-              "load_runs": runs, **profile}  # fmt: skip
+            if args.svg:
+                args.svg.parent.mkdir(parents=True, exist_ok=True)
+                _record(stack, requests, args, args.svg, "flamegraph")
+    result = {"mode": args.mode, "catalogue": "HetRec (random weights)",
+              "concurrency": args.concurrency, "load": point, **profile}  # fmt: skip
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(result, indent=2))
+    console.print(f"{point['rps']:.0f} req/s, gateway {point['gateway_cpu_ms']:.2f} ms CPU per "
+                  "request")  # fmt: skip
     for row in result["top"]:
         console.print(f"{row['share']:6.1%}  {row['function']}")
     return 0

@@ -33,37 +33,28 @@ import urllib.request
 from pathlib import Path
 
 import numpy as np
-import scipy.sparse as sp
 import tritonclient.grpc as grpcclient
 from prometheus_client.parser import text_string_to_metric_families
 from rich.table import Table
 
+from benchmarks.catalogues import export_catalogue
 from benchmarks.common import (
     benchmark_arguments,
     drive,
     history_requests,
-    random_network,
     summary,
-    synthetic_ranker,
 )
 from core.console import console
 from core.contract import CANDIDATE_RANKER, CANDIDATE_SCORER
-from core.paths import HETREC_DIR
 from core.ranker_features import candidate_features
 from core.similarity import CPU
-from core.vocabulary import Vocabulary
-from export.repository import export_network
 from gateway.artifacts import ArtistRef, ModelVersion
 from gateway.config import GatewayConfig
 from serving.processes import free_port
 from serving.stack import StackConfig, serving_stack
-from training.data import load_hetrec
-from training.data.generator import GeneratorConfig, artist_names, generate_play_matrix, user_ids
-from training.models.als import fit_als_factors
 
 RESULTS = Path(__file__).parent / "results" / "two_stage.json"
 QUALITY = Path(__file__).parent / "results" / "quality.json"
-SPOTIFY_SCALE = GeneratorConfig(rows=12_900_000, users=15_918, artists=290_000, communities=200)
 MODES = ("ranked", "two_stage", "all_artists", "pairwise")
 SERVED = "ranked"
 # Requests per (mode, concurrency): the exhaustive modes cost 10-1000x more at 290k artists.
@@ -74,17 +65,6 @@ COUNTS = {
              "all_artists": {1: 12, 8: 32, 32: 64}, "pairwise": {1: 3, 8: 8, 32: 32}},
 }  # fmt: skip
 STAGES = ("resolve", "similarity", "candidates", "triton", "response")
-
-
-def _catalogue(name: str) -> tuple[sp.csr_matrix, Vocabulary]:
-    if name == "hetrec":
-        data = load_hetrec(HETREC_DIR)
-        return data.matrix, data.vocab
-    plays = generate_play_matrix(SPOTIFY_SCALE)
-    n_users, n_artists = plays.shape
-    names = tuple(artist_names(n_artists))
-    return plays, Vocabulary(tuple(user_ids(n_users, SPOTIFY_SCALE.seed)),
-                             tuple(f"a{i}" for i in range(n_artists)), names)  # fmt: skip
 
 
 def _direct_triton_ms(repo: Path, url: str, requests: list[list[str]],
@@ -153,21 +133,13 @@ def _means_ms(before: dict, after: dict) -> dict[str, float]:
 
 def measure(name: str, scale: int) -> dict:
     """Export a random network over one catalogue, serve it, and drive every mode."""
-    plays, vocab = _catalogue(name)
-    n_users, n_artists = plays.shape
-    out: dict = {"catalogue": {"users": n_users, "artists": n_artists, "plays": int(plays.nnz)},
-                 "rows": {}}  # fmt: skip
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
-        vocab.save(root / "vocab")
-        t0 = time.perf_counter()
-        als = fit_als_factors(plays)
-        out["als_seconds"] = time.perf_counter() - t0
-        t0 = time.perf_counter()
-        export_network(random_network(n_users, n_artists), root / "model_repository",
-                       vocab_dir=root / "vocab", plays=plays, ranker=synthetic_ranker(), als=als,
-                       provenance={"source_run": "benchmark (random weights)"})  # fmt: skip
-        out["export_seconds"] = time.perf_counter() - t0
+        exported = export_catalogue(name, root)
+        plays, vocab = exported.plays, exported.vocab
+        out: dict = {"catalogue": exported.describe(), "rows": {},
+                     "als_seconds": exported.als_seconds,
+                     "export_seconds": exported.export_seconds}  # fmt: skip
         metrics_port = free_port()
         cfg = StackConfig(root / "model_repository", free_port(), free_port(), free_port(),
                           gateway=GatewayConfig(port=free_port(), metrics_port=metrics_port,
