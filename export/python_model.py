@@ -24,15 +24,32 @@ import request_batching
 import triton_python_backend_utils as pb_utils
 
 
+def session_options(config):
+    """onnxruntime's threads as the model configuration's parameters say (the onnxruntime
+    backend's keys ``intra_op_thread_count`` and ``inter_op_thread_count``, and
+    ``allow_spinning``), unless ``MUSICREC_ORT_THREADS`` / ``MUSICREC_ORT_SPINNING`` override
+    them for this Triton process (a deployment's or a benchmark's choice)."""
+    params = {k: v.get("string_value", "") for k, v in config.get("parameters", {}).items()}
+    intra = os.environ.get("MUSICREC_ORT_THREADS") or params.get("intra_op_thread_count", "0")
+    spinning = os.environ.get("MUSICREC_ORT_SPINNING") or params.get("allow_spinning", "1")
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = int(intra)
+    options.inter_op_num_threads = int(params.get("inter_op_thread_count", "0"))
+    options.add_session_config_entry("session.intra_op.allow_spinning", spinning)
+    options.add_session_config_entry("session.inter_op.allow_spinning", spinning)
+    pb_utils.Logger.log_info(f"{config['name']}: onnxruntime intra-op threads {intra} "
+                             f"(0: one per core), spinning {spinning}")  # fmt: skip
+    return options
+
+
 class TritonPythonModel(request_batching.TritonResponses):
     def initialize(self, args):
         config = json.loads(args["model_config"])
         directory = os.path.join(args["model_repository"], args["model_version"])
-        options = ort.SessionOptions()
-        options.intra_op_num_threads = int(os.environ.get("MUSICREC_ORT_THREADS", "0"))
         self.session = ort.InferenceSession(
-            os.path.join(directory, "model.onnx"), options, providers=["CPUExecutionProvider"]
-        )
+            os.path.join(directory, "model.onnx"), session_options(config),
+            providers=["CPUExecutionProvider"],
+        )  # fmt: skip
         self.inputs = [i["name"] for i in config["input"]]
         self.outputs = [o["name"] for o in config["output"]]
         self.out_dtypes = [

@@ -17,6 +17,7 @@ purpose (no TensorFlow): deploy imports it.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 from google.protobuf import text_format
@@ -32,6 +33,29 @@ GPU_MODEL_FILE = "model_gpu.py"  # export/python_gpu_model.py, in every version 
 # converter's, not this project's), so a GPU runner would have to guess its weights.
 GPU_RUNNER_MODELS = (CATALOGUE_SCORER, CANDIDATE_SCORER)
 GPU_QUEUE_DELAY_US = 1000  # a GPU gains more from a fuller batch than a CPU instance does
+
+
+@dataclass(frozen=True)
+class OrtThreads:
+    """onnxruntime's threads in the embedded server's runners (``configs/cpu.pbtxt``
+    parameters, read by ``export/python_model.py``; ``MUSICREC_ORT_THREADS`` and
+    ``MUSICREC_ORT_SPINNING`` override them per Triton process).
+
+    One intra-op thread and no spinning, as measured (``benchmarks/cost.py --sweep``): a
+    request's graph is a few hundred candidates, too little work to split, and an idle pool
+    that spins takes a core from the gateway and the other models' runners on a CPU host."""
+
+    intra_op: int = 1  # 0: one per core
+    inter_op: int = 1  # the graphs run sequentially; this pool is unused
+    spinning: bool = False
+
+    def parameters(self) -> dict[str, str]:
+        return {"intra_op_thread_count": str(self.intra_op),
+                "inter_op_thread_count": str(self.inter_op),
+                "allow_spinning": "1" if self.spinning else "0"}  # fmt: skip
+
+
+CPU_HOST_THREADS = OrtThreads()
 
 _TENSORRT_NOTE = """\
 # Optional on GPU hosts: run the ONNX graph through TensorRT inside the onnxruntime backend by
@@ -77,6 +101,8 @@ def model_config(
         cfg.instance_group.append(
             mc.ModelInstanceGroup(kind=mc.ModelInstanceGroup.KIND_CPU, count=1)
         )
+        for key, value in CPU_HOST_THREADS.parameters().items():
+            cfg.parameters[key].string_value = value
     return cfg
 
 

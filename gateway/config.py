@@ -41,6 +41,9 @@ class GatewayConfig:
     drain_s: float = 0.0  # on SIGTERM: NOT_SERVING but still answering, this long first
     grace_s: float = 5.0  # in-flight requests get this long to finish on shutdown
     log_json: bool = True
+    # BLAS threads (threadpoolctl, at start-up): 1, as measured by benchmarks/cost.py; the
+    # gateway's matrices are small and a BLAS worker pool spins between requests
+    blas_threads: int = 1
     tls_cert_file: Path | None = None  # serve TLS with this certificate chain (PEM) ...
     tls_key_file: Path | None = None  # ... and its private key
     tls_client_ca_file: Path | None = None  # mutual TLS: clients need a certificate of this CA
@@ -80,6 +83,8 @@ class GatewayConfig:
             raise ValueError("shadow_max_in_flight must be >= 0 (0: no shadow calls)")
         if self.max_concurrent_rpcs < 0:
             raise ValueError("max_concurrent_rpcs must be >= 0 (0: no limit)")
+        if self.blas_threads < 1:
+            raise ValueError("blas_threads must be >= 1")
         if self.triton_timeout_s <= 0 or self.poll_interval_s <= 0:
             raise ValueError("timeouts and intervals must be positive")
 

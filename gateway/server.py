@@ -31,6 +31,7 @@ from gateway.overload import LoadShedder
 from gateway.replicas import ReplicaSet
 from gateway.rollout import RolloutService
 from gateway.service import RecommenderServicer
+from gateway.threads import limit_blas_threads
 from gateway.versions import VersionTracker
 from musicrec.v1 import recommender_pb2 as pb
 from musicrec.v1 import recommender_pb2_grpc as pb_grpc
@@ -187,6 +188,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ValueError as exc:
         parser.error(str(exc))
     logs.configure(config.log_json)
+    limit_blas_threads(config.blas_threads)
     try:
         asyncio.run(serve(config))
     except (OSError, ValueError) as exc:  # unreadable certificate or token, port taken
