@@ -17,6 +17,8 @@ import numpy as np
 import scipy.linalg
 import scipy.sparse as sp
 
+from core.similarity import as_csr
+
 BM25_K1, BM25_B = 100.0, 0.8  # as training/models/als.py weights plays
 
 
@@ -50,7 +52,7 @@ class AlsFactors:
 
     def user_factor(self, history: sp.csr_matrix) -> np.ndarray:
         """The factor ALS's user step gives a 1 x artists history (zeros for an empty one)."""
-        history = sp.csr_matrix(history)
+        history = as_csr(history)
         artists, plays = history.indices, history.data
         if len(artists) == 0:
             return np.zeros(self.item_factors.shape[1])

@@ -31,7 +31,7 @@ import scipy.sparse as sp
 
 from core.als_factors import AlsFactors
 from core.ease_table import ease_neighbour_table
-from core.similarity import l2_normalize_rows, log_weights, user_vectors, weighted_rows
+from core.similarity import as_csr, l2_normalize_rows, log_weights, user_vectors, weighted_rows
 
 # Stage-1 scores, in this order; ALS scores only the capped candidates (not a source).
 FEATURES = ("neighbourhood", "item_knn", "popularity", "ease", "als")
@@ -238,7 +238,7 @@ class CandidateIndex:
         keep = np.asarray(neighbours) >= 0
         users = np.asarray(neighbours)[keep]
         sims = np.asarray(similarities, np.float64)[keep]
-        history = sp.csr_matrix(history)
+        history = as_csr(history)
         played, plays = history.indices, history.data
         # Both scores are weighted sums of a few sparse rows: gathered directly, never a
         # catalogue-wide vector (at 290k artists that allocation is most of the cost).

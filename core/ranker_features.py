@@ -25,22 +25,53 @@ GATEWAY_FEATURES = (
 RANKER_FEATURES = (*NETWORK_FEATURES, *GATEWAY_FEATURES)
 
 
+_SCORED_COLUMNS = [FEATURES.index(s) for s in (*SCORED, "popularity")]
+_SOURCE_COLUMNS = [FEATURES.index(s) for s in SOURCES]
+
+
 def candidate_features(candidates: Candidates, known: bool) -> np.ndarray:
-    """``(C, len(GATEWAY_FEATURES))`` float32 for one listener's candidates."""
+    """``(C, len(GATEWAY_FEATURES))`` float32 for one listener's candidates.
+
+    Every scored source (and popularity) is one row of a ``(5, C)`` array, so each derived
+    feature is one NumPy call over all of them (the gateway computes this per request); each
+    row is reduced along its contiguous axis, so the figures equal :func:`zscore` and
+    :func:`ranks` of that column alone, bit for bit."""
     raw = np.asarray(candidates.features, np.float64)
     n = raw.shape[0]
-    columns = []
-    for source in SCORED:
-        v = raw[:, FEATURES.index(source)]
-        top = v.max(initial=0.0)
-        columns += [v, zscore(v), ranks(v), v / top if top > 0 else np.zeros(n)]
-    pop = raw[:, FEATURES.index("popularity")]
-    sources = sum((raw[:, FEATURES.index(s)] != 0).astype(np.float64) for s in SOURCES)
-    columns += [pop, zscore(pop), ranks(pop), sources]
-    listener = np.broadcast_to(np.asarray(candidates.listener, np.float64), (n, len(LISTENER)))
-    out = np.column_stack([*columns, listener, np.full(n, float(known))]) if n else \
-        np.zeros((0, len(GATEWAY_FEATURES)))  # fmt: skip
-    return out.astype(np.float32)
+    out = np.empty((n, len(GATEWAY_FEATURES)), np.float32)
+    if n == 0:
+        return out
+    rows = np.ascontiguousarray(raw[:, _SCORED_COLUMNS].T)  # (5, C): 4 sources, popularity
+    z, r = zscore_rows(rows), rank_rows(rows)
+    top = rows[:4].max(axis=1, keepdims=True)
+    share = np.divide(rows[:4], top, out=np.zeros((4, n)), where=top > 0)
+    grouped = np.stack([rows[:4], z[:4], r[:4], share], axis=1).reshape(16, n)  # per source
+    out[:, :16] = grouped.T
+    out[:, 16], out[:, 17], out[:, 18] = rows[4], z[4], r[4]
+    out[:, 19] = np.count_nonzero(raw[:, _SOURCE_COLUMNS], axis=1)
+    out[:, 20 : 20 + len(LISTENER)] = np.asarray(candidates.listener, np.float64)
+    out[:, -1] = float(known)
+    return out
+
+
+def zscore_rows(rows: np.ndarray) -> np.ndarray:
+    """:func:`zscore` of each row of a 2-D float64 array."""
+    std = rows.std(axis=1, keepdims=True)
+    centred = rows - rows.mean(axis=1, keepdims=True)
+    return np.divide(centred, std, out=np.zeros_like(rows), where=std > 0)
+
+
+def rank_rows(rows: np.ndarray) -> np.ndarray:
+    """:func:`ranks` of each row of a 2-D array: the position of a value's first tie in the
+    row sorted from the highest, as ``log1p``."""
+    order = np.argsort(-rows, axis=1, kind="stable")
+    ordered = np.take_along_axis(rows, order, axis=1)
+    first = np.ones(rows.shape, bool)
+    first[:, 1:] = ordered[:, 1:] != ordered[:, :-1]
+    start = np.maximum.accumulate(np.where(first, np.arange(rows.shape[1]), 0), axis=1)
+    out = np.empty(rows.shape, np.float64)
+    np.put_along_axis(out, order, start, axis=1)
+    return np.log1p(out)
 
 
 def zscore(v: np.ndarray) -> np.ndarray:

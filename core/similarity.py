@@ -19,6 +19,12 @@ log = logging.getLogger(__name__)
 BACKENDS = ("auto", "cpu", "gpu")
 
 
+def as_csr(m: Any) -> sp.csr_matrix:
+    """``m`` itself when it is a CSR matrix already (a request's one-row history), else a CSR
+    copy: SciPy's constructor re-checks a matrix it is given, at a cost per request."""
+    return m if type(m) is sp.csr_matrix else sp.csr_matrix(m)
+
+
 def log_weights(m: sp.csr_matrix) -> sp.csr_matrix:
     """``log1p`` of play counts: tames heavy listeners without discarding intensity."""
     out = sp.csr_matrix(m, dtype=np.float32, copy=True)
@@ -131,7 +137,7 @@ class SimilarityIndex:
             raise ValueError(f"histories have {histories.shape[1]} artists, not {self.n_artists}")
         b, xp = self.backend, self.backend.xp
         if b.name == "cpu" and histories.shape[0] == 1:
-            sims = self._one_row(sp.csr_matrix(histories))  # the request path
+            sims = self._one_row(as_csr(histories))  # the request path
         else:
             q = b.to_device(user_vectors(sp.csr_matrix(histories)))
             sims = (q @ self._by_artist).toarray()  # rows x known users, a sparse product
@@ -147,7 +153,7 @@ class SimilarityIndex:
     def _one_row(self, history: sp.csr_matrix) -> np.ndarray:
         """``user_vectors(history) @ by_artist`` for one row, on the CSR arrays: the rows of
         the artists it plays, weighted and summed (a gateway request's whole similarity)."""
-        history = sp.csr_matrix(history)
+        history = as_csr(history)
         history.sum_duplicates()
         weights = np.log1p(history.data.astype(np.float64))
         norm = float(np.sqrt(np.square(weights).sum()))

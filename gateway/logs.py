@@ -78,32 +78,39 @@ class JsonFormatter(logging.Formatter):
         return json.dumps(entry, default=str)
 
 
-class AccessSampler(logging.Filter):
-    """Lets through every access line (``"rpc"``) of a failed RPC and successful ones up to
-    ``rate`` a second (token bucket of ``burst``); the next line let through carries the count
-    of those skipped. Other records pass untouched."""
+class AccessSampler:
+    """A token bucket for the access lines of successful RPCs: ``rate`` a second, bursts of
+    ``burst``. Asked before a line is built, so a line sampled away costs no log record."""
 
     def __init__(self, rate: float = ACCESS_LINES_PER_S, burst: int = ACCESS_BURST) -> None:
-        super().__init__()
         self.rate, self.burst = rate, burst
         self.tokens, self.at, self.skipped = float(burst), time.monotonic(), 0
         self._lock = threading.Lock()
 
-    def filter(self, record: logging.LogRecord) -> bool:
-        if record.msg != "rpc" or getattr(record, "code", "OK") != "OK":
-            return True
+    def admit(self) -> int | None:
+        """None: skip this line; else let it through, with the count of lines skipped since
+        the last one let through."""
         with self._lock:
             now = time.monotonic()
             self.tokens = min(self.burst, self.tokens + (now - self.at) * self.rate)
             self.at = now
             if self.tokens < 1:
                 self.skipped += 1
-                return False
+                return None
             self.tokens -= 1
-            if self.skipped:
-                record.skipped_before = self.skipped
-                self.skipped = 0
-        return True
+            skipped, self.skipped = self.skipped, 0
+        return skipped
+
+
+_ACCESS: AccessSampler | None = None  # set by configure(); None: every access line (debug)
+
+
+def admit_access(failed: bool) -> int | None:
+    """Whether to write an RPC's access line: always for a failed RPC, sampled for the others
+    (see :class:`AccessSampler`); the count of skipped lines to report, or None to skip it."""
+    if failed or _ACCESS is None:
+        return 0
+    return _ACCESS.admit()
 
 
 _NATIVE_LEVELS = {"E": logging.ERROR, "W": logging.WARNING, "I": logging.INFO,
@@ -151,8 +158,8 @@ def configure(json_lines: bool, level: int | None = None, log_file: Path | str |
     else:
         handler = logging.StreamHandler(sys.stderr)
     handler.addFilter(RequestIdFilter())
-    if level > logging.DEBUG:
-        handler.addFilter(AccessSampler())
+    global _ACCESS
+    _ACCESS = AccessSampler() if level > logging.DEBUG else None
     plain = logging.Formatter("%(levelname)s %(name)s: %(message)s")
     handler.setFormatter(JsonFormatter() if json_lines else plain)
     logging.basicConfig(level=level, handlers=[handler], force=True)

@@ -35,7 +35,7 @@ from prometheus_client import (
     start_http_server,
 )
 
-from gateway.logs import REQUEST_ID_HEADER, bind_request_id
+from gateway.logs import REQUEST_ID_HEADER, admit_access, bind_request_id
 
 log = logging.getLogger("gateway.access")
 _BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10)
@@ -143,10 +143,14 @@ class GatewayMetrics:
             ["version", "method"], registry=r,
         )  # fmt: skip
         self.serving = 0  # the version the gateway serves (0: none), the label of early errors
+        self._stages: dict[str, Any] = {}
 
     def stage(self, name: str) -> Any:
         """A context manager timing one stage of a request."""
-        return self.stage_seconds.labels(name).time()
+        child = self._stages.get(name)
+        if child is None:  # bound once per stage name, not looked up per request
+            child = self._stages[name] = self.stage_seconds.labels(name)
+        return child.time()
 
     def serve(self, port: int, host: str = "0.0.0.0") -> None:
         """Expose ``/metrics`` over HTTP on ``port`` (a daemon thread)."""
@@ -225,15 +229,12 @@ class ObservingInterceptor(grpc.aio.ServerInterceptor):
                 code = code or _status(context.code()) or grpc.StatusCode.OK
                 seconds = time.perf_counter() - start
                 self.metrics.observe(method, code, seconds, served)
-                log.info(
-                    "rpc",
-                    extra={
-                        "method": method,
-                        "code": code.name,
-                        "ms": round(seconds * 1e3, 2),
-                        "peer": context.peer(),
-                    },
-                )
+                skipped = admit_access(failed=code != grpc.StatusCode.OK)
+                if skipped is not None:  # a record only for a line that is written
+                    extra = {"method": method, "code": code.name, "ms": round(seconds * 1e3, 2),
+                             "peer": context.peer()}  # fmt: skip
+                    log.info("rpc", extra={**extra, "skipped_before": skipped} if skipped
+                             else extra)  # fmt: skip
 
         return observed
 

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import logging
 import math
+import re
 import unicodedata
 from pathlib import Path
 
@@ -32,6 +33,9 @@ log = logging.getLogger(__name__)
 MODE_BY_ENUM = {pb.ScoringMode.Value(m.proto_name): name for name, m in MODES.items()}
 ENUM_BY_MODE = {name: value for value, name in MODE_BY_ENUM.items()}
 MAX_ID_LENGTH = 1024
+# Unicode's category Cc (control characters) is exactly these code points; one regular
+# expression scans a name in C instead of a Python call per character.
+_CONTROL = re.compile("[\x00-\x1f\x7f-\x9f]")
 MAX_UNKNOWN_LISTED = 100  # unknown artists named in an answer; the count says how many in all
 
 
@@ -49,9 +53,9 @@ def _text(field: str, value: str) -> str:
         raise InvalidArgument(f"{field} must not be empty")
     if len(value) > MAX_ID_LENGTH:
         raise InvalidArgument(f"{field} is longer than {MAX_ID_LENGTH} characters")
-    if any(unicodedata.category(c) == "Cc" for c in value):
+    if _CONTROL.search(value):
         raise InvalidArgument(f"{field} contains control characters")
-    return unicodedata.normalize("NFC", value)
+    return value if unicodedata.is_normalized("NFC", value) else unicodedata.normalize("NFC", value)
 
 
 def parse_listener(request: pb.RecommendRequest | pb.SimilarUsersRequest, max_history: int):

@@ -14,9 +14,12 @@ from core.ease_table import ease_neighbour_table
 from core.ranker_features import (
     GATEWAY_FEATURES,
     RANKER_FEATURES,
+    SCORED,
+    SOURCES,
     candidate_features,
     network_features,
     ranks,
+    zscore,
 )
 from export.parity import ParityError, check_candidate_ranker, session
 from export.ranker_model import candidate_ranker, ranker_trees
@@ -91,6 +94,26 @@ def test_features_rank_and_standardise_over_the_listeners_candidates():
         == (0, len(GATEWAY_FEATURES))  # fmt: skip
     np.testing.assert_allclose(ranks(np.array([3.0, 1.0, 2.0])), np.log1p([0, 2, 1]))
     assert network_features(np.array([1.0, 1.0])).tolist() == [[1, 0], [1, 0]]
+
+
+def test_features_computed_over_all_sources_at_once_equal_each_column_alone():
+    """Issue 22: the gateway's one-call-per-feature version gives the per-column definitions'
+    figures bit for bit (ties, constant and all-zero columns included)."""
+    rng = np.random.default_rng(4)
+    raw = rng.choice([0.0, 0.25, 0.5, 1.0, 3.0], size=(400, len(FEATURES))).astype(np.float32)
+    raw[:, FEATURES.index("ease")] = 0.0  # all zero: z 0, share 0
+    raw[:, FEATURES.index("als")] = rng.normal(size=400)
+    listener = np.array([np.log1p(7), 2.5, 0.8, 10], np.float32)
+    x = candidate_features(Candidates(np.arange(400), raw, listener), known=False)
+    columns = []
+    for source in (*SCORED, "popularity"):
+        v = raw[:, FEATURES.index(source)].astype(np.float64)
+        top = v.max()
+        share = [v / top if top > 0 else np.zeros(len(v))] if source != "popularity" else []
+        columns += [v, zscore(v), ranks(v), *share]
+    sources = sum((raw[:, FEATURES.index(s)] != 0).astype(np.float64) for s in SOURCES)
+    expected = np.column_stack([*columns, sources, np.tile(listener, (400, 1)), np.zeros(400)])
+    assert np.array_equal(x, expected.astype(np.float32))
 
 
 def test_ranker_learns_from_validation_labels_and_beats_chance(trained):

@@ -8,7 +8,7 @@ from typing import Protocol
 import numpy as np
 
 from core.candidates import Blend, Candidates
-from gateway.inference import Inference, tensor
+from gateway.inference import Inference, Tensor, tensor
 
 
 @dataclass(frozen=True)
@@ -44,8 +44,19 @@ def candidate_inputs(r: ScoringRequest) -> list:
         tensor("users", r.group.reshape(1, -1).astype(np.int64), "INT64"),
         tensor("weights", r.weights.reshape(1, -1).astype(np.float32), "FP32"),
         tensor("candidates", artists.reshape(1, -1).astype(np.int64), "INT64"),
-        tensor("mask", np.ones((1, len(artists)), bool), "BOOL"),
+        Tensor("mask", "BOOL", (1, len(artists)), _all_true(len(artists))),
     ]
+
+
+def _all_true(n: int) -> bytes:
+    """An all-true BOOL tensor's bytes (every candidate is real: no padding is sent)."""
+    global _TRUE
+    if len(_TRUE) < n:
+        _TRUE = b"\x01" * max(n, 2 * len(_TRUE))
+    return _TRUE[:n]
+
+
+_TRUE = b"\x01" * 1024
 
 
 class ModeScorer(Protocol):
