@@ -37,6 +37,7 @@ class GatewayConfig:
     poll_interval_s: float = 1.0  # how often Triton is asked which version is ready
     max_message_bytes: int = 4 * 1024 * 1024
     max_concurrent_rpcs: int = 256  # beyond this, RESOURCE_EXHAUSTED at once (0: no limit)
+    workers: int = 1  # processes sharing the port (SO_REUSEPORT) under a parent: gateway/workers.py
     shadow_max_in_flight: int = 1  # shadow calls at once (gateway/rollout.py); more are dropped
     drain_s: float = 0.0  # on SIGTERM: NOT_SERVING but still answering, this long first
     grace_s: float = 5.0  # in-flight requests get this long to finish on shutdown
@@ -83,6 +84,8 @@ class GatewayConfig:
             raise ValueError("shadow_max_in_flight must be >= 0 (0: no shadow calls)")
         if self.max_concurrent_rpcs < 0:
             raise ValueError("max_concurrent_rpcs must be >= 0 (0: no limit)")
+        if self.workers < 1:
+            raise ValueError("workers must be >= 1")
         if self.blas_threads < 1:
             raise ValueError("blas_threads must be >= 1")
         if self.triton_timeout_s <= 0 or self.poll_interval_s <= 0:

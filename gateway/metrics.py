@@ -13,6 +13,12 @@ called by the servicer, or by whatever routes a request to a version); an RPC th
 a version answered counts under the version the gateway serves. A canary's failed attempt,
 answered again by the serving version, counts under the canary too (``gateway/rollout.py``,
 with the canary retries and the shadow version's calls, latency and agreement).
+
+With ``--workers N`` (``gateway/workers.py``) each worker writes its values to files of
+prometheus_client's multiprocess mode and the parent serves their aggregate: counters,
+histograms and the summary add up over workers, dead ones included; a gauge reads the lowest
+(``model_version``, ``triton_up``: 0 while any live worker serves none or misses Triton) or the
+highest (``triton_replicas``: the most replicas up, or down, that a live worker saw).
 """
 
 from __future__ import annotations
@@ -86,11 +92,13 @@ class GatewayMetrics:
             "musicrec_gateway_model_version",
             "Model version the gateway serves (0: none)",
             registry=r,
+            multiprocess_mode="livemin",  # --workers: 0 while any live worker serves none
         )
-        self.triton_up = Gauge("musicrec_gateway_triton_up", "1 when Triton answers", registry=r)
+        self.triton_up = Gauge("musicrec_gateway_triton_up", "1 when Triton answers", registry=r,
+                               multiprocess_mode="livemin")  # fmt: skip
         self.triton_replicas = Gauge("musicrec_gateway_triton_replicas",
                                      "Triton replicas by state at the last poll", ["state"],
-                                     registry=r)  # fmt: skip
+                                     registry=r, multiprocess_mode="livemax")  # fmt: skip
         self.version_load_errors = Counter(
             "musicrec_gateway_version_load_errors",
             "Model versions whose artifacts failed to load (each attempt)",

@@ -21,7 +21,7 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from core.similarity import array_backend
-from gateway import logs
+from gateway import logs, workers
 from gateway.auth import TokenAuth, read_token, server_credentials
 from gateway.config import GatewayConfig, add_arguments, from_arguments
 from gateway.errors import GatewayError
@@ -41,29 +41,30 @@ SERVICE_NAME = pb.DESCRIPTOR.services_by_name["Recommender"].full_name
 
 
 class Gateway:
-    """The gateway's parts wired together; ``start`` / ``stop`` inside one event loop."""
+    """The gateway's parts wired together; ``start`` / ``stop`` inside one event loop.
 
-    def __init__(self, config: GatewayConfig) -> None:
-        self.config = config
+    ``shared_port``: one of several workers on the port (``gateway/workers.py``): the socket is
+    bound with SO_REUSEPORT, and only in :meth:`start`, once the first version poll is done,
+    since the kernel hands connections to a listening socket before its server starts."""
+
+    def __init__(self, config: GatewayConfig, *, shared_port: bool = False) -> None:
+        self.config, self.shared_port = config, shared_port
         self.metrics = GatewayMetrics()
         self.health = health.aio.HealthServicer()
         options = [
             ("grpc.max_send_message_length", config.max_message_bytes),
             ("grpc.max_receive_message_length", config.max_message_bytes),
         ]
+        if shared_port:
+            options.append(("grpc.so_reuseport", 1))
         interceptors = [ObservingInterceptor(self.metrics)]
         if config.token_file:
             interceptors.append(TokenAuth(read_token(config.token_file)))
         interceptors.append(LoadShedder(config.max_concurrent_rpcs))  # never sheds health
         self.server = grpc.aio.server(interceptors=interceptors, options=options)
-        if config.tls_cert_file and config.tls_key_file:
-            credentials = server_credentials(config.tls_cert_file, config.tls_key_file,
-                                             config.tls_client_ca_file)  # fmt: skip
-            self.port = self.server.add_secure_port(config.address, credentials)
-        else:
-            self.port = self.server.add_insecure_port(config.address)
-        if self.port == 0:
-            raise OSError(f"cannot listen on {config.address}")
+        self.port = 0
+        if not shared_port:
+            self._bind()
         self.triton = ReplicaSet(config.triton_url, on_poll=self._on_poll)
         inference = self.triton
         self.tracker = VersionTracker(
@@ -81,6 +82,17 @@ class Gateway:
              reflection.SERVICE_NAME), self.server,
         )  # fmt: skip
         self._poller: asyncio.Task | None = None
+
+    def _bind(self) -> None:
+        config = self.config
+        if config.tls_cert_file and config.tls_key_file:
+            credentials = server_credentials(config.tls_cert_file, config.tls_key_file,
+                                             config.tls_client_ca_file)  # fmt: skip
+            self.port = self.server.add_secure_port(config.address, credentials)
+        else:
+            self.port = self.server.add_insecure_port(config.address)
+        if self.port == 0:
+            raise OSError(f"cannot listen on {config.address}")
 
     def _on_poll(self, up: int, known: int) -> None:
         self.metrics.triton_replicas.labels("up").set(up)
@@ -118,6 +130,8 @@ class Gateway:
             "version poller", lambda: self.tracker.run(self.config.poll_interval_s),
             on_restart=lambda: self.metrics.task_restarts.labels("version_poller").inc(),
         ))  # fmt: skip
+        if self.shared_port:
+            self._bind()
         await self.server.start()
         log.info("listening", extra={"address": f"{self.config.host}:{self.port}",
                                      "triton": self.config.triton_url,
@@ -152,9 +166,9 @@ async def supervised(name: str, run: Callable[[], Awaitable[None]], *,
         await asyncio.sleep(pause_s)
 
 
-async def serve(config: GatewayConfig) -> None:
+async def serve(config: GatewayConfig, *, shared_port: bool = False) -> None:
     """Run until SIGTERM or SIGINT, then shut down gracefully."""
-    gateway = Gateway(config)
+    gateway = Gateway(config, shared_port=shared_port)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
@@ -182,15 +196,22 @@ def main(argv: Sequence[str] | None = None) -> int:
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )  # fmt: skip
     add_arguments(parser)
+    workers.add_worker_arguments(parser)
     args = parser.parse_args(argv)
     try:
         config = from_arguments(args)
     except ValueError as exc:
         parser.error(str(exc))
+    if args.worker_of is not None:
+        workers.become_worker(args.worker_of)  # exits at once if that parent is gone
     logs.configure(config.log_json)
+    if args.worker_of is not None:
+        workers.label_logs(args.worker_index)
+    elif config.workers > 1:
+        return workers.supervise(config)
     limit_blas_threads(config.blas_threads)
     try:
-        asyncio.run(serve(config))
+        asyncio.run(serve(config, shared_port=args.worker_of is not None))
     except (OSError, ValueError) as exc:  # unreadable certificate or token, port taken
         print(f"error: {exc}", file=sys.stderr)
         return 2

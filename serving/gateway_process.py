@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 import os
 import sys
 from pathlib import Path
@@ -13,6 +12,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from core.errors import MusicrecError
 from gateway import logs
 from gateway.config import GatewayConfig
+from gateway.workers import flags
 from serving.processes import ChildProcess
 
 
@@ -21,16 +21,10 @@ class GatewayStartError(MusicrecError):
 
 
 def command(config: GatewayConfig) -> list[str]:
-    """``python -m gateway`` with one flag per config field."""
-    cmd = [sys.executable, "-m", "gateway"]
-    for f in dataclasses.fields(config):
-        value = getattr(config, f.name)
-        flag = "--" + f.name.replace("_", "-")
-        if isinstance(value, bool):
-            cmd.append(flag if value else "--no-" + flag[2:])
-        elif value is not None:
-            cmd += [flag, str(value)]
-    return cmd
+    """``python -m gateway`` with one flag per config field (``--workers N`` included: the
+    gateway is then a parent whose workers share its process group, so
+    ``GatewayProcess.stop`` ends them with it; it is ready once one worker is)."""
+    return [sys.executable, "-m", "gateway", *flags(config)]
 
 
 def health_status(address: str, timeout_s: float = 1.0,
