@@ -34,6 +34,12 @@ class GatewayConfig:
     max_neighbours: int = 100
     max_history: int = 10_000
     triton_timeout_s: float = 10.0  # per request when the caller sets no deadline
+    # Concurrent requests' candidate calls joined into one Triton request (gateway/coalescing.py):
+    # at most this many requests a call (1: never joined), this many calls per model version
+    # in flight before the next requests queue for the following call
+    triton_batch: int = 8
+    triton_in_flight: int = 2
+    known_user_cache: int = 4096  # known users whose stage 1 is kept (~14 KB each; 0: none)
     poll_interval_s: float = 1.0  # how often Triton is asked which version is ready
     max_message_bytes: int = 4 * 1024 * 1024
     max_concurrent_rpcs: int = 256  # beyond this, RESOURCE_EXHAUSTED at once (0: no limit)
@@ -80,14 +86,17 @@ class GatewayConfig:
             raise ValueError(f"neighbours must be in 1..{self.max_neighbours}")
         if not 1 <= self.default_k <= self.max_k:
             raise ValueError(f"default_k must be in 1..{self.max_k}")
+        if self.known_user_cache < 0:
+            raise ValueError("known_user_cache must be >= 0 (0: no cache)")
         if self.shadow_max_in_flight < 0:
             raise ValueError("shadow_max_in_flight must be >= 0 (0: no shadow calls)")
         if self.max_concurrent_rpcs < 0:
             raise ValueError("max_concurrent_rpcs must be >= 0 (0: no limit)")
         if self.workers < 1:
             raise ValueError("workers must be >= 1")
-        if self.blas_threads < 1:
-            raise ValueError("blas_threads must be >= 1")
+        for name in ("blas_threads", "triton_batch", "triton_in_flight"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1")
         if self.triton_timeout_s <= 0 or self.poll_interval_s <= 0:
             raise ValueError("timeouts and intervals must be positive")
 

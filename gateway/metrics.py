@@ -83,6 +83,11 @@ class GatewayMetrics:
                                        "Time per request stage: resolve, similarity, candidates, "
                                        "triton, response", ["stage"], buckets=_BUCKETS,
                                        registry=r)  # fmt: skip
+        self.triton_call_requests = Histogram(
+            "musicrec_gateway_triton_call_requests",
+            "Requests joined into each Triton call, by model (gateway/coalescing.py)", ["model"],
+            buckets=(1, 2, 3, 4, 6, 8, 16), registry=r,
+        )  # fmt: skip
         self.fallbacks = Counter(
             "musicrec_gateway_popularity_fallbacks",
             "Histories answered with the popularity fallback",
@@ -159,6 +164,10 @@ class GatewayMetrics:
         if child is None:  # bound once per stage name, not looked up per request
             child = self._stages[name] = self.stage_seconds.labels(name)
         return child.time()
+
+    def triton_call(self, model: str, requests: int) -> None:
+        """One Triton call of ``model`` carried ``requests`` requests."""
+        self.triton_call_requests.labels(model).observe(requests)
 
     def serve(self, port: int, host: str = "0.0.0.0") -> None:
         """Expose ``/metrics`` over HTTP on ``port`` (a daemon thread)."""

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections import OrderedDict
 from dataclasses import dataclass
 
 import numpy as np
@@ -37,6 +38,7 @@ from gateway.modes import ModeScorer, ScoringRequest
 from gateway.versions import VersionTracker
 
 INLINE_HISTORY = 64  # longer histories are resolved and matched off the event loop
+KNOWN_CACHE = 4096  # known users whose stage 1 is kept (GatewayConfig.known_user_cache)
 
 
 @dataclass(frozen=True)
@@ -121,11 +123,17 @@ class RecommendationService:
     """Resolve the listener, find similar users, score through Triton, rank and name."""
 
     def __init__(
-        self, tracker: VersionTracker, modes: dict[str, ModeScorer], metrics: GatewayMetrics
+        self,
+        tracker: VersionTracker,
+        modes: dict[str, ModeScorer],
+        metrics: GatewayMetrics,
+        known_cache: int = KNOWN_CACHE,
     ) -> None:
         self.tracker = tracker
         self.modes = modes
         self.metrics = metrics
+        self.known_cache = known_cache
+        self._known: OrderedDict[tuple, Candidates] = OrderedDict()
 
     async def recommend(self, query: Query, deadline: Deadline) -> RecommendResult:
         """Top-``k`` artists; retried once on a fresh version if a swap retired the pinned one.
@@ -188,10 +196,8 @@ class RecommendationService:
         if q.listener.user_id is not None:
             u = self._known_user(mv, q.listener.user_id)
             played = mv.plays.indices[mv.plays.indptr[u] : mv.plays.indptr[u + 1]]
-            candidates = None
-            if staged:  # candidates from the user's neighbours; their own embedding ranks
-                idx, sims = self._lookup(mv, mv.plays[u], q.neighbours, exclude=u)
-                candidates = self._candidates(mv, q, mv.plays[u], idx, sims)
+            # candidates from the user's neighbours; their own embedding ranks
+            candidates = self._known_candidates(mv, q, u) if staged else None
             return _Group(np.array([u]), np.ones(1, np.float32), played.astype(np.int64), (),
                           candidates, known_user=True)  # fmt: skip
         with self.metrics.stage("resolve"):
@@ -204,6 +210,24 @@ class RecommendationService:
         candidates = self._candidates(mv, q, resolved.row, idx, sims) if staged else None
         return _Group(idx[keep], sims[keep], resolved.artists.astype(np.int64), resolved.unknown,
                       candidates)  # fmt: skip
+
+    def _known_candidates(self, mv: ModelVersion, q: Query, u: int) -> Candidates:
+        """A known user's stage 1 depends only on the version and the request's neighbours
+        and exclusion: computed once, then kept (least recently used out, at most
+        ``known_cache`` users)."""
+        key = (mv.version, u, q.neighbours, q.exclude_played)
+        found = self._known.get(key)
+        if found is not None:
+            self._known.move_to_end(key)
+            return found
+        row = mv.plays[u]
+        idx, sims = self._lookup(mv, row, q.neighbours, exclude=u)
+        found = self._candidates(mv, q, row, idx, sims)
+        if self.known_cache:
+            self._known[key] = found
+            while len(self._known) > self.known_cache:
+                self._known.popitem(last=False)
+        return found
 
     def _candidates(self, mv: ModelVersion, q: Query, row, idx, sims) -> Candidates:
         exclude = None if q.exclude_played else np.zeros(0, np.int64)

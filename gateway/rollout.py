@@ -38,6 +38,7 @@ from gateway.errors import DeadlineExceeded, GatewayError
 from gateway.metrics import GatewayMetrics
 from gateway.modes import ModeScorer
 from gateway.recommender import (
+    KNOWN_CACHE,
     Deadline,
     Listener,
     Query,
@@ -106,8 +107,9 @@ class RolloutService(RecommendationService):
 
     def __init__(self, tracker: VersionTracker, modes: dict[str, ModeScorer],
                  metrics: GatewayMetrics, *, shadow_limit: int = SHADOW_MAX_IN_FLIGHT,
-                 triton_timeout_s: float = 10.0) -> None:  # fmt: skip
-        super().__init__(tracker, modes, metrics)
+                 triton_timeout_s: float = 10.0,
+                 known_cache: int = KNOWN_CACHE) -> None:  # fmt: skip
+        super().__init__(tracker, modes, metrics, known_cache)
         self.shadow_limit = shadow_limit
         self.triton_timeout_s = triton_timeout_s
         self._shadows: set[asyncio.Task] = set()

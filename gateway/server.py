@@ -20,9 +20,11 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
+from core.contract import CANDIDATE_RANKER, CANDIDATE_SCORER
 from core.similarity import array_backend
 from gateway import logs, workers
 from gateway.auth import TokenAuth, read_token, server_credentials
+from gateway.coalescing import CoalescingInference
 from gateway.config import GatewayConfig, add_arguments, from_arguments
 from gateway.errors import GatewayError
 from gateway.metrics import GatewayMetrics, ObservingInterceptor
@@ -72,9 +74,14 @@ class Gateway:
             timeout_s=min(2.0, config.triton_timeout_s), on_change=self._on_change,
             on_load_error=lambda *_: self.metrics.version_load_errors.inc(),
         )  # fmt: skip
-        service = RolloutService(self.tracker, mode_scorers(inference), self.metrics,
+        joined = CoalescingInference(
+            inference, (CANDIDATE_RANKER, CANDIDATE_SCORER), max_batch=config.triton_batch,
+            max_in_flight=config.triton_in_flight, on_call=self.metrics.triton_call,
+        )  # fmt: skip
+        service = RolloutService(self.tracker, mode_scorers(joined), self.metrics,
                                  shadow_limit=config.shadow_max_in_flight,
-                                 triton_timeout_s=config.triton_timeout_s)  # fmt: skip
+                                 triton_timeout_s=config.triton_timeout_s,
+                                 known_cache=config.known_user_cache)  # fmt: skip
         pb_grpc.add_RecommenderServicer_to_server(RecommenderServicer(service, config), self.server)
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
         reflection.enable_server_reflection(

@@ -420,6 +420,77 @@ def test_async_client_serves_concurrent_requests(stack):
     assert all(len(a.artists) == 5 and a.model_version == 1 for a in answers)
 
 
+def _joined_calls(stack) -> tuple[float, float]:
+    """(Triton calls of candidate_ranker, requests they carried) from the gateway's metrics."""
+    url = f"http://127.0.0.1:{stack.gateway.config.metrics_port}/metrics"
+    text = urllib.request.urlopen(url, timeout=5).read().decode()
+    found = dict(
+        re.findall(
+            r"^musicrec_gateway_triton_call_requests_(count|sum)"
+            r'\{model="candidate_ranker"\} ([0-9.e+]+)$',
+            text,
+            re.MULTILINE,
+        )
+    )
+    return float(found.get("count", 0)), float(found.get("sum", 0))
+
+
+def test_concurrent_requests_joined_into_one_triton_call_get_their_own_answers(stack, offline):
+    """Issue 22: while a candidate_ranker call is in flight, the next requests queue and go in
+    one Triton call (padded as Triton's batcher pads). Each still gets the offline ranking of
+    its own listener; and some calls carried more than one request."""
+    users = _USERS[:48]
+    histories = [[offline.vocab.artist_names[a] for a in (u, u + 7, u + 30)] for u in range(40)]
+    calls0, carried0 = _joined_calls(stack)
+
+    async def main():
+        async with AsyncRecommenderClient(stack.address) as client:
+            return await asyncio.gather(
+                *[client.recommend(u, k=10) for u in users],
+                *[client.recommend(artists=h, k=10) for h in histories],
+            )
+
+    answers = asyncio.run(main())
+    calls, carried = (a - b for a, b in zip(_joined_calls(stack), (calls0, carried0), strict=True))
+    assert carried == len(users) + len(histories)
+    assert calls < carried, "no Triton call carried more than one request"
+    for user, rec in zip(users, answers, strict=False):
+        _assert_same_ranking(
+            [(a.id, a.score) for a in rec.artists],
+            [(r.id, r.score) for r in offline.for_user(user, 10, mode="ranked")],
+        )
+    for history, rec in zip(histories, answers[len(users) :], strict=True):
+        expected = offline.for_history(history, 10, mode="ranked")
+        _assert_same_ranking([(a.name, a.score) for a in rec.artists],
+                             [(r.name, r.score) for r in expected])  # fmt: skip
+
+
+def _stage_count(stack, stage: str) -> float:
+    url = f"http://127.0.0.1:{stack.gateway.config.metrics_port}/metrics"
+    text = urllib.request.urlopen(url, timeout=5).read().decode()
+    found = re.search(rf'^musicrec_gateway_stage_seconds_count\{{stage="{stage}"\}} ([0-9.e+]+)$',
+                      text, re.MULTILINE)  # fmt: skip
+    return float(found.group(1)) if found else 0.0
+
+
+def test_a_known_users_stage_one_is_computed_once_per_version(stack, offline):
+    """Issue 22: a known user's candidates depend on nothing in the request but neighbours
+    and exclusion, so the second Recommend for them skips stage 1 and answers the same."""
+    user = _USERS[60]
+    with RecommenderClient(stack.address) as client:
+        first = client.recommend(user, k=10)
+        computed = _stage_count(stack, "candidates")
+        again = client.recommend(user, k=10)
+        assert _stage_count(stack, "candidates") == computed
+        client.recommend(user, k=10, exclude_played=False)  # another stage 1: computed
+        assert _stage_count(stack, "candidates") == computed + 1
+    assert [(a.id, a.score) for a in again.artists] == [(a.id, a.score) for a in first.artists]
+    _assert_same_ranking(
+        [(a.id, a.score) for a in again.artists],
+        [(r.id, r.score) for r in offline.for_user(user, 10, mode="ranked")],
+    )
+
+
 def test_a_new_version_switches_vocabulary_and_version_together(run_dir, tmp_path_factory):
     """Version 2 (another catalogue) is loaded while a client keeps asking: every answer
     is whole (names from its own version's vocabulary), none fails, and the gateway ends on 2.
