@@ -67,6 +67,17 @@ def test_triton_is_nvidias_release_image_on_a_gpu_with_explicit_model_control():
     assert "healthcheck" in triton
 
 
+def test_the_gpu_hosts_onnxruntime_threads_are_one_shared_pool():
+    """Issue 22: the onnxruntime backend's sessions (trees on its CPU provider) share one
+    bounded thread pool instead of one pool per session and version sized to every core."""
+    settings = dict(flag.removeprefix("--backend-config=onnxruntime,").split("=")
+                    for flag in SERVICES["triton"]["command"]
+                    if flag.startswith("--backend-config=onnxruntime,"))  # fmt: skip
+    assert settings["enable-global-threadpool"] == "1"
+    assert 1 <= int(settings["intra_op_thread_count"]) <= 8
+    assert int(settings["inter_op_thread_count"]) == 1
+
+
 def test_every_served_model_is_loaded_at_start_in_compose_and_on_kubernetes():
     """Explicit model control loads only what is named: a model missing here would leave its
     scoring mode (the default one, two_stage, included) without a model."""
