@@ -14,8 +14,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-import scipy.linalg
 import scipy.sparse as sp
+from scipy.linalg.lapack import dpotrf as _potrf
+from scipy.linalg.lapack import dpotrs as _potrs
 
 from core.similarity import as_csr
 
@@ -59,8 +60,15 @@ class AlsFactors:
         c = self.confidences(artists, plays)
         y = self.item_factors[artists].astype(np.float64)
         a = self._gram + y.T @ ((c - 1.0)[:, None] * y)  # symmetric positive definite
-        return scipy.linalg.cho_solve(scipy.linalg.cho_factor(a, check_finite=False), y.T @ c,
-                                      check_finite=False)  # fmt: skip
+        # LAPACK's Cholesky factor and solve (what cho_factor / cho_solve call), without their
+        # Python wrappers' checks: a request's fold-in is a 64 x 64 system
+        factor, info = _potrf(a, lower=False)
+        if info != 0:
+            raise np.linalg.LinAlgError(f"ALS fold-in: matrix not positive definite ({info})")
+        solution, info = _potrs(factor, y.T @ c, lower=False)
+        if info != 0:
+            raise np.linalg.LinAlgError(f"ALS fold-in: solve failed ({info})")
+        return solution
 
     def scores(self, factor: np.ndarray, artists: np.ndarray) -> np.ndarray:
         """``factor . y`` of the given artists."""

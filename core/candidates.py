@@ -143,8 +143,13 @@ def zscore(columns: np.ndarray) -> np.ndarray:
 def rank_candidates(artists: np.ndarray, scores: np.ndarray, k: int) -> np.ndarray:
     """Positions of the ``k`` best candidates, ties towards the lower artist index (as
     :func:`core.ranking.top_k_excluding` breaks them)."""
-    order = np.lexsort((artists, -np.asarray(scores, np.float64)))
-    return order[:k]
+    scores = np.asarray(scores, np.float64)
+    if len(scores) > k > 0 and not np.isnan(scores).any():  # only what can reach the top k
+        # (every tie of the k-th score included, so the order is the full sort's)
+        kth = np.partition(scores, len(scores) - k)[len(scores) - k]
+        contenders = np.flatnonzero(scores >= kth)
+        return contenders[np.lexsort((artists[contenders], -scores[contenders]))][:k]
+    return np.lexsort((artists, -scores))[:k]
 
 
 def item_neighbour_table(
@@ -246,12 +251,23 @@ class CandidateIndex:
         item_cols, item_vals = weighted_rows(self.item_table, played, np.log1p(plays))
         ease_cols, ease_vals = weighted_rows(self.ease_table, played, np.ones(len(played)))
         exclude = played if exclude is None else np.asarray(exclude)
-        pool = np.unique(np.concatenate([nb_cols, item_cols, ease_cols, self.popular]))
-        pool = pool[~np.isin(pool, exclude)].astype(np.int64)
-        features = np.column_stack([_sum_at(pool, nb_cols, nb_vals),
-                                    _sum_at(pool, item_cols, item_vals),
-                                    self.log_listeners[pool],
-                                    _sum_at(pool, ease_cols, ease_vals)])  # fmt: skip
+        # One sort gives the pool and where each source's entry falls in it; each source's
+        # scores are then summed per pool column in the order they come (as before: the same
+        # sums), and the excluded columns dropped afterwards.
+        segments = np.cumsum([len(nb_cols), len(item_cols), len(ease_cols)])
+        pool, where = np.unique(np.concatenate([nb_cols, item_cols, ease_cols, self.popular]),
+                                return_inverse=True)  # fmt: skip
+        n = len(pool)
+        sums = [
+            np.bincount(where[a:b], weights=v, minlength=n)
+            for a, b, v in zip(
+                (0, *segments[:2]), segments, (nb_vals, item_vals, ease_vals), strict=True
+            )
+        ]
+        keep = _without(pool, exclude)
+        pool = pool[keep].astype(np.int64)
+        features = np.column_stack([sums[0][keep], sums[1][keep], self.log_listeners[pool],
+                                    sums[2][keep]])  # fmt: skip
         cheap = _scaled(features[:, 0]) + _scaled(features[:, 1]) + _scaled(features[:, 3]) \
             + self.config.popularity_weight * _scaled(features[:, 2])  # fmt: skip
         best = rank_candidates(pool, cheap, self.config.max_candidates)
@@ -262,12 +278,14 @@ class CandidateIndex:
                           listener)  # fmt: skip
 
 
-def _sum_at(pool: np.ndarray, columns: np.ndarray, values: np.ndarray) -> np.ndarray:
-    """Per ``pool`` column (sorted), the sum of ``values`` at that column (0 where none)."""
-    pos = np.searchsorted(pool, columns)
-    hit = pos < len(pool)
-    hit[hit] = pool[pos[hit]] == columns[hit]
-    return np.bincount(pos[hit], weights=values[hit], minlength=len(pool))
+def _without(pool: np.ndarray, exclude: np.ndarray) -> np.ndarray:
+    """A mask of the ``pool`` columns (sorted, distinct) not in ``exclude``."""
+    keep = np.ones(len(pool), bool)
+    pos = pool.searchsorted(exclude)
+    inside = pos < len(pool)
+    pos = pos[inside]
+    keep[pos[pool[pos] == exclude[inside]]] = False
+    return keep
 
 
 def _scaled(values: np.ndarray) -> np.ndarray:

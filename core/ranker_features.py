@@ -64,14 +64,15 @@ def zscore_rows(rows: np.ndarray) -> np.ndarray:
 def rank_rows(rows: np.ndarray) -> np.ndarray:
     """:func:`ranks` of each row of a 2-D array: the position of a value's first tie in the
     row sorted from the highest, as ``log1p``."""
-    order = np.argsort(-rows, axis=1, kind="stable")
-    ordered = np.take_along_axis(rows, order, axis=1)
+    n_rows, n = rows.shape
+    flat = (np.argsort(-rows, axis=1, kind="stable") + np.arange(0, n_rows * n, n)[:, None]).ravel()
+    ordered = rows.ravel()[flat].reshape(n_rows, n)
     first = np.ones(rows.shape, bool)
     first[:, 1:] = ordered[:, 1:] != ordered[:, :-1]
-    start = np.maximum.accumulate(np.where(first, np.arange(rows.shape[1]), 0), axis=1)
-    out = np.empty(rows.shape, np.float64)
-    np.put_along_axis(out, order, start, axis=1)
-    return np.log1p(out)
+    start = np.maximum.accumulate(np.where(first, np.arange(n), 0), axis=1)
+    out = np.empty(n_rows * n, np.float64)
+    out[flat] = start.ravel()
+    return np.log1p(out.reshape(n_rows, n))
 
 
 def zscore(v: np.ndarray) -> np.ndarray:

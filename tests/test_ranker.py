@@ -9,7 +9,7 @@ import pytest
 import scipy.sparse as sp
 from onnx import numpy_helper
 
-from core.candidates import FEATURES, LISTENER, CandidateConfig, Candidates
+from core.candidates import FEATURES, LISTENER, CandidateConfig, Candidates, rank_candidates
 from core.ease_table import ease_neighbour_table
 from core.ranker_features import (
     GATEWAY_FEATURES,
@@ -114,6 +114,19 @@ def test_features_computed_over_all_sources_at_once_equal_each_column_alone():
     sources = sum((raw[:, FEATURES.index(s)] != 0).astype(np.float64) for s in SOURCES)
     expected = np.column_stack([*columns, sources, np.tile(listener, (400, 1)), np.zeros(400)])
     assert np.array_equal(x, expected.astype(np.float32))
+
+
+def test_top_k_from_the_contenders_alone_is_the_full_sorts_order():
+    """Issue 22: ranking only the candidates that can reach the top k (ties of the k-th score
+    included) gives the full sort's order: score descending, ties to the lower artist."""
+    rng = np.random.default_rng(11)
+    for _ in range(500):
+        scores = rng.choice([0.0, 0.5, 1.0, 2.0, np.nan], size=int(rng.integers(1, 60)),
+                            p=[0.3, 0.3, 0.2, 0.18, 0.02])  # fmt: skip
+        artists = rng.permutation(len(scores))
+        k = int(rng.integers(1, 70))
+        expected = np.lexsort((artists, -scores))[:k]
+        assert np.array_equal(rank_candidates(artists, scores, k), expected)
 
 
 def test_ranker_learns_from_validation_labels_and_beats_chance(trained):
