@@ -9,19 +9,17 @@ not depend on training).
 
 from __future__ import annotations
 
+import multiprocessing
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
 import scipy.sparse as sp
 
-from benchmarks.common import random_network, synthetic_ranker
 from core.paths import HETREC_DIR
 from core.vocabulary import Vocabulary
-from export.repository import export_network
 from training.data import load_hetrec
 from training.data.generator import GeneratorConfig, artist_names, generate_play_matrix, user_ids
-from training.models.als import fit_als_factors
 
 SPOTIFY_SCALE = GeneratorConfig(rows=12_900_000, users=15_918, artists=290_000, communities=200)
 CATALOGUES = ("hetrec", "290k")
@@ -57,9 +55,20 @@ def catalogue(name: str) -> tuple[sp.csr_matrix, Vocabulary]:
                              tuple(f"a{i}" for i in range(n_artists)), names)  # fmt: skip
 
 
+def export_in_child(name: str, root: Path) -> ExportedCatalogue:
+    """:func:`export_catalogue` in a child interpreter: TensorFlow's threads and memory never
+    enter the process that then drives and measures the load."""
+    with multiprocessing.get_context("spawn").Pool(1) as pool:
+        return pool.apply(export_catalogue, (name, root))
+
+
 def export_catalogue(name: str, root: Path) -> ExportedCatalogue:
     """Export version 1 of every served model over catalogue ``name`` into
     ``root/model_repository``."""
+    from benchmarks.common import random_network, synthetic_ranker  # TensorFlow, LightGBM
+    from export.repository import export_network
+    from training.models.als import fit_als_factors
+
     plays, vocab = catalogue(name)
     vocab.save(root / "vocab")
     t0 = time.perf_counter()

@@ -5,7 +5,7 @@ steady points (>= 10 s and >= 1,000 answers each, after a warm-up).
     .venv/bin/python -m benchmarks.cost                   # both catalogues (~15 min)
     .venv/bin/python -m benchmarks.cost --quick           # HetRec only, ranked only
     .venv/bin/python -m benchmarks.cost --sweep           # + thread settings, chosen here
-    .venv/bin/python -m benchmarks.cost --workers 1 2     # + gateway workers side by side
+    .venv/bin/python -m benchmarks.cost --workers         # + gateway workers side by side
 
 Catalogues and models as in ``benchmarks.two_stage`` (``benchmarks/catalogues.py``). Requests
 are new listeners' histories (10 artists of a random listener, by name, top 10), sent by a
@@ -13,8 +13,10 @@ closed loop at concurrency 1, 8 and 32 in ``ranked`` (the default) and ``two_sta
 servers run with the settings they ship with (the gateway's ``--blas-threads``, the Triton
 runners' onnxruntime threads and spinning from ``configs/cpu.pbtxt``); ``--sweep`` runs the
 served default at concurrency 1 and 8 under other settings too, which is how those defaults
-were chosen. ``--workers`` compares gateways of 1 and 2 worker processes on the served default
-at concurrency 32 (``workers.rps_ratio_2_to_1``). Writes benchmarks/results/cost.json.
+were chosen, and ``--workers`` gateways of 1 and 2 worker processes (``workers.rps_ratio_2_to_1``
+at concurrency 32): each such comparison runs both stacks at once and alternates the load
+between them in blocks of 4 s (``benchmarks/interleaved.py``), since this machine's speed
+drifts by tens of percent within minutes. Writes benchmarks/results/cost.json.
 """
 
 from __future__ import annotations
@@ -33,10 +35,11 @@ from pathlib import Path
 
 from rich.table import Table
 
-from benchmarks.catalogues import CATALOGUES, ExportedCatalogue, export_catalogue
+from benchmarks.catalogues import CATALOGUES, ExportedCatalogue, export_in_child
 from benchmarks.common import history_requests
+from benchmarks.interleaved import Side, interleave
 from benchmarks.process_cpu import sample_group
-from benchmarks.steady_load import LoadShape, history_messages, run_point
+from benchmarks.steady_load import LoadShape, burn_in, history_messages, run_point
 from core.console import console
 from gateway.config import GatewayConfig
 from serving.processes import free_port
@@ -61,12 +64,12 @@ class Settings:
 
 SWEEP = (
     Settings("gateway BLAS on every core (OpenBLAS default)", {"blas_threads": os.cpu_count()}),
+    Settings("gateway: every request its own Triton call", {"triton_batch": 1}),
+    Settings("gateway: up to 4 requests a Triton call", {"triton_batch": 4}),
     Settings("Triton: onnxruntime on every core, spinning", {},
              {"MUSICREC_ORT_THREADS": "0", "MUSICREC_ORT_SPINNING": "1"}),
     Settings("Triton: onnxruntime on every core, no spinning", {},
              {"MUSICREC_ORT_THREADS": "0", "MUSICREC_ORT_SPINNING": "0"}),
-    Settings("Triton: onnxruntime 2 threads, no spinning", {},
-             {"MUSICREC_ORT_THREADS": "2", "MUSICREC_ORT_SPINNING": "0"}),
 )  # fmt: skip
 
 
@@ -113,6 +116,33 @@ def _points(stack: Stack, requests: dict, points: list[tuple[str, int]], shape: 
     return out
 
 
+def _compare(
+    exported: ExportedCatalogue,
+    root: Path,
+    requests: dict,
+    settings: Settings,
+    blocks: int,
+    concurrency: tuple[int, ...] = (1, 8),
+    connections: int = 4,
+) -> dict:
+    """The served default under the shipped settings (A) and under ``settings`` (B), both
+    stacks up at once and the load alternated between them (``benchmarks/interleaved.py``)."""
+    out: dict = {**asdict(settings)}
+    with _stack(exported, root, Settings()) as a, _stack(exported, root, settings) as b:
+        for stack in (a, b):
+            burn_in(stack.gateway.address, requests[SERVED], 10)
+        for conc in concurrency:
+            row = interleave(Side(a.gateway.address, _servers(a)),
+                             Side(b.gateway.address, _servers(b)), requests[SERVED], conc,
+                             blocks=blocks, connections=connections)  # fmt: skip
+            out[f"c{conc}"] = row
+            ratio = row["b_over_a"]
+            console.print(f"[{settings.name}] c{conc} against shipped: req/s x"
+                          f"{ratio['rps']:.2f}, gateway CPU x{ratio['gateway_cpu_ms']:.2f}, "
+                          f"Triton CPU x{ratio['triton_cpu_ms']:.2f}")  # fmt: skip
+    return out
+
+
 def measure(name: str, args: argparse.Namespace) -> dict:
     """Export over catalogue ``name`` and run every point (and the sweep or workers, if
     asked) on it."""
@@ -120,28 +150,22 @@ def measure(name: str, args: argparse.Namespace) -> dict:
     modes = (SERVED,) if args.quick else MODES
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
-        exported = export_catalogue(name, root)
+        exported = export_in_child(name, root)
         histories = history_requests(exported.plays, exported.vocab.artist_names, HISTORIES)
         requests = {m: history_messages(histories, m) for m in MODES}
         out: dict = {"catalogue": exported.describe()}
         with _stack(exported, root, Settings()) as stack:
+            burn_in(stack.gateway.address, requests[SERVED], args.burn_in_s)
             for mode in modes:
                 out[mode] = _points(stack, requests, [(mode, c) for c in CONCURRENCY], shape,
                                     name)  # fmt: skip
         if args.sweep and name == "hetrec":
-            out["sweep"] = []
-            for settings in SWEEP:
-                with _stack(exported, root, settings) as stack:
-                    rows = _points(stack, requests, [(SERVED, 1), (SERVED, 8)], shape,
-                                   f"{name} [{settings.name}]")  # fmt: skip
-                out["sweep"].append({**asdict(settings), **rows})
+            out["sweep"] = [_compare(exported, root, requests, settings, args.blocks)
+                            for settings in SWEEP]  # fmt: skip
         if args.workers and name == "hetrec":
-            out["workers"] = {}
-            for n in args.workers:
-                with _stack(exported, root, Settings(f"{n} workers", {"workers": n})) as stack:
-                    rows = _points(stack, requests, [(SERVED, 8), (SERVED, 32)], shape,
-                                   f"{name} [{n} gateway workers]")  # fmt: skip
-                out["workers"][str(n)] = rows
+            workers = Settings("2 gateway workers (A: 1)", {"workers": 2})
+            out["workers"] = _compare(exported, root, requests, workers, args.blocks,
+                                      concurrency=(8, 32), connections=16)  # fmt: skip
     return out
 
 
@@ -154,13 +178,11 @@ def _arguments(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--seconds", type=float, default=10.0, help="measured window, at least")
     parser.add_argument("--min-requests", type=int, default=1000, help="answers, at least")
     parser.add_argument("--warmup-s", type=float, default=3.0)
+    parser.add_argument("--burn-in-s", type=float, default=30.0, help="unmeasured load first")
     parser.add_argument("--sweep", action="store_true", help="thread settings on HetRec")
+    parser.add_argument("--blocks", type=int, default=8, help="alternating blocks a sweep side")
     parser.add_argument(
-        "--workers",
-        type=int,
-        nargs="*",
-        default=[],
-        help="gateway worker counts to compare on HetRec (e.g. 1 2)",
+        "--workers", action="store_true", help="gateways of 1 and 2 workers side by side on HetRec"
     )
     parser.add_argument("-o", "--out", type=Path, default=RESULTS)
     args = parser.parse_args(argv)
@@ -181,9 +203,9 @@ def _summary(result: dict) -> dict:
         row = result.get(cat, {}).get(SERVED, {}).get("c1")
         if row:
             out[f"{SERVED}.{cat}.c1.p50_ms"] = row["p50_ms"]
-    workers = result.get("hetrec", {}).get("workers", {})
-    if "1" in workers and "2" in workers:
-        out["workers.rps_ratio_2_to_1"] = workers["2"]["c32"]["rps"] / workers["1"]["c32"]["rps"]
+    workers = result.get("hetrec", {}).get("workers")
+    if workers:
+        out["workers.rps_ratio_2_to_1"] = workers["c32"]["b_over_a"]["rps"]
     return out
 
 
@@ -210,7 +232,7 @@ def main(argv: list[str] | None = None) -> int:
         "device": f"CPU ({os.cpu_count()} cores; load generator, gateway and Triton share them)",
         "requests": "new listeners: 10 artists of a random listener, by name; top 10",
         "shape": {"seconds_at_least": args.seconds, "requests_at_least": args.min_requests,
-                  "warmup_s": args.warmup_s},  # fmt: skip
+                  "warmup_s": args.warmup_s, "burn_in_s": args.burn_in_s},  # fmt: skip
         "cpu": "user + system seconds of every process of the group (/proc), per answered "
                "request inside the window; Triton: the server and its Python-backend stubs",
     }  # fmt: skip

@@ -4,7 +4,7 @@ answered, first for a warm-up, then for a measured window of at least ``seconds`
 two edges while the load keeps running.
 
 The load generator is as light as a gRPC client can be in Python (pre-built request messages
-on one ``grpc.aio`` channel, no client-side checks or retries), and its own CPU time per
+on a few ``grpc.aio`` connections, no client-side checks or retries), and its own CPU time per
 request is reported beside the servers' so that what it takes from shared cores is visible.
 """
 
@@ -33,6 +33,7 @@ class LoadShape:
     seconds: float = 10.0
     min_requests: int = 1000
     warmup_s: float = 2.0
+    connections: int = 4  # callers share this many connections (never more than callers)
 
 
 def history_messages(histories: Sequence[Sequence[str]], mode: str,
@@ -80,13 +81,17 @@ async def run_point(address: str, requests: list[pb.RecommendRequest], shape: Lo
     failures, and CPU milliseconds per answered request of each of ``servers`` (a name and how
     to sample its processes) and of this load generator."""
     window = _Window(shape)
-    async with grpc.aio.insecure_channel(address) as channel:
-        stub = pb_grpc.RecommenderStub(channel)
-        await stub.Recommend(requests[0], timeout=60)
+    # Separate connections (no shared subchannel pool), as separate clients would open: a
+    # gateway's workers each take whole connections (SO_REUSEPORT).
+    channels = [grpc.aio.insecure_channel(address, options=[("grpc.use_local_subchannel_pool", 1)])
+                for _ in range(max(1, min(shape.connections, shape.concurrency)))]  # fmt: skip
+    try:
+        stubs = [pb_grpc.RecommenderStub(c) for c in channels]
+        await asyncio.gather(*(stub.Recommend(requests[0], timeout=60) for stub in stubs))
         stop = asyncio.Event()
 
         async def caller(c: int) -> None:
-            i = c
+            stub, i = stubs[c % len(stubs)], c
             while not stop.is_set():
                 started, error = time.perf_counter(), None
                 try:
@@ -106,7 +111,17 @@ async def run_point(address: str, requests: list[pb.RecommendRequest], shape: Lo
         after = _snapshot(servers)
         stop.set()
         await asyncio.gather(*callers)
+    finally:
+        await asyncio.gather(*(c.close() for c in channels))
     return _point(window, before, after)
+
+
+def burn_in(address: str, requests: list[pb.RecommendRequest], seconds: float) -> None:
+    """Unmeasured load at concurrency 8 first: on this machine the first tens of seconds after
+    an export ran slower (memory settling after the export's child exits), whatever ran then."""
+    if seconds > 0:
+        shape = LoadShape(8, seconds=seconds, min_requests=1, warmup_s=0)
+        asyncio.run(run_point(address, requests, shape, {}))
 
 
 def _snapshot(servers: dict[str, Callable[[], CpuSample]]) -> dict[str, CpuSample]:

@@ -9,8 +9,10 @@ seed architecture with random weights, a learned ranker of the production size f
 synthetic rows, and ALS factors fitted on the catalogue's plays are exported over each with the
 default settings (speed does not depend on training); Triton (CPU, Python backend) and the
 gateway run as in the demo. Requests are new listeners' histories (10 artists of a random
-listener, by name), sent at concurrency 1, 8 and 32 in each mode: ``ranked`` (the default),
-``two_stage``, ``all_artists`` and ``pairwise``.
+listener, by name), sent at concurrency 1, 8 and 32 in each mode: ``ranked`` (the default) and
+``two_stage`` in steady points (``benchmarks/steady_load.py``: at least 10 s and 1,000 answers
+after a warm-up; a quarter of that with ``--quick``), ``all_artists`` and ``pairwise`` (seconds
+a request at 290k artists) by a fixed count of requests.
 
 Top-level figures, all of the served default ``ranked``: ``two_stage_vs_all_artists_290k``
 (requests/s at concurrency 8 over ``all_artists``', measured side by side), ``p50_ms_290k_c1``
@@ -37,13 +39,14 @@ import tritonclient.grpc as grpcclient
 from prometheus_client.parser import text_string_to_metric_families
 from rich.table import Table
 
-from benchmarks.catalogues import export_catalogue
+from benchmarks.catalogues import export_in_child
 from benchmarks.common import (
     benchmark_arguments,
     drive,
     history_requests,
     summary,
 )
+from benchmarks.steady_load import LoadShape, burn_in, history_messages, run_point
 from core.console import console
 from core.contract import CANDIDATE_RANKER, CANDIDATE_SCORER
 from core.ranker_features import candidate_features
@@ -64,6 +67,7 @@ COUNTS = {
     "290k": {"ranked": {1: 300, 8: 600, 32: 800}, "two_stage": {1: 300, 8: 600, 32: 800},
              "all_artists": {1: 12, 8: 32, 32: 64}, "pairwise": {1: 3, 8: 8, 32: 32}},
 }  # fmt: skip
+STEADY = ("ranked", "two_stage")  # measured in steady points; the others by request count
 STAGES = ("resolve", "similarity", "candidates", "triton", "response")
 
 
@@ -135,7 +139,7 @@ def measure(name: str, scale: int) -> dict:
     """Export a random network over one catalogue, serve it, and drive every mode."""
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
-        exported = export_catalogue(name, root)
+        exported = export_in_child(name, root)
         plays, vocab = exported.plays, exported.vocab
         out: dict = {"catalogue": exported.describe(), "rows": {},
                      "als_seconds": exported.als_seconds,
@@ -146,12 +150,19 @@ def measure(name: str, scale: int) -> dict:
                                                 backend="cpu", log_json=True),
                           log_dir=root / "logs")  # fmt: skip
         with serving_stack(cfg) as stack:
+            warm = history_requests(plays, vocab.artist_names, 500, seed=99)
+            burn_in(stack.gateway.address, history_messages(warm, SERVED), 30 / scale)
             for mode in MODES:
                 for conc, n in COUNTS[name][mode].items():
                     requests = history_requests(plays, vocab.artist_names,
                                                 max(conc, n // scale), seed=conc)  # fmt: skip
                     before = _stage_totals(metrics_port)
-                    row = asyncio.run(drive(stack.gateway.address, requests, conc, mode))
+                    if mode in STEADY:  # >= 10 s and >= 1,000 answers (benchmarks/cost.py)
+                        shape = LoadShape(conc, seconds=10 / scale, min_requests=1000 // scale)
+                        messages = history_messages(requests, mode)
+                        row = asyncio.run(run_point(stack.gateway.address, messages, shape, {}))
+                    else:  # the exhaustive modes: a fixed count (seconds each at 290k)
+                        row = asyncio.run(drive(stack.gateway.address, requests, conc, mode))
                     out["rows"][f"{mode}_c{conc}"] = row
                     if mode == SERVED and conc == 1:
                         out["stage_means_ms_c1"] = _means_ms(before, _stage_totals(metrics_port))
