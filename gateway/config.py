@@ -35,9 +35,11 @@ class GatewayConfig:
     max_history: int = 10_000
     triton_timeout_s: float = 10.0  # per request when the caller sets no deadline
     # Concurrent requests' candidate calls joined into one Triton request (gateway/coalescing.py):
-    # at most this many requests a call (1: never joined), this many calls per model version
-    # in flight before the next requests queue for the following call
-    triton_batch: int = 8
+    # at most this many requests a call, this many calls per model version in flight before the
+    # next requests queue. Off (1) by default: side by side on a CPU host, 8 a call served 4-7%
+    # fewer requests/s than 1 (benchmarks/cost.py --extras-only); a host where a Triton call
+    # costs more than its batching may differ
+    triton_batch: int = 1
     triton_in_flight: int = 2
     known_user_cache: int = 4096  # known users whose stage 1 is kept (~14 KB each; 0: none)
     poll_interval_s: float = 1.0  # how often Triton is asked which version is ready

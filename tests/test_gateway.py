@@ -66,6 +66,7 @@ def stack(run_dir, tmp_path_factory):
     config = GatewayConfig(
         port=free_port(), metrics_port=free_port(), triton_url=triton.grpc_url, repository=repo,
         backend="cpu", triton_timeout_s=3.0, poll_interval_s=0.3, grace_s=10.0,
+        triton_batch=8,  # requests joined into Triton calls (off by default): every test here
     )  # fmt: skip
     gateway = GatewayProcess(config, log_file=root / "gateway.log")
     try:
