@@ -42,6 +42,7 @@ from benchmarks.process_cpu import sample_group
 from benchmarks.steady_load import LoadShape, burn_in, history_messages, run_point
 from core.console import console
 from gateway.config import GatewayConfig
+from musicrec.v1 import recommender_pb2 as pb
 from serving.processes import free_port
 from serving.stack import Stack, StackConfig, serving_stack
 
@@ -124,6 +125,7 @@ def _compare(
     blocks: int,
     concurrency: tuple[int, ...] = (1, 8),
     connections: int = 4,
+    messages: list | None = None,
 ) -> dict:
     """The served default under the shipped settings (A) and under ``settings`` (B), both
     stacks up at once and the load alternated between them (``benchmarks/interleaved.py``)."""
@@ -133,7 +135,8 @@ def _compare(
             burn_in(stack.gateway.address, requests[SERVED], 10)
         for conc in concurrency:
             row = interleave(Side(a.gateway.address, _servers(a)),
-                             Side(b.gateway.address, _servers(b)), requests[SERVED], conc,
+                             Side(b.gateway.address, _servers(b)), messages or requests[SERVED],
+                             conc,
                              blocks=blocks, connections=connections)  # fmt: skip
             out[f"c{conc}"] = row
             ratio = row["b_over_a"]
@@ -141,6 +144,20 @@ def _compare(
                           f"{ratio['rps']:.2f}, gateway CPU x{ratio['gateway_cpu_ms']:.2f}, "
                           f"Triton CPU x{ratio['triton_cpu_ms']:.2f}")  # fmt: skip
     return out
+
+
+def _extras(exported: ExportedCatalogue, root: Path, requests: dict, blocks: int) -> dict:
+    """Side by side on HetRec: requests sharing Triton calls or not (concurrency 8 and 32), and
+    known users' requests with their stage 1 kept or computed each time."""
+    users = [pb.RecommendRequest(user_id=u, k=10) for u in exported.vocab.user_ids[:HISTORIES]]
+    return {
+        "joining": _compare(exported, root, requests,
+                            Settings("every request its own Triton call", {"triton_batch": 1}),
+                            blocks, concurrency=(8, 32)),
+        "known_users": _compare(exported, root, requests,
+                                Settings("known users, no stage-1 cache", {"known_user_cache": 0}),
+                                blocks, concurrency=(1, 8), messages=users),
+    }  # fmt: skip
 
 
 def measure(name: str, args: argparse.Namespace) -> dict:
@@ -154,6 +171,8 @@ def measure(name: str, args: argparse.Namespace) -> dict:
         histories = history_requests(exported.plays, exported.vocab.artist_names, HISTORIES)
         requests = {m: history_messages(histories, m) for m in MODES}
         out: dict = {"catalogue": exported.describe()}
+        if args.extras_only:
+            return {**out, **_extras(exported, root, requests, args.blocks)}
         with _stack(exported, root, Settings()) as stack:
             burn_in(stack.gateway.address, requests[SERVED], args.burn_in_s)
             for mode in modes:
@@ -181,6 +200,12 @@ def _arguments(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--burn-in-s", type=float, default=30.0, help="unmeasured load first")
     parser.add_argument("--sweep", action="store_true", help="thread settings on HetRec")
     parser.add_argument("--blocks", type=int, default=8, help="alternating blocks a sweep side")
+    parser.add_argument(
+        "--extras-only",
+        action="store_true",
+        help="only the joining and known-user comparisons (HetRec), merged into "
+        "the existing output file",
+    )
     parser.add_argument(
         "--workers", action="store_true", help="gateways of 1 and 2 workers side by side on HetRec"
     )
@@ -236,8 +261,13 @@ def main(argv: list[str] | None = None) -> int:
         "cpu": "user + system seconds of every process of the group (/proc), per answered "
                "request inside the window; Triton: the server and its Python-backend stubs",
     }  # fmt: skip
-    for name in args.catalogues:
-        result[name] = measure(name, args)
+    if args.extras_only:
+        result = json.loads(args.out.read_text()) if args.out.is_file() else result
+        result.setdefault("hetrec", {}).update(measure("hetrec", args))
+        console.print(f"merged the joining and known-user comparisons into {args.out}")
+    else:
+        for name in args.catalogues:
+            result[name] = measure(name, args)
     result["summary"] = _summary(result)
     result["total_seconds"] = time.perf_counter() - t0
     args.out.parent.mkdir(parents=True, exist_ok=True)
