@@ -4,6 +4,8 @@ answers as tritonclient for the same requests, and failures as the gateway error
 from __future__ import annotations
 
 import asyncio
+import os
+import signal
 
 import grpc
 import numpy as np
@@ -183,10 +185,17 @@ def test_a_tiny_timeout_is_deadline_exceeded(triton):
         inputs = [tensor(n, a, d) for n, a, d in _requests()[0][1]]
         return await inference.infer(CANDIDATE_SCORER, 1, inputs, timeout_s=timeout_s)
 
-    for timeout_s in (1e-6, 0.0):  # too short for any answer; already spent (never sent)
-        with pytest.raises(DeadlineExceeded) as err:
-            _raw(triton.grpc_url, call, timeout_s)
-        assert err.value.code == grpc.StatusCode.DEADLINE_EXCEEDED
+    # gRPC rounds a deadline up to whole milliseconds and a warm Triton can answer inside one,
+    # so the server is stopped (SIGSTOP) while the short deadline runs: no answer can come
+    os.killpg(triton.process.pid, signal.SIGSTOP)
+    try:
+        for timeout_s in (0.05, 0.0):  # runs out at a stalled server; already spent (never sent)
+            with pytest.raises(DeadlineExceeded) as err:
+                _raw(triton.grpc_url, call, timeout_s)
+            assert err.value.code == grpc.StatusCode.DEADLINE_EXCEEDED
+    finally:
+        os.killpg(triton.process.pid, signal.SIGCONT)
+    assert _raw(triton.grpc_url, call, 30).response.model_name == CANDIDATE_SCORER  # recovered
 
 
 def test_a_stopped_server_is_unavailable(triton):
