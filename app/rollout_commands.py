@@ -103,9 +103,9 @@ def _report(report) -> None:
 
 def roles(repository) -> dict[int, str]:
     """``{version: "canary" | "shadow"}`` of the running rollout."""
-    from core import rollout as split
+    from core import traffic_split
 
-    running = split.read(repository)
+    running = traffic_split.read(repository)
     if running is None:
         return {}
     return {v: "canary" if v == running.canary else "shadow" for v in running.versions}
@@ -117,10 +117,10 @@ def _fmt(value, spec: str) -> str:
 
 def print_status(args: argparse.Namespace, cfg) -> None:
     """The split, and with ``--gateway-metrics`` each version's figures."""
-    from core import rollout as split
+    from core import traffic_split
     from serving import rollout
 
-    running = split.read(cfg.repository)
+    running = traffic_split.read(cfg.repository)
     if running is not None:
         parts = [f"canary version {running.canary}: {running.percent:g}% of listeners"
                  ] if running.canary is not None else []  # fmt: skip

@@ -14,7 +14,7 @@ plays; version 1 serves, on a real Triton and gateway. Three scenarios, each of 
   check), as a 10% canary with the watcher on; seconds from ``deploy --canary`` to the
   automatic abort, and requests failed at the client.
 * ``shadow``: a version as a shadow; the split is switched between 0% and 100% in alternate
-  blocks of the same run (``core/rollout.py``'s file, read at each gateway poll); p50 with
+  blocks of the same run (``core/traffic_split.py``'s file, read at each gateway poll); p50 with
   shadow minus p50 without, and the versions' overlap@10 and rank correlation from the
   gateway's metrics. The 8 clients are paced at :data:`SHADOW_RATE` requests/s in all, a
   load that leaves the 2 cores room (a shadow call is a second request's work, and on a
@@ -44,7 +44,7 @@ from rich.table import Table
 
 from benchmarks.common import benchmark_arguments, history_requests, random_network
 from client import RecommenderClient
-from core import rollout as split
+from core import traffic_split
 from core.console import console
 from core.contract import SERVED_MODELS
 from core.files import file_digests, repository_lock
@@ -138,7 +138,7 @@ def _routed(address: str, histories: list[list[str]], version: int, timeout_s=60
 def canary(ops: DeployConfig, address: str, histories: list[list[str]], requests: int) -> dict:
     rollout.start(ops, version=2, canary_percent=CANARY_PERCENT, force=True)
     _routed(address, histories, 2)
-    running = split.read(ops.repository)
+    running = traffic_split.read(ops.repository)
     with AsyncLoad(address, [], CONCURRENCY, histories=histories) as load, Timeline(load) as tl:
         tl.event("canary 10%")
         load.wait_for(max(requests, 2 * len(histories) + 4 * CONCURRENCY))
@@ -147,8 +147,8 @@ def canary(ops: DeployConfig, address: str, histories: list[list[str]], requests
         promoted = rollout.promote(ops)
         tl.event("promoted")
         load.wait_for(load.ok + 500)
-    hashed = {i for i in before
-              if split.in_canary(running, split.listener_key(None, histories[i]))}  # fmt: skip
+    keys = {i: traffic_split.listener_key(None, histories[i]) for i in before}
+    hashed = {i for i, key in keys.items() if traffic_split.in_canary(running, key)}
     on_canary = {i for i, v in before.items() if v == {2}}
     observed = len(on_canary) / len(before) * 100
     return {
@@ -190,10 +190,10 @@ def bad_canary(ops: DeployConfig, address: str, metrics: str, users: list[str],
     }
 
 
-def _set_shadow(ops: DeployConfig, running: split.Rollout, percent: float) -> None:
+def _set_shadow(ops: DeployConfig, running: traffic_split.Rollout, percent: float) -> None:
     with repository_lock(ops.repository):
-        split.write(ops.repository, split.Rollout(running.serving, None, 0.0, running.shadow,
-                                                  percent))  # fmt: skip
+        shadow = traffic_split.Rollout(running.serving, None, 0.0, running.shadow, percent)
+        traffic_split.write(ops.repository, shadow)
 
 
 def shadow(ops: DeployConfig, address: str, metrics: str, users: list[str], version: int,
@@ -202,7 +202,7 @@ def shadow(ops: DeployConfig, address: str, metrics: str, users: list[str], vers
     """Shadow at 0% and 100% in alternate blocks of one run; ``rate``: paced load."""
     before = rollout.scrape(metrics)[0].get(str(version), rollout.VersionFigures())
     rollout.start(ops, version=version, shadow_percent=100, force=True)
-    running = split.read(ops.repository)
+    running = traffic_split.read(ops.repository)
     with AsyncLoad(address, users, concurrency, rate=rate) as load, Timeline(load) as tl:
         load.wait_for(200)
         lat: dict[float, list[float]] = {0.0: [], 100.0: []}

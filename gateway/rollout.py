@@ -1,5 +1,5 @@
 """Canary routing and shadow traffic: the recommender service, split by the repository's
-rollout file (``core/rollout.py``), which the version tracker reads at every poll.
+rollout file (``core/traffic_split.py``), which the version tracker reads at every poll.
 
 **Canary.** A listener whose stable hash falls in the canary's share is answered by the canary
 version, once that version is ready on every Triton replica and its artifacts are loaded. A
@@ -32,7 +32,7 @@ import time
 
 import numpy as np
 
-from core import rollout as split
+from core import traffic_split
 from gateway.artifacts import ModelVersion
 from gateway.errors import DeadlineExceeded, GatewayError
 from gateway.metrics import GatewayMetrics
@@ -58,9 +58,9 @@ CANARY_ERRORS = {"UNAVAILABLE", "DEADLINE_EXCEEDED", "INTERNAL", "UNKNOWN", "RES
 
 
 def listener_key(listener: Listener) -> str:
-    """The listener's stable key for the split (``core.rollout.listener_key``)."""
+    """The listener's stable key for the split (``core.traffic_split.listener_key``)."""
     artists = (a.id if a.id is not None else a.name or "" for a in listener.history or ())
-    return split.listener_key(listener.user_id, artists)
+    return traffic_split.listener_key(listener.user_id, artists)
 
 
 def agreement(served: list[str], other: list[str], k: int = AGREEMENT_K) -> tuple[float, ...]:
@@ -123,7 +123,7 @@ class RolloutService(RecommendationService):
         canary = self.tracker.loaded(rollout.canary)
         if canary is None or canary is self.tracker.current:
             return None
-        return canary if split.in_canary(rollout, listener_key(listener)) else None
+        return canary if traffic_split.in_canary(rollout, listener_key(listener)) else None
 
     async def recommend(self, query: Query, deadline: Deadline) -> RecommendResult:
         self._serving_now += 1

@@ -5,7 +5,7 @@ loads each one's vocabulary and known plays off the event loop, and serves the n
 by swapping one immutable :class:`ModelVersion` reference, so each request sees one whole
 version. During a deploy both versions are ready, so a switch (or a rollback, once the newer one
 is unloaded) needs no loading. A version the repository's rollout file names (a canary or a
-shadow, ``core/rollout.py``, read at each poll) is loaded too but never served as the
+shadow, ``core/traffic_split.py``, read at each poll) is loaded too but never served as the
 gateway's own; ``gateway/rollout.py`` routes a share of requests to it.
 
 A version whose artifacts cannot be loaded, for any reason (a truncated file, a wrong JSON
@@ -24,7 +24,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from core import rollout as split
+from core import traffic_split
 from core.similarity import ArrayBackend
 from gateway.artifacts import ModelVersion
 from gateway.errors import GatewayError, Unavailable
@@ -68,9 +68,9 @@ class VersionTracker:
         self.triton_up = False
         self.reason = "no model version is ready in Triton yet"  # why current is None
         self.failures: dict[int, LoadFailure] = {}
-        # The repository's canary/shadow split (core/rollout.py), read at every poll: its new
+        # The repository's canary/shadow split (core/traffic_split.py), read at every poll: its new
         # version is loaded like any ready version but never served as the gateway's own.
-        self.rollout: split.Rollout | None = None
+        self.rollout: traffic_split.Rollout | None = None
         self._loaded: dict[int, ModelVersion] = {}
         self._lock = asyncio.Lock()
 
@@ -133,8 +133,8 @@ class VersionTracker:
 
     def _read_rollout(self) -> None:
         try:
-            rollout = split.read(self.repository)
-        except split.RolloutError as exc:  # keep the split known so far
+            rollout = traffic_split.read(self.repository)
+        except traffic_split.RolloutError as exc:  # keep the split known so far
             log.error("%s", exc)
             return
         if rollout != self.rollout:

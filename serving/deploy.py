@@ -35,7 +35,7 @@ from pathlib import Path
 from tritonclient.utils import InferenceServerException
 
 from client import Credentials, RecommenderClient, RecommenderError
-from core import rollout as split
+from core import traffic_split
 from core.contract import CATALOGUE_SCORER, MANIFEST, SERVED_MODELS, versions
 from core.files import repository_lock
 from core.modes import DEFAULT_MODE, MODES
@@ -99,7 +99,7 @@ class DeployReport:
 # ---------------------------------------------------------------- Triton and the gateway
 
 
-def _triton(cfg: DeployConfig) -> TritonFleet:
+def triton_fleet(cfg: DeployConfig) -> TritonFleet:
     return TritonFleet(cfg.triton_url)
 
 
@@ -108,7 +108,7 @@ def served_versions(cfg: DeployConfig, fleet: TritonFleet) -> set[int]:
     return fleet.served_versions(cfg.repository)
 
 
-def _pin_and_load(cfg: DeployConfig, fleet: TritonFleet, pinned: list[int]) -> None:
+def pin_and_load(cfg: DeployConfig, fleet: TritonFleet, pinned: list[int]) -> None:
     """Pin ``pinned`` in each model's configuration (shared by the replicas) and have every
     replica load it, model by model in :data:`LOAD_ORDER`."""
     for name in LOAD_ORDER:
@@ -139,22 +139,22 @@ class SwapFailed(DeployError):
         self.consistent = consistent
 
 
-def _restore(cfg: DeployConfig, fleet: TritonFleet, old: int | None, new: int,
+def restore(cfg: DeployConfig, fleet: TritonFleet, old: int | None, new: int,
              cause: str) -> SwapFailed:  # fmt: skip
     """Pin ``old`` again after a failed swap; the error to raise, saying what serves."""
     if old is None:
         with contextlib.suppress(InferenceServerException, OSError):
-            _pin_and_load(cfg, fleet, [new])
+            pin_and_load(cfg, fleet, [new])
         return SwapFailed(f"{cause}; no earlier version to keep serving", consistent=True)
     try:
-        _pin_and_load(cfg, fleet, [old])
+        pin_and_load(cfg, fleet, [old])
     except (InferenceServerException, OSError) as exc:
         return SwapFailed(f"{cause}; restoring version {old} failed too ({exc}): the next "
                           "`musicrec status` repairs the pin", consistent=False)  # fmt: skip
     return SwapFailed(f"{cause}; version {old} keeps serving", consistent=True)
 
 
-def _swap_recorded(cfg: DeployConfig, action: str, old: int | None, new: int) -> None:
+def swap_recorded(cfg: DeployConfig, action: str, old: int | None, new: int) -> None:
     """:func:`swap` under an intent record, which stays only if the state is left torn."""
     records.begin(cfg.repository, action, new, old)
     try:
@@ -168,31 +168,31 @@ def _swap_recorded(cfg: DeployConfig, action: str, old: int | None, new: int) ->
 def swap(cfg: DeployConfig, old: int | None, new: int) -> None:
     """Serve ``new`` instead of ``old`` (see the module docstring); on any failure, restore
     ``old`` and raise :class:`DeployError` naming the version that serves."""
-    fleet = _triton(cfg)
+    fleet = triton_fleet(cfg)
     try:
-        _pin_and_load(cfg, fleet, sorted({new} | ({old} if old is not None else set())))
+        pin_and_load(cfg, fleet, sorted({new} | ({old} if old is not None else set())))
         if new > (old or 0):
             _wait_for_gateway(cfg, new)  # the gateway serves the newest ready version
-        _pin_and_load(cfg, fleet, [new])
+        pin_and_load(cfg, fleet, [new])
         _wait_for_gateway(cfg, new)
     except InferenceServerException as exc:
         cause = f"Triton could not load version {new} ({exc.message()})"
-        raise _restore(cfg, fleet, old, new, cause) from None
+        raise restore(cfg, fleet, old, new, cause) from None
     except DeployError as exc:
-        raise _restore(cfg, fleet, old, new, str(exc)) from None
+        raise restore(cfg, fleet, old, new, str(exc)) from None
 
 
 REACH_WAIT_S = 15.0  # how long deploy / rollback wait for a Triton that is (re)starting
 
 
-def _current(cfg: DeployConfig) -> int | None:
+def current_version(cfg: DeployConfig) -> int | None:
     """The newest version ready everywhere (None when none is). A Triton that does not answer
     is asked again for up to :data:`REACH_WAIT_S`: a supervised Triton being restarted comes
     back meanwhile (its supervisor starts it at once while a deploy holds the lock)."""
     deadline = time.monotonic() + min(cfg.timeout_s, REACH_WAIT_S)
     while True:
         try:
-            served = served_versions(cfg, _triton(cfg))
+            served = served_versions(cfg, triton_fleet(cfg))
             return max(served) if served else None
         except InferenceServerException as exc:
             if time.monotonic() > deadline:
@@ -209,7 +209,7 @@ def recover(cfg: DeployConfig) -> str:
         return ""
     keep = intent["previous"] if intent.get("previous") is not None else intent["version"]
     try:
-        _pin_and_load(cfg, _triton(cfg), [keep])
+        pin_and_load(cfg, triton_fleet(cfg), [keep])
     except InferenceServerException as exc:
         raise DeployError(f"an interrupted {intent['action']} of version {intent['version']} "
                           f"needs repair, but Triton refused version {keep}: "
@@ -220,7 +220,7 @@ def recover(cfg: DeployConfig) -> str:
             f"version {keep} serves")  # fmt: skip
 
 
-def _refuse_retired(repository: Path, version: int, doing: str = "deploy") -> None:
+def refuse_retired(repository: Path, version: int, doing: str = "deploy") -> None:
     """A DeployError naming ``version`` as retired when a deploy deleted it."""
     entry = records.retired_by(repository, version)
     if entry is not None:
@@ -230,7 +230,7 @@ def _refuse_retired(repository: Path, version: int, doing: str = "deploy") -> No
                           "stay")  # fmt: skip
 
 
-def _manifest_or_none(repository: Path, version: int | None) -> dict | None:
+def manifest_or_none(repository: Path, version: int | None) -> dict | None:
     if version is None:
         return None
     path = repository / CATALOGUE_SCORER / str(version) / MANIFEST
@@ -252,8 +252,8 @@ def deploy(
     repo = Path(cfg.repository)
     with repository_lock(repo):
         recovered = recover(cfg)
-        split.refuse_running(repo)  # a canary or shadow: promote or abort it first
-        previous = _current(cfg)
+        traffic_split.refuse_running(repo)  # a canary or shadow: promote or abort it first
+        previous = current_version(cfg)
         if previous is not None:  # pin what serves, so a new candidate never serves by accident
             for name in SERVED_MODELS:
                 write_configs(repo / name, name, serving=[previous])
@@ -265,7 +265,7 @@ def deploy(
             raise DeployError("give a run directory or --version")
         if version == previous:
             raise DeployError(f"version {version} is already serving")
-        _refuse_retired(repo, version)
+        refuse_retired(repo, version)
         manifest = validate_version(repo, version)
         warnings = []
         if previous is not None and version < previous:
@@ -273,9 +273,9 @@ def deploy(
                             f"a downgrade (to undo it, `rollback` serves {previous} "
                             f"again)")  # fmt: skip
             log.warning(warnings[-1])
-        gate = metric_gate(manifest, _manifest_or_none(repo, previous), cfg.max_metric_drop,
+        gate = metric_gate(manifest, manifest_or_none(repo, previous), cfg.max_metric_drop,
                            force)  # fmt: skip
-        _swap_recorded(cfg, "deploy", previous, version)
+        swap_recorded(cfg, "deploy", previous, version)
         entry = {"action": "deploy", "version": version, "previous": previous,
                  "at": records.now(), "gate": gate}  # fmt: skip
         records.record(repo, entry)
@@ -294,8 +294,8 @@ def rollback(cfg: DeployConfig) -> DeployReport:
     repo = Path(cfg.repository)
     with repository_lock(repo):
         recovered = recover(cfg)
-        split.refuse_running(repo)
-        current = _current(cfg)
+        traffic_split.refuse_running(repo)
+        current = current_version(cfg)
         if current is None:  # the pinned version is broken: back to the last healthy one
             broken = set(serving_policy(repo / CATALOGUE_SCORER) or ())
             target = records.last_healthy(repo, exclude=broken)
@@ -309,9 +309,9 @@ def rollback(cfg: DeployConfig) -> DeployReport:
             if target is None:
                 raise DeployError(f"nothing to roll back to: no deploy of version {current} "
                                   "records a predecessor")  # fmt: skip
-        _refuse_retired(repo, target, "roll back to")
+        refuse_retired(repo, target, "roll back to")
         validate_version(repo, target)
-        _swap_recorded(cfg, "rollback", current, target)
+        swap_recorded(cfg, "rollback", current, target)
         records.record(repo, {"action": "rollback", "version": target, "previous": current,
                               "at": records.now(), "gate": "rollback: no gate"})  # fmt: skip
         records.done(repo)
@@ -339,13 +339,13 @@ def status(cfg: DeployConfig) -> tuple[list[VersionStatus], str]:
         with repository_lock(repo):
             recovered = recover(cfg)
     try:
-        served = served_versions(cfg, _triton(cfg))
+        served = served_versions(cfg, triton_fleet(cfg))
     except InferenceServerException:
         served = set()
     pinned = set(serving_policy(repo / CATALOGUE_SCORER) or ())
     rows = []
     for v in versions(repo, CATALOGUE_SCORER):
-        m = _manifest_or_none(repo, v) or {}
+        m = manifest_or_none(repo, v) or {}
         problem = checksum_problems(repo, v) if v in served or v in pinned else ""
         rows.append(VersionStatus(v, v in served, m.get("created", "?"),
                                   str(m.get("source_run", "?")), quality(m),

@@ -1,7 +1,7 @@
 """Canary and shadow rollouts: start, promote, abort, figures, and the watcher that aborts.
 
 * ``start`` (``deploy --canary P`` / ``--shadow P``): validates the version as ``deploy`` does,
-  publishes the split in the repository (``core/rollout.py``: every gateway reads it at its
+  publishes the split in the repository (``core/traffic_split.py``: every gateway reads it at its
   version poll), then pins both versions (``version_policy: specific``) and has every Triton
   replica load the new one beside the serving one. The serving version does not change: the
   gateways never serve a version the split names as their own, and route to it only once it is
@@ -40,7 +40,7 @@ from pathlib import Path
 from prometheus_client.parser import text_string_to_metric_families
 from tritonclient.utils import InferenceServerException
 
-from core import rollout as split
+from core import traffic_split
 from core.contract import SERVED_MODELS
 from core.endpoints import resolve_endpoints
 from core.files import repository_lock
@@ -49,14 +49,14 @@ from serving import deploy_records as records
 from serving.deploy import (
     DeployConfig,
     DeployError,
-    _current,
-    _manifest_or_none,
-    _pin_and_load,
-    _refuse_retired,
-    _restore,
-    _swap_recorded,
-    _triton,
+    current_version,
+    manifest_or_none,
+    pin_and_load,
     recover,
+    refuse_retired,
+    restore,
+    swap_recorded,
+    triton_fleet,
 )
 from serving.validation import metric_gate, validate_version
 
@@ -75,13 +75,13 @@ class RolloutReport:
     serving: int  # the version that serves after the command
     seconds: float
     gate: str = ""
-    split: split.Rollout | None = None
+    split: traffic_split.Rollout | None = None
     recovered: str = ""
     retired: tuple[int, ...] = ()
 
 
-def _running(repository: Path) -> split.Rollout:
-    rollout = split.read(repository)
+def _running(repository: Path) -> traffic_split.Rollout:
+    rollout = traffic_split.read(repository)
     if rollout is None:
         raise DeployError("no canary or shadow rollout runs")
     return rollout
@@ -99,8 +99,8 @@ def start(cfg: DeployConfig, *, run_dir: Path | None = None, version: int | None
     repo = Path(cfg.repository)
     with repository_lock(repo):
         recovered = recover(cfg)
-        split.refuse_running(repo)
-        serving = _current(cfg)
+        traffic_split.refuse_running(repo)
+        serving = current_version(cfg)
         if serving is None:
             raise DeployError("no version serves yet: deploy one before a canary or shadow")
         for name in SERVED_MODELS:  # pin what serves, so the new one never serves by accident
@@ -113,21 +113,21 @@ def start(cfg: DeployConfig, *, run_dir: Path | None = None, version: int | None
             raise DeployError("give a run directory or --version")
         if version == serving:
             raise DeployError(f"version {version} is already serving")
-        _refuse_retired(repo, version, "roll out")
+        refuse_retired(repo, version, "roll out")
         manifest = validate_version(repo, version)
-        gate = metric_gate(manifest, _manifest_or_none(repo, serving), cfg.max_metric_drop,
+        gate = metric_gate(manifest, manifest_or_none(repo, serving), cfg.max_metric_drop,
                            force)  # fmt: skip
-        rollout = split.Rollout(serving, version if canary_percent > 0 else None,
+        rollout = traffic_split.Rollout(serving, version if canary_percent > 0 else None,
                                 canary_percent, version if shadow_percent > 0 else None,
                                 shadow_percent)  # fmt: skip
-        split.write(repo, rollout)  # before the load: no gateway ever serves it as its own
-        fleet = _triton(cfg)
+        traffic_split.write(repo, rollout)  # before the load: no gateway ever serves it as its own
+        fleet = triton_fleet(cfg)
         try:
-            _pin_and_load(cfg, fleet, sorted({serving, version}))
+            pin_and_load(cfg, fleet, sorted({serving, version}))
         except InferenceServerException as exc:
             cause = f"Triton could not load version {version} ({exc.message()})"
-            failed = _restore(cfg, fleet, serving, version, cause)
-            split.clear(repo)
+            failed = restore(cfg, fleet, serving, version, cause)
+            traffic_split.clear(repo)
             raise failed from None
         action = "canary" if rollout.canary is not None else "shadow"
         records.record(repo, {"action": action, "version": version, "previous": serving,
@@ -144,8 +144,8 @@ def promote(cfg: DeployConfig) -> RolloutReport:
     with repository_lock(repo):
         rollout = _running(repo)
         old, new = rollout.serving, rollout.new
-        split.clear(repo)  # from here the gateways follow the swap
-        _swap_recorded(cfg, "deploy", old, new)
+        traffic_split.clear(repo)  # from here the gateways follow the swap
+        swap_recorded(cfg, "deploy", old, new)
         entry = {"action": "deploy", "version": new, "previous": old, "at": records.now(),
                  "gate": "promoted from a rollout"}  # fmt: skip
         records.record(repo, entry)  # a deploy: rollback returns to the version before
@@ -162,16 +162,16 @@ def abort(cfg: DeployConfig, reason: str = "by hand") -> RolloutReport:
     repo = Path(cfg.repository)
     with repository_lock(repo):
         rollout = _running(repo)
-        idle = split.Rollout(rollout.serving, rollout.canary, 0.0, rollout.shadow, 0.0)
-        split.write(repo, idle)
+        idle = traffic_split.Rollout(rollout.serving, rollout.canary, 0.0, rollout.shadow, 0.0)
+        traffic_split.write(repo, idle)
         time.sleep(SETTLE_S)
         try:
-            _pin_and_load(cfg, _triton(cfg), [rollout.serving])
+            pin_and_load(cfg, triton_fleet(cfg), [rollout.serving])
         except InferenceServerException as exc:
             raise DeployError(f"Triton could not unload version {rollout.new} "
                               f"({exc.message()}); the split stays at 0%, version "
                               f"{rollout.serving} serves; run abort again") from None  # fmt: skip
-        split.clear(repo)
+        traffic_split.clear(repo)
         records.record(repo, {"action": "abort", "version": rollout.new,
                               "previous": rollout.serving, "at": records.now(),
                               "gate": reason})  # fmt: skip
@@ -321,7 +321,7 @@ def scrape(metrics: str, timeout_s: float = 2.0) -> tuple[dict[str, VersionFigur
 def figures(cfg: DeployConfig, metrics: str) -> dict:
     """The rollout (if any) and the serving and new versions' figures since the gateways
     started, for ``status``."""
-    rollout = split.read(cfg.repository)
+    rollout = traffic_split.read(cfg.repository)
     by_version, answered = scrape(metrics)
     out: dict = {"source": f"gateway metrics endpoints {metrics} ({answered} answered; counts "
                            "since each gateway started)", "rollout": rollout}  # fmt: skip
@@ -391,7 +391,7 @@ def watch(cfg: DeployConfig, metrics: str, rules: WatchRules | None = None, *,
     window: tuple[VersionFigures, VersionFigures] = (VersionFigures(), VersionFigures())
     while True:
         now = time.monotonic()
-        current = split.read(cfg.repository)
+        current = traffic_split.read(cfg.repository)
         if current is None or current.canary != rollout.canary or current.percent <= 0:
             return WatchResult("ended", "the canary was promoted or aborted meanwhile",
                                now - begin, *_summaries(window))  # fmt: skip

@@ -13,7 +13,7 @@ import pytest
 from scipy import stats
 
 from client import RecommenderClient
-from core import rollout as split
+from core import traffic_split
 from core.contract import SERVED_MODELS
 from core.files import file_digests
 from export.repository import export_run
@@ -32,30 +32,32 @@ from training.run import load_run
 
 
 def test_the_split_is_stable_near_its_share_and_differs_between_canaries():
-    keys = [split.listener_key(f"user{i}") for i in range(20_000)]
-    ten = split.Rollout(serving=1, canary=2, percent=10)
-    chosen = [split.in_canary(ten, k) for k in keys]
+    keys = [traffic_split.listener_key(f"user{i}") for i in range(20_000)]
+    ten = traffic_split.Rollout(serving=1, canary=2, percent=10)
+    chosen = [traffic_split.in_canary(ten, k) for k in keys]
     assert abs(sum(chosen) / len(keys) * 100 - 10) < 1
-    assert chosen == [split.in_canary(ten, k) for k in keys]  # no per-process salt
-    other = split.Rollout(serving=1, canary=3, percent=10)
-    assert chosen != [split.in_canary(other, k) for k in keys]  # each canary, other listeners
-    wider = split.Rollout(serving=1, canary=2, percent=30)
-    assert all(split.in_canary(wider, k) for k, c in zip(keys, chosen, strict=True) if c)
+    assert chosen == [traffic_split.in_canary(ten, k) for k in keys]  # no per-process salt
+    other = traffic_split.Rollout(serving=1, canary=3, percent=10)
+    # each canary, other listeners
+    assert chosen != [traffic_split.in_canary(other, k) for k in keys]
+    wider = traffic_split.Rollout(serving=1, canary=2, percent=30)
+    assert all(traffic_split.in_canary(wider, k) for k, c in zip(keys, chosen, strict=True) if c)
     # a history is the same listener whatever the order, case or repeats of its artists
-    assert split.listener_key(None, ["B", "a", "b"]) == split.listener_key(None, ["A", "b"])
-    assert split.listener_key(None, ["a"]) != split.listener_key("a")
+    key = traffic_split.listener_key
+    assert key(None, ["B", "a", "b"]) == key(None, ["A", "b"])
+    assert key(None, ["a"]) != key("a")
 
 
 def test_rollout_file_is_validated(tmp_path):
     with pytest.raises(ValueError, match="percent"):
-        split.Rollout(serving=1, canary=2, percent=120)
+        traffic_split.Rollout(serving=1, canary=2, percent=120)
     with pytest.raises(ValueError, match="already serves"):
-        split.Rollout(serving=2, canary=2, percent=10)
-    split.write(tmp_path, split.Rollout(serving=1, shadow=2, shadow_percent=100))
-    assert split.read(tmp_path) == split.Rollout(1, None, 0.0, 2, 100.0)
-    (tmp_path / split.ROLLOUT_FILE).write_text('{"serving": 1, "canary"')
-    with pytest.raises(split.RolloutError, match="unreadable.*deploy abort"):
-        split.read(tmp_path)
+        traffic_split.Rollout(serving=2, canary=2, percent=10)
+    traffic_split.write(tmp_path, traffic_split.Rollout(serving=1, shadow=2, shadow_percent=100))
+    assert traffic_split.read(tmp_path) == traffic_split.Rollout(1, None, 0.0, 2, 100.0)
+    (tmp_path / traffic_split.ROLLOUT_FILE).write_text('{"serving": 1, "canary"')
+    with pytest.raises(traffic_split.RolloutError, match="unreadable.*deploy abort"):
+        traffic_split.read(tmp_path)
 
 
 def test_agreement_of_two_top_10_lists():
@@ -187,10 +189,11 @@ def test_a_canary_answers_its_sticky_share_of_listeners_then_promote_swaps_it_in
     assert set(load.seen) == set(range(len(histories)))
     assert all(len(v) == 1 for v in load.seen.values())  # sticky
     on_canary = {i for i, v in load.seen.items() if v == {2}}
+    published = traffic_split.read(cfg.repository)
     expected = {
         i
         for i, h in enumerate(histories)
-        if split.in_canary(split.read(cfg.repository), split.listener_key(None, h))
+        if traffic_split.in_canary(published, traffic_split.listener_key(None, h))
     }
     assert on_canary == expected  # the hash every gateway computes
     assert abs(len(on_canary) / len(histories) * 100 - 10) <= 3
@@ -204,7 +207,7 @@ def test_a_canary_answers_its_sticky_share_of_listeners_then_promote_swaps_it_in
         assert load.wait_for(load.ok + 500)
     assert load.failures == []
     assert promoted.version == 2 and _serving(running) == 2
-    assert split.read(cfg.repository) is None and _pins(cfg) == {(2,)}
+    assert traffic_split.read(cfg.repository) is None and _pins(cfg) == {(2,)}
     history = json.loads((cfg.repository / "deployments.json").read_text())
     assert history[-1] == {**history[-1], "action": "deploy", "version": 2, "previous": serving}
 
@@ -216,7 +219,7 @@ def test_abort_drops_the_canary_under_load_with_no_failed_request(stack, listene
     serving = _serving(running)
     rollout.start(cfg, version=3, canary_percent=50, force=True)
     assert _routed(running, users, 3)
-    with pytest.raises(split.RolloutError, match="runs beside"):  # one rollout at a time
+    with pytest.raises(traffic_split.RolloutError, match="runs beside"):  # one rollout at a time
         rollout.start(cfg, version=3, shadow_percent=10, force=True)
     with AsyncLoad(running.gateway.address, users) as load:
         assert load.wait_for(300)
@@ -224,7 +227,7 @@ def test_abort_drops_the_canary_under_load_with_no_failed_request(stack, listene
         assert load.wait_for(load.ok + 500)
     assert load.failures == []
     assert (report.action, report.version, report.serving) == ("abort", 3, serving)
-    assert split.read(cfg.repository) is None and _pins(cfg) == {(serving,)}
+    assert traffic_split.read(cfg.repository) is None and _pins(cfg) == {(serving,)}
     with RecommenderClient(running.gateway.address) as client:
         assert {client.recommend(u, k=3).model_version for u in users[:50]} == {serving}
     with pytest.raises(DeployError, match="no canary or shadow rollout runs"):
@@ -270,7 +273,7 @@ def test_a_bad_canary_is_aborted_automatically_and_no_client_sees_an_error(
     assert ("error ratio" if how == "fail" else "p99") in result.reason
     assert aborted_s <= 60
     assert load.failures == []
-    assert split.read(cfg.repository) is None and _pins(cfg) == {(serving,)}
+    assert traffic_split.read(cfg.repository) is None and _pins(cfg) == {(serving,)}
     if how == "fail":
         found = rollout.figures(cfg, metrics)["versions"][str(version)]
         assert found["retried"] >= rules.min_requests
@@ -309,7 +312,7 @@ def test_a_shadow_records_agreement_and_never_changes_the_answer(stack, listener
     assert found["overlap_at_10"] == pytest.approx(1.0)
     assert found["kendall"] == pytest.approx(1.0) and found["shadow_p50_ms"] is not None
     rollout.abort(cfg)
-    assert split.read(cfg.repository) is None and _pins(cfg) == {(serving,)}
+    assert traffic_split.read(cfg.repository) is None and _pins(cfg) == {(serving,)}
 
 
 @slow
