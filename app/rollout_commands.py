@@ -1,5 +1,5 @@
 """``musicrec deploy --canary P | --shadow P [--watch S]``, ``deploy promote | abort | watch``,
-and the rollout part of ``status`` (``serving/rollout.py``)."""
+and the rollout part of ``status`` (``serving/rollout.py``, ``serving/canary_watch.py``)."""
 
 from __future__ import annotations
 
@@ -54,7 +54,7 @@ def wanted(args: argparse.Namespace) -> bool:
 
 
 def run(args: argparse.Namespace, cfg) -> None:
-    from serving import rollout
+    from serving import canary_watch, rollout
 
     verb = str(args.run_dir) if str(args.run_dir) in VERBS else None
     if verb == "promote":
@@ -71,10 +71,10 @@ def run(args: argparse.Namespace, cfg) -> None:
             return
     if not args.gateway_metrics:
         raise ValueError("watching needs --gateway-metrics (the gateways' metrics endpoints)")
-    rules = rollout.WatchRules(args.window, min(2.0, args.window / 5), args.max_error_gap,
+    rules = canary_watch.WatchRules(args.window, min(2.0, args.window / 5), args.max_error_gap,
                                args.p99_ratio, args.p99_slack_ms / 1e3,
                                args.min_requests)  # fmt: skip
-    result = rollout.watch(
+    result = canary_watch.watch(
         cfg, args.gateway_metrics, rules, duration_s=args.watch if args.watch is not None else 600.0
     )
     colour = {"aborted": "red", "healthy": "green"}.get(result.verdict, "yellow")

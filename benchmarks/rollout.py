@@ -53,7 +53,7 @@ from export.repository import export_network
 from export.triton_config import write_configs
 from gateway.config import GatewayConfig
 from loadtests.async_load import AsyncLoad
-from serving import rollout
+from serving import canary_watch, gateway_metrics, rollout
 from serving.deploy import DeployConfig
 from serving.processes import free_port
 from serving.stack import StackConfig, serving_stack
@@ -168,13 +168,13 @@ def canary(ops: DeployConfig, address: str, histories: list[list[str]], requests
 
 def bad_canary(ops: DeployConfig, address: str, metrics: str, users: list[str],
                version: int, requests: int) -> dict:  # fmt: skip
-    rules = rollout.WatchRules(window_s=30, interval_s=1.0, min_requests=30)
+    rules = canary_watch.WatchRules(window_s=30, interval_s=1.0, min_requests=30)
     with AsyncLoad(address, users, CONCURRENCY) as load, Timeline(load) as tl:
         load.wait_for(300)
         start = time.monotonic()
         tl.event("canary 10% (failing)")
         rollout.start(ops, version=version, canary_percent=CANARY_PERCENT, force=True)
-        result = rollout.watch(ops, metrics, rules, duration_s=120)
+        result = canary_watch.watch(ops, metrics, rules, duration_s=120)
         aborted_s = time.monotonic() - start
         tl.event("aborted" if result.verdict == "aborted" else result.verdict)
         load.wait_for(max(requests, load.ok + 300))
@@ -200,7 +200,7 @@ def shadow(ops: DeployConfig, address: str, metrics: str, users: list[str], vers
            requests: int, blocks: int = 8, poll_s: float = 0.2,
            concurrency: int = CONCURRENCY, rate: float | None = None) -> dict:  # fmt: skip
     """Shadow at 0% and 100% in alternate blocks of one run; ``rate``: paced load."""
-    before = rollout.scrape(metrics)[0].get(str(version), rollout.VersionFigures())
+    before = gateway_metrics.scrape(metrics)[0].get(str(version), gateway_metrics.VersionFigures())
     rollout.start(ops, version=version, shadow_percent=100, force=True)
     running = traffic_split.read(ops.repository)
     with AsyncLoad(address, users, concurrency, rate=rate) as load, Timeline(load) as tl:
@@ -216,7 +216,7 @@ def shadow(ops: DeployConfig, address: str, metrics: str, users: list[str], vers
             load.wait_for(load.ok + per_block)
             lat[percent] += load.latencies[first:]
     time.sleep(1.0)
-    after = rollout.scrape(metrics)[0].get(str(version), rollout.VersionFigures())
+    after = gateway_metrics.scrape(metrics)[0].get(str(version), gateway_metrics.VersionFigures())
     found = after.minus(before).summary()  # this scenario's shadow calls only
     rollout.abort(ops)
     p50 = {k: float(np.percentile(v, 50) * 1e3) for k, v in lat.items()}

@@ -21,10 +21,11 @@ from export.triton_config import serving_policy, write_configs
 from gateway.config import GatewayConfig
 from gateway.rollout import agreement
 from loadtests.async_load import AsyncLoad
-from serving import rollout
+from serving import canary_watch, rollout
+from serving.canary_watch import WatchRules, judge
 from serving.deploy import DeployConfig, DeployError
+from serving.gateway_metrics import VersionFigures, parse_metrics, quantile
 from serving.processes import free_port
-from serving.rollout import VersionFigures, WatchRules, judge, parse_metrics, quantile
 from serving.stack import StackConfig, serving_stack
 from training.run import load_run
 
@@ -266,7 +267,7 @@ def test_a_bad_canary_is_aborted_automatically_and_no_client_sees_an_error(
         assert load.wait_for(load.ok + 100)
         start = time.monotonic()
         rollout.start(cfg, version=version, canary_percent=20, force=True)
-        result = rollout.watch(cfg, metrics, rules, duration_s=90)
+        result = canary_watch.watch(cfg, metrics, rules, duration_s=90)
         aborted_s = time.monotonic() - start
         assert load.wait_for(load.ok + 200)
     assert result.verdict == "aborted", result

@@ -1,0 +1,163 @@
+"""The gateways' ``/metrics`` text, read by version: what ``status`` and the canary watcher
+count.
+
+Every gateway exports Prometheus text; :func:`scrape` fetches each gateway's endpoint
+(``host:port``, a list, or ``dns:///name:port``) and :func:`parse_metrics` adds its samples to
+one :class:`VersionFigures` per ``version`` label: Recommend attempts and the errors the stack
+caused (:data:`ERROR_CODES`; a caller's mistake is not one), the latency histogram, canary
+retries and the shadow's agreement. Counters are cumulative since each gateway started;
+:meth:`VersionFigures.minus` gives a window's deltas.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import urllib.request
+from dataclasses import dataclass, field
+
+from prometheus_client.parser import text_string_to_metric_families
+
+from core.endpoints import resolve_endpoints
+
+log = logging.getLogger(__name__)
+# Status codes the stack caused (ops/alerts.yml): the caller's mistakes are not errors.
+ERROR_CODES = frozenset({"UNKNOWN", "INTERNAL", "UNAVAILABLE", "DEADLINE_EXCEEDED",
+                         "RESOURCE_EXHAUSTED", "DATA_LOSS", "UNIMPLEMENTED"})  # fmt: skip
+METHOD = "Recommend"
+
+
+@dataclass
+class VersionFigures:
+    """One version's counters, summed over the gateways (cumulative, or a window's deltas)."""
+
+    requests: float = 0.0  # Recommend attempts (every code; a canary's failed ones too)
+    errors: float = 0.0  # of those, errors the stack caused
+    retried: float = 0.0  # canary attempts that failed, answered by the serving version
+    buckets: dict[float, float] = field(default_factory=dict)  # le -> cumulative count
+    shadow: dict[str, float] = field(default_factory=dict)  # outcome -> count
+    shadow_seconds: dict[float, float] = field(default_factory=dict)
+    overlap: tuple[float, float] = (0.0, 0.0)  # (sum, count)
+    spearman: tuple[float, float] = (0.0, 0.0)
+    kendall: tuple[float, float] = (0.0, 0.0)
+
+    @property
+    def error_ratio(self) -> float | None:
+        return self.errors / self.requests if self.requests else None
+
+    @property
+    def p99_s(self) -> float | None:
+        return quantile(0.99, self.buckets)
+
+    def minus(self, before: VersionFigures) -> VersionFigures:
+        def sub(a: dict, b: dict) -> dict:
+            return {k: v - b.get(k, 0.0) for k, v in a.items()}
+
+        def pair(a: tuple, b: tuple) -> tuple:
+            return (a[0] - b[0], a[1] - b[1])
+
+        return VersionFigures(
+            self.requests - before.requests, self.errors - before.errors,
+            self.retried - before.retried,
+            sub(self.buckets, before.buckets), sub(self.shadow, before.shadow),
+            sub(self.shadow_seconds, before.shadow_seconds), pair(self.overlap, before.overlap),
+            pair(self.spearman, before.spearman), pair(self.kendall, before.kendall),
+        )  # fmt: skip
+
+    def summary(self) -> dict:
+        """Plain numbers for ``status`` and the benchmark."""
+
+        def mean(p: tuple[float, float]) -> float | None:
+            return p[0] / p[1] if p[1] else None
+
+        return {
+            "requests": self.requests, "errors": self.errors, "retried": self.retried,
+            "error_ratio": self.error_ratio, "p99_ms": _ms(self.p99_s),
+            "shadow": dict(self.shadow), "shadow_p50_ms": _ms(quantile(0.5, self.shadow_seconds)),
+            "overlap_at_10": mean(self.overlap), "spearman": mean(self.spearman),
+            "kendall": mean(self.kendall),
+        }  # fmt: skip
+
+
+def _ms(seconds: float | None) -> float | None:
+    return None if seconds is None else seconds * 1e3
+
+
+def quantile(q: float, buckets: dict[float, float]) -> float | None:
+    """Prometheus' ``histogram_quantile`` over cumulative ``{le: count}`` (None when empty)."""
+    if not buckets:
+        return None
+    bounds = sorted(buckets)
+    total = buckets[bounds[-1]]
+    if total <= 0:
+        return None
+    rank, prev_bound, prev_count = q * total, 0.0, 0.0
+    for le in bounds:
+        count = buckets[le]
+        if count >= rank:
+            if math.isinf(le):
+                return prev_bound  # beyond the last finite bucket: its upper bound
+            width = count - prev_count
+            return prev_bound + (le - prev_bound) * ((rank - prev_count) / width if width else 1)
+        prev_bound, prev_count = le, count
+    return prev_bound
+
+
+def _add(target: dict, key: float, value: float) -> None:
+    target[key] = target.get(key, 0.0) + value
+
+
+def parse_metrics(text: str, into: dict[str, VersionFigures]) -> None:
+    """Add one gateway's ``/metrics`` text to ``into`` (by version label)."""
+    for family in text_string_to_metric_families(text):
+        for s in family.samples:
+            version = s.labels.get("version")
+            if version is None:
+                continue
+            f = into.setdefault(version, VersionFigures())
+            name, labels, value = s.name, s.labels, s.value
+            if name == "musicrec_gateway_requests_by_version_total":
+                if labels.get("method") == METHOD:
+                    f.requests += value
+                    f.errors += value if labels.get("code") in ERROR_CODES else 0.0
+            elif name == "musicrec_gateway_request_seconds_by_version_bucket":
+                if labels.get("method") == METHOD:
+                    _add(f.buckets, float(labels["le"]), value)
+            elif name == "musicrec_gateway_canary_retries_total":
+                f.retried += value
+            elif name == "musicrec_gateway_shadow_requests_total":
+                _add(f.shadow, labels["outcome"], value)
+            elif name == "musicrec_gateway_shadow_seconds_bucket":
+                _add(f.shadow_seconds, float(labels["le"]), value)
+            elif name.startswith("musicrec_gateway_shadow_overlap_at_10_"):
+                f.overlap = _sum_count(f.overlap, name, value)
+            elif name.startswith("musicrec_gateway_shadow_rank_correlation_"):
+                method = labels.get("method")
+                if method == "spearman":
+                    f.spearman = _sum_count(f.spearman, name, value)
+                elif method == "kendall":
+                    f.kendall = _sum_count(f.kendall, name, value)
+
+
+def _sum_count(pair: tuple[float, float], name: str, value: float) -> tuple[float, float]:
+    if name.endswith("_sum"):
+        return (pair[0] + value, pair[1])
+    if name.endswith("_count"):
+        return (pair[0], pair[1] + value)
+    return pair
+
+
+def scrape(metrics: str, timeout_s: float = 2.0) -> tuple[dict[str, VersionFigures], int]:
+    """Every gateway's figures by version, summed, and how many gateways answered.
+    ``metrics``: the gateways' metrics endpoints as a target (``host:port``, a list, or
+    ``dns:///name:port``, ``core/endpoints.py``)."""
+    figures: dict[str, VersionFigures] = {}
+    answered = 0
+    for address in resolve_endpoints(metrics):
+        try:
+            with urllib.request.urlopen(f"http://{address}/metrics", timeout=timeout_s) as r:
+                parse_metrics(r.read().decode(), figures)
+            answered += 1
+        except OSError as exc:
+            log.warning("gateway metrics at %s unreachable: %s", address, exc)
+    return figures, answered
