@@ -84,7 +84,7 @@ def start(cfg: DeployConfig, *, run_dir: Path | None = None, version: int | None
     repo = Path(cfg.repository)
     with repository_lock(repo):
         recovered = recover(cfg)
-        traffic_split.refuserunning(repo)
+        traffic_split.refuse_running(repo)
         serving = current_version(cfg)
         if serving is None:
             raise DeployError("no version serves yet: deploy one before a canary or shadow")
