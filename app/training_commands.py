@@ -43,18 +43,34 @@ def train_and_save(cfg: TrainConfig, run_dir: Path) -> Path:
         console.print(f"[yellow]skipped rows[/]: {report['malformed']} malformed, "
                       f"{report['empty_fields']} with an empty user or artist")  # fmt: skip
     save_run(run_dir, cfg, result)
-    rows = {
-        cfg.model: {**result.metrics, "train_seconds": result.train_seconds},
-        f"{cfg.model} (new users)": result.new_user_metrics,
-    }
     test_users = result.split.summary()["test_users"]
-    console.print(metrics_table(f"{result.data.source} — {test_users} test users", rows))
+    console.print(metrics_table(f"{result.data.source} — {test_users} test users",
+                                _result_rows(cfg, result)))  # fmt: skip
     metrics = result_metrics(result)
     if "rows_per_second" in metrics:
         console.print(f"training throughput: {metrics['rows_per_second']:,.0f} rows/s over "
                       f"{metrics['epochs']} epochs")  # fmt: skip
     console.print(f"run saved to [bold]{run_dir}[/]")
     return run_dir
+
+
+def _result_rows(cfg: TrainConfig, result) -> dict[str, dict[str, float]]:
+    """The table's rows: what the gateway serves by default (``ranked``) first, then the model
+    itself and EASE (the strongest baseline), each for known users and new listeners."""
+    from training.pipeline import baseline_metrics
+
+    rows: dict[str, dict[str, float]] = {}
+    if result.served_metrics is not None:
+        served = result.served_metrics
+        rows["ranked (served default)"] = served["known_users"]
+        rows["ranked (new users)"] = served["new_users"]
+    rows[cfg.model] = {**result.metrics, "train_seconds": result.train_seconds}
+    rows[f"{cfg.model} (new users)"] = result.new_user_metrics
+    if cfg.model != "ease":
+        with console.status("fitting EASE, the baseline to beat"):
+            ease = baseline_metrics("ease", result.split, cfg.k)
+        rows["ease"], rows["ease (new users)"] = ease["known_users"], ease["new_users"]
+    return rows
 
 
 def _train(args: argparse.Namespace) -> None:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+import io
 import json
 
 import pytest
@@ -21,21 +23,37 @@ def generated_csv(tmp_path_factory):
 @pytest.fixture(scope="module")
 def dnn_run(generated_csv, tmp_path_factory):
     run_dir = tmp_path_factory.mktemp("runs") / "dnn"
-    code = main(
-        [
-            "train",
-            "--data",
-            str(generated_csv),
-            "--model",
-            "dnn",
-            "--run-dir",
-            str(run_dir),
-            "--max-epochs",
-            "8",
-        ]
-    )
+    printed = io.StringIO()
+    with contextlib.redirect_stdout(printed):  # rich's console writes to sys.stdout of the time
+        code = main(["train", "--data", str(generated_csv), "--model", "dnn",
+                     "--run-dir", str(run_dir), "--max-epochs", "8"])  # fmt: skip
     assert code == 0
+    (run_dir.parent / "train_output.txt").write_text(printed.getvalue())
     return run_dir
+
+
+def _table_row(printed: str, model: str) -> list[str]:
+    """The cells of the printed metrics table's row for ``model``."""
+    for line in printed.splitlines():
+        cells = [c.strip() for c in line.strip("│ ").split("│")]
+        if cells and cells[0] == model:
+            return cells[1:]
+    raise AssertionError(f"no row {model!r} in:\n{printed}")
+
+
+def test_train_prints_the_served_default_beside_the_network_and_ease(dnn_run):
+    printed = (dnn_run.parent / "train_output.txt").read_text()
+    metrics = json.loads((dnn_run / "metrics.json").read_text())
+    ndcg = 3  # P@10, R@10, MAP@10, NDCG@10, ...
+    served, new = (
+        _table_row(printed, "ranked (served default)"),
+        _table_row(printed, "ranked (new users)"),
+    )
+    assert served[ndcg] == f"{metrics['served']['known_users']['ndcg@10']:.4f}"
+    assert new[ndcg] == f"{metrics['served']['new_users']['ndcg@10']:.4f}"
+    assert _table_row(printed, "dnn")[ndcg] == f"{metrics['known_users']['ndcg@10']:.4f}"
+    ease = _table_row(printed, "ease")
+    assert float(ease[ndcg]) > 0 and float(_table_row(printed, "ease (new users)")[ndcg]) > 0
 
 
 def test_run_directory_holds_everything_serving_needs(dnn_run):

@@ -73,6 +73,17 @@ def fit_model(model: Recommender, split: Split) -> float:
     return time.perf_counter() - t0
 
 
+def baseline_metrics(name: str, split: Split, k: int = 10) -> dict[str, dict[str, float]]:
+    """A baseline (``BASELINES[name]``) fitted on ``train_full`` and evaluated like the model:
+    ``{"known_users": ..., "new_users": ...}`` with its fitting seconds among the known's."""
+    baseline = BASELINES[name]()
+    t0 = time.perf_counter()
+    baseline.fit(split.train_full)
+    seconds = time.perf_counter() - t0
+    return {"known_users": {**evaluate_known_users(baseline, split, k), "train_seconds": seconds},
+            "new_users": evaluate_new_users(baseline, split, k)}  # fmt: skip
+
+
 def train_and_evaluate(
     cfg: TrainConfig,
     data: Interactions | None = None,
