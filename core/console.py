@@ -2,7 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
+import time
+from collections.abc import Iterator
+
 from rich.console import Console
+from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
 console = Console(width=max(Console().width, 110))
@@ -23,3 +28,21 @@ def metrics_table(title: str, rows: dict[str, dict[str, float]]) -> Table:
             f"{m.get('train_seconds', 0.0):.1f}",
         )
     return table
+
+
+@contextlib.contextmanager
+def step(description: str, enabled: bool = True) -> Iterator[None]:
+    """A spinner with the elapsed time while a step without a known length runs, then one line
+    with its duration; nothing when ``enabled`` is false (library use, tests)."""
+    if not enabled:
+        yield
+        return
+    t0 = time.perf_counter()
+    if console.is_terminal:  # a log file gets the duration line only
+        columns = (SpinnerColumn(), TextColumn("{task.description}"), TimeElapsedColumn())
+        with Progress(*columns, console=console, transient=True) as progress:
+            progress.add_task(description, total=None)
+            yield
+    else:
+        yield
+    console.print(f"[green]✓[/] {description} ({time.perf_counter() - t0:.1f} s)")

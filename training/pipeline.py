@@ -7,6 +7,7 @@ import time
 from dataclasses import dataclass, field
 
 from core.als_factors import AlsFactors
+from core.console import step
 from training.config import DataConfig, TrainConfig
 from training.data import Interactions, filter_min_counts, load_dataset
 from training.evaluation import evaluate_known_users, evaluate_new_users
@@ -54,22 +55,28 @@ def make_model(cfg: TrainConfig, *, progress: bool = False) -> Recommender:
     return BASELINES[cfg.model]()
 
 
-def fit_model(model: Recommender, split: Split) -> float:
+def fit_model(model: Recommender, split: Split, *, progress: bool = False) -> float:
     """Fit ``model`` on the split; returns seconds taken. The DNN early-stops on ``val``; then,
     with stage 1 fitted on ``train`` alone, its two-stage blend is tuned (``model.two_stage_``)
-    and the learned ranker trained (``model.ranker_``) on ``val``'s labels."""
+    and the learned ranker trained (``model.ranker_``) on ``val``'s labels. ``progress``: a
+    spinner and a duration line for each step after the network's epochs."""
     t0 = time.perf_counter()
     if isinstance(model, DNNRecommender):
         model.fit(split.train, split.val)
         model.ranker_ = model.als_ = None
         if split.val.nnz:
-            inner = TwoStageRecommender(model).fit(split.train)
-            model.two_stage_ = tune_on(inner, split.val)
-            model.ranker_ = fit_ranker(inner, split.val)
-            model.als_ = fit_als_factors(split.train_full)  # served beside the refitted tables
+            with step("stage 1 on the training plays", progress):
+                inner = TwoStageRecommender(model).fit(split.train)
+            with step("two-stage blend tuned on the validation plays", progress):
+                model.two_stage_ = tune_on(inner, split.val)
+            with step("learned ranker trained on the validation plays", progress):
+                model.ranker_ = fit_ranker(inner, split.val)
+            with step("ALS factors on training and validation plays", progress):
+                model.als_ = fit_als_factors(split.train_full)  # beside the refitted tables
         model.use_known_plays(split.train_full)  # what the run saves and serving matches against
     else:
-        model.fit(split.train_full)
+        with step(f"fitting {getattr(model, 'name', type(model).__name__)}", progress):
+            model.fit(split.train_full)
     return time.perf_counter() - t0
 
 
@@ -97,19 +104,23 @@ def train_and_evaluate(
     split = split_interactions(data.matrix, cfg.split)
     log.info("split: %s", split.summary())
     model = make_model(cfg, progress=progress)
-    seconds = fit_model(model, split)
+    seconds = fit_model(model, split, progress=progress)
     served = None
     if getattr(model, "ranker_", None) is not None:  # what the gateway's default mode serves
-        ranked = RankedRecommender(model, model.ranker_, model.two_stage_, als=model.als_)
-        ranked.fit(split.train_full)
-        served = {"mode": "ranked", "known_users": evaluate_known_users(ranked, split, cfg.k),
-                  "new_users": evaluate_new_users(ranked, split, cfg.k)}  # fmt: skip
+        with step("the served default (ranked) refitted and evaluated", progress):
+            ranked = RankedRecommender(model, model.ranker_, model.two_stage_, als=model.als_)
+            ranked.fit(split.train_full)
+            served = {"mode": "ranked", "known_users": evaluate_known_users(ranked, split, cfg.k),
+                      "new_users": evaluate_new_users(ranked, split, cfg.k)}  # fmt: skip
+    with step(f"{cfg.model} evaluated on the test plays", progress):
+        metrics = evaluate_known_users(model, split, cfg.k)
+        new_user_metrics = evaluate_new_users(model, split, cfg.k)
     return TrainResult(
         model=model,
         data=data,
         split=split,
-        metrics=evaluate_known_users(model, split, cfg.k),
-        new_user_metrics=evaluate_new_users(model, split, cfg.k),
+        metrics=metrics,
+        new_user_metrics=new_user_metrics,
         load_report=report,
         train_seconds=seconds,
         two_stage=getattr(model, "two_stage_", None),
