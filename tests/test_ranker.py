@@ -241,3 +241,27 @@ def test_deploy_gate_reads_the_served_defaults_ndcg():
                          "served": {"known_users": {"ndcg@10": 0.10}}}}  # fmt: skip
     with pytest.raises(Exception, match="refused"):
         metric_gate(worse, new, 0.01, force=False)
+
+
+def test_the_ranker_settings_are_chosen_on_held_back_validation_users(trained):
+    """tune_ranker judges each setting on validation users held out of its fit, keeps the best
+    (a setting blind to every feature cannot win), refits it on every validation user, and
+    records what it tried."""
+    from training.ranker import RankerConfig
+    from training.ranker_tuning import tune_ranker
+
+    _, inner, _, _, val = trained
+    small = RankerConfig(trees=20, min_child_samples=5, leaves=7)
+    settings = {"blind": RankerConfig(trees=20, min_child_samples=5, leaves=7,
+                                      drop=RANKER_FEATURES),
+                "small": small}  # fmt: skip
+    ranker = tune_ranker(inner, val, settings, choose_share=0.3)
+    record = ranker.validation["tuning"]
+    assert set(record["tried"]) == {"blind", "small"}
+    assert record["chosen"] == "small" and ranker.config == small
+    assert record["chosen_ndcg@10"] == record["tried"]["small"]["ndcg@10"]
+    assert record["tried"]["small"]["ndcg@10"] > record["tried"]["blind"]["ndcg@10"]
+    users = int((np.diff(sp.csr_matrix(val).indptr) > 0).sum())
+    assert record["choose_users"] == round(0.3 * users)
+    assert record["fit_users"] + record["choose_users"] == users
+    assert ranker.validation["lists"] > 0 and ranker.booster.num_trees() == 20  # refit on all

@@ -13,7 +13,8 @@ from training.data import Interactions, filter_min_counts, load_dataset
 from training.evaluation import evaluate_known_users, evaluate_new_users
 from training.models import BASELINES, DNNRecommender, Recommender, SeedRecommender
 from training.models.als import fit_als_factors
-from training.ranker import LearnedRanker, RankedRecommender, fit_ranker
+from training.ranker import LearnedRanker, RankedRecommender
+from training.ranker_tuning import tune_ranker
 from training.split import Split, split_interactions
 from training.two_stage import TwoStageRecommender, TwoStageSettings, tune_on
 
@@ -58,7 +59,8 @@ def make_model(cfg: TrainConfig, *, progress: bool = False) -> Recommender:
 def fit_model(model: Recommender, split: Split, *, progress: bool = False) -> float:
     """Fit ``model`` on the split; returns seconds taken. The DNN early-stops on ``val``; then,
     with stage 1 fitted on ``train`` alone, its two-stage blend is tuned (``model.two_stage_``)
-    and the learned ranker trained (``model.ranker_``) on ``val``'s labels. ``progress``: a
+    and the learned ranker's settings chosen and trained (``model.ranker_``) on ``val``'s labels
+    (``training/ranker_tuning.py``). ``progress``: a
     spinner and a duration line for each step after the network's epochs."""
     t0 = time.perf_counter()
     if isinstance(model, DNNRecommender):
@@ -69,8 +71,8 @@ def fit_model(model: Recommender, split: Split, *, progress: bool = False) -> fl
                 inner = TwoStageRecommender(model).fit(split.train)
             with step("two-stage blend tuned on the validation plays", progress):
                 model.two_stage_ = tune_on(inner, split.val)
-            with step("learned ranker trained on the validation plays", progress):
-                model.ranker_ = fit_ranker(inner, split.val)
+            with step("learned ranker's settings chosen and trained on validation users", progress):
+                model.ranker_ = tune_ranker(inner, split.val)
             with step("ALS factors on training and validation plays", progress):
                 model.als_ = fit_als_factors(split.train_full)  # beside the refitted tables
         model.use_known_plays(split.train_full)  # what the run saves and serving matches against

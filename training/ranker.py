@@ -103,24 +103,40 @@ def _examples(stage1: _Stage1, known: bool, targets: sp.csr_matrix):
     return xs, ys, sizes
 
 
-def _dataset(parts, drop: tuple[str, ...]):
+def _dataset(parts) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     xs, ys, sizes = parts
     x = np.vstack(xs) if xs else np.zeros((0, len(RANKER_FEATURES)), np.float32)
-    for name in drop:
-        x[:, RANKER_FEATURES.index(name)] = 0.0
     return x, np.concatenate(ys) if ys else np.zeros(0), np.asarray(sizes, np.int64)
 
 
-def fit_ranker(model: TwoStageRecommender, val: sp.csr_matrix,
-               config: RankerConfig | None = None) -> LearnedRanker:  # fmt: skip
-    """Train the ranker on ``val`` labels with ``model`` (fitted on the plays without them)
-    giving candidates and features, for validation users as known users and as if new."""
-    config = config or RankerConfig()
+@dataclass(frozen=True)
+class RankerExamples:
+    """The ranker's training rows from validation labels: the users it fits on, and the users
+    held back (``eval_share`` of them, seeded) that only judge it."""
+
+    fit: tuple[np.ndarray, np.ndarray, np.ndarray]  # features, 0/1 labels, list sizes
+    held: tuple[np.ndarray, np.ndarray, np.ndarray]
+    fit_users: int
+    held_users: int
+    feature_seconds: float
+
+    def everything(self) -> RankerExamples:
+        """The same rows with the held-back users fitted on too (the refit after a choice)."""
+        both = tuple(np.concatenate([a, b]) for a, b in zip(self.fit, self.held, strict=True))
+        empty = (both[0][:0], both[1][:0], both[2][:0])
+        return RankerExamples(both, empty, self.fit_users + self.held_users, 0,
+                              self.feature_seconds)  # fmt: skip
+
+
+def ranker_examples(model: TwoStageRecommender, val: sp.csr_matrix, eval_share: float = 0.0,
+                    seed: int = 0) -> RankerExamples:  # fmt: skip
+    """Feature rows and ``val`` labels with ``model`` (fitted on the plays without them) giving
+    candidates and features, for validation users as known users and as if new."""
     val = sp.csr_matrix(val)
     users = np.flatnonzero(np.diff(val.indptr) > 0)
-    rng = np.random.default_rng(config.seed)
+    rng = np.random.default_rng(seed)
     held = np.zeros(len(users), bool)
-    held[rng.permutation(len(users))[: int(round(config.eval_share * len(users)))]] = True
+    held[rng.permutation(len(users))[: int(round(eval_share * len(users)))]] = True
     t0 = time.perf_counter()
     sets = {}
     for name, part in (("fit", users[~held]), ("eval", users[held])):
@@ -132,9 +148,24 @@ def fit_ranker(model: TwoStageRecommender, val: sp.csr_matrix,
         as_new = _examples(model._stage1(rows, idx, sims,
                                          model.network.scorer_.score_groups(idx, sims)),
                            False, targets)  # fmt: skip
-        sets[name] = _dataset(tuple(a + b for a, b in zip(known, as_new, strict=True)),
-                              config.drop)  # fmt: skip
-    features_s = time.perf_counter() - t0
+        sets[name] = _dataset(tuple(a + b for a, b in zip(known, as_new, strict=True)))
+    return RankerExamples(sets["fit"], sets["eval"], int((~held).sum()), int(held.sum()),
+                          time.perf_counter() - t0)  # fmt: skip
+
+
+def _without(parts: tuple[np.ndarray, ...], drop: tuple[str, ...]) -> tuple[np.ndarray, ...]:
+    """``parts`` with the dropped features' columns zeroed (a copy when any is dropped)."""
+    if not drop:
+        return parts
+    x = parts[0].copy()
+    for name in drop:
+        x[:, RANKER_FEATURES.index(name)] = 0.0
+    return (x, *parts[1:])
+
+
+def boost(examples: RankerExamples, config: RankerConfig) -> LearnedRanker:
+    """LightGBM trees on ``examples.fit``; the held-back users report NDCG@10 over their
+    candidate lists (and early-stop the trees when ``config.early_stopping``)."""
     params = {
         "objective": config.objective, "metric": "ndcg", "eval_at": [10], "learning_rate":
         config.learning_rate, "num_leaves": config.leaves, "min_child_samples":
@@ -142,7 +173,8 @@ def fit_ranker(model: TwoStageRecommender, val: sp.csr_matrix,
         "lambdarank_truncation_level": 20, "seed": config.seed, "deterministic": True,
         "force_row_wise": True, "num_threads": 2, "verbose": -1,
     }  # fmt: skip
-    (xf, yf, gf), (xe, ye, ge) = sets["fit"], sets["eval"]
+    (xf, yf, gf) = _without(examples.fit, config.drop)
+    (xe, ye, ge) = _without(examples.held, config.drop)
     train_set = lgb.Dataset(xf, yf, group=gf, feature_name=list(RANKER_FEATURES))
     valid_sets = [lgb.Dataset(xe, ye, group=ge, reference=train_set)] if len(ge) else []
     callbacks = [lgb.early_stopping(config.early_stopping, verbose=False)] \
@@ -156,12 +188,19 @@ def fit_ranker(model: TwoStageRecommender, val: sp.csr_matrix,
     validation = {
         "lists": int(len(gf) + len(ge)), "rows": int(len(yf) + len(ye)),
         "positives": int(yf.sum() + ye.sum()), "eval_ndcg@10": _best_score(booster),
-        "trees": booster.num_trees(), "feature_seconds": features_s,
+        "trees": booster.num_trees(), "feature_seconds": examples.feature_seconds,
         "train_seconds": time.perf_counter() - t1,
         "gain": dict(zip(RANKER_FEATURES, booster.feature_importance("gain").round(1).tolist(),
                          strict=True)),
     }  # fmt: skip
     return LearnedRanker(booster, config, validation)
+
+
+def fit_ranker(model: TwoStageRecommender, val: sp.csr_matrix,
+               config: RankerConfig | None = None) -> LearnedRanker:  # fmt: skip
+    """Train the ranker on ``val`` labels (:func:`ranker_examples`, :func:`boost`)."""
+    config = config or RankerConfig()
+    return boost(ranker_examples(model, val, config.eval_share, config.seed), config)
 
 
 def _best_score(booster: lgb.Booster) -> float | None:

@@ -1,0 +1,85 @@
+"""The learned ranker's settings chosen on validation users only.
+
+The validation users are split (seeded) into the part whose labels train each candidate setting
+and the part that chooses between them (:data:`CHOOSE_SHARE`): NDCG@10 over the choosers'
+candidate lists (every list has a held-out artist). The chosen setting is then refitted on
+every validation user. Test plays and new listeners'
+plays are never read (``tests/test_no_test_leak.py``). The record (each candidate's figure, the
+choice, the part that chose) is kept in the ranker's ``validation["tuning"]``, saved with the
+run and copied into ``quality.json``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+import numpy as np
+import scipy.sparse as sp
+
+from core.ranker_features import NETWORK_FEATURES
+from training.ranker import LearnedRanker, RankerConfig, RankerExamples, boost, ranker_examples
+from training.two_stage import TwoStageRecommender
+
+CHOOSE_SHARE = 0.25  # of validation users: they choose, the rest train each candidate
+
+
+def candidate_settings(base: RankerConfig | None = None) -> dict[str, RankerConfig]:
+    """The settings tried, by name: the base, one change each, and the base without the
+    network's features (so the network earns its place in the ranker on validation)."""
+    base = base or RankerConfig()
+    vary = dataclasses.replace
+    return {
+        "base": base,
+        "lambdarank": vary(base, objective="lambdarank"),
+        "leaves_31": vary(base, leaves=31),
+        "min_rows_per_leaf_50": vary(base, min_child_samples=50),
+        "learning_rate_0.05": vary(base, learning_rate=0.05),
+        "without_network_features": vary(base, drop=tuple(NETWORK_FEATURES)),
+    }
+
+
+def _held_ndcg(ranker: LearnedRanker, examples: RankerExamples, k: int = 10) -> float:
+    """Mean NDCG@k of ``ranker`` over the held-back users' candidate lists (all its trees)."""
+    x, y, sizes = examples.held
+    scores = ranker.predict(x)
+    total, start = 0.0, 0
+    for size in sizes:
+        labels, order = y[start : start + size], np.argsort(-scores[start : start + size])
+        gains = labels[order[:k]] / np.log2(np.arange(2, min(k, size) + 2))
+        ideal = np.sort(labels)[::-1][:k] / np.log2(np.arange(2, min(k, size) + 2))
+        total += gains.sum() / ideal.sum()
+        start += size
+    return float(total / max(len(sizes), 1))
+
+
+def _tried(examples: RankerExamples, config: RankerConfig) -> dict[str, Any]:
+    """One candidate fitted on the training part, judged (and early-stopped) by the choosers."""
+    judged = boost(examples, dataclasses.replace(config, early_stopping=0))
+    return {"ndcg@10": _held_ndcg(judged, examples), "trees": judged.booster.num_trees()}
+
+
+def tune_ranker(model: TwoStageRecommender, val: sp.csr_matrix,
+                settings: dict[str, RankerConfig] | None = None,
+                choose_share: float = CHOOSE_SHARE, seed: int = 0) -> LearnedRanker:  # fmt: skip
+    """The best of ``settings`` (default :func:`candidate_settings`) by the choosing part's
+    NDCG@10, refitted on every validation user; ties keep the earlier setting."""
+    settings = settings or candidate_settings()
+    examples = ranker_examples(model, val, choose_share, seed)
+    if not examples.held_users:  # too few validation users to hold any back: the first setting
+        return boost(examples, next(iter(settings.values())))
+    tried = {name: _tried(examples, config) for name, config in settings.items()}
+    chosen = max(tried, key=lambda name: tried[name]["ndcg@10"])  # max keeps the first of ties
+    ranker = boost(examples.everything(), dataclasses.replace(settings[chosen], early_stopping=0))
+    ranker.validation["tuning"] = {
+        "chose_on": f"NDCG@10 over the candidate lists of {examples.held_users} validation "
+                    f"users ({choose_share:.0%}, seed {seed}), held out of every candidate's "
+                    f"fit; then refitted on all "
+                    f"{examples.fit_users + examples.held_users} validation users",
+        "fit_users": examples.fit_users,
+        "choose_users": examples.held_users,
+        "tried": tried,
+        "chosen": chosen,
+        "chosen_ndcg@10": tried[chosen]["ndcg@10"],
+    }  # fmt: skip
+    return ranker
