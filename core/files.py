@@ -15,13 +15,29 @@ from pathlib import Path
 
 LOCK_FILE = ".lock"
 _held = threading.local()  # repositories this thread holds the lock of (re-entrant)
+_umask_lock = threading.Lock()
 
 
-def write_atomically(path: Path, text: str) -> None:
+def current_umask() -> int:
+    """This process's umask, read without changing it (Linux ``/proc``); elsewhere set and
+    restored at once under a lock, so no other thread's file meets a zero umask."""
+    with contextlib.suppress(OSError, ValueError, StopIteration):
+        status = Path("/proc/self/status").read_text().splitlines()
+        return int(next(line for line in status if line.startswith("Umask:")).split()[1], 8)
+    with _umask_lock:
+        mask = os.umask(0o077)
+        os.umask(mask)
+    return mask
+
+
+def write_atomically(path: Path, text: str, *, private: bool = False) -> None:
     """Replace ``path`` with ``text`` in one step, through a temporary file unique to this call
-    (concurrent writers never share one), flushed to disk before the rename."""
+    (concurrent writers never share one), flushed to disk before the rename. The file gets the
+    mode a plain ``open(path, "w")`` gives (0644 under umask 022: Triton, another uid, reads
+    the pins a deploy writes); ``private`` keeps it 0600 (secrets)."""
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
+        os.fchmod(fd, 0o600 if private else 0o666 & ~current_umask())
         with os.fdopen(fd, "w") as f:
             f.write(text)
             f.flush()
