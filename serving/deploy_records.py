@@ -63,14 +63,22 @@ def rollback_target(repository: Path, current: int | None) -> int | None:
 
 
 def last_healthy(repository: Path, exclude: set[int]) -> int | None:
-    """The version most recently made to serve by a deploy or rollback that finished (records
-    are written only after the gateway answered with the version), still on disk and not in
-    ``exclude``: where to go back to when the serving version is broken."""
+    """The version most recently known to serve, still on disk and not in ``exclude``: where to
+    go back to when the serving version is broken. Newest record first, each entry's version
+    (made to serve by a deploy or rollback that finished: records are written only after the
+    gateway answered with it), then a deploy's ``previous`` (which served until that deploy: a
+    first deploy over a version no record names still names it there; a rollback's
+    ``previous`` is the version rolled back from, never a target)."""
     on_disk = set(versions(repository, CATALOGUE_SCORER))
     for entry in reversed(read_history(repository)):
-        v = entry.get("version")
-        if entry.get("action") in ("deploy", "rollback") and v in on_disk and v not in exclude:
-            return v
+        if entry.get("action") not in ("deploy", "rollback"):
+            continue
+        served = [entry.get("version")]
+        if entry["action"] == "deploy":
+            served.append(entry.get("previous"))
+        for v in served:
+            if v in on_disk and v not in exclude:
+                return v
     return None
 
 
