@@ -147,3 +147,13 @@ def test_grafana_dashboard_queries_metrics_that_exist():
     titles = " ".join(p["title"].lower() for p in dashboard["panels"])
     for topic in ("request rate", "p50", "errors", "batch size", "queue", "gpu", "version"):
         assert topic in titles
+
+
+def test_triton_is_healthy_when_every_served_model_has_a_version_ready():
+    """Issue 23 item 17: /v2/health/ready stays 400 after a repair while the failed version
+    stays in Triton's index, so the healthcheck asks each served model's readiness instead."""
+    kind, script = SERVICES["triton"]["healthcheck"]["test"]
+    assert kind == "CMD-SHELL" and "/v2/health/ready" not in script
+    models = re.search(r"for m in ([\w ]+); do", script).group(1).split()
+    assert sorted(models) == sorted(SERVED_MODELS)
+    assert "curl -sf -o /dev/null http://localhost:8000/v2/models/$$m/ready || exit 1" in script
