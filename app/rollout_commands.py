@@ -1,5 +1,9 @@
 """``musicrec deploy --canary P | --shadow P [--watch S]``, ``deploy promote | abort | watch``,
-and the rollout part of ``status`` (``serving/rollout.py``, ``serving/canary_watch.py``)."""
+and the rollout part of ``status`` (``serving/rollout.py``, ``serving/canary_watch.py``).
+
+Every argument is checked before anything changes (:func:`validate`): a canary is never
+started to be left unwatched by a ``--watch`` that cannot run. A watch that ends "aborted" or
+"inconclusive" exits non-zero (:class:`WatchFailed`, exit 2)."""
 
 from __future__ import annotations
 
@@ -8,8 +12,13 @@ import argparse
 from rich.table import Table
 
 from core.console import console
+from core.errors import MusicrecError
 
 VERBS = ("promote", "abort", "watch")  # `deploy <verb>`: the rollout that runs
+
+
+class WatchFailed(MusicrecError):
+    """The watcher's verdict was not "healthy"; the message is the verdict line."""
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -18,27 +27,31 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                              "`deploy watch` act on the running one)")  # fmt: skip
     g.add_argument("--canary", type=float, metavar="P",
                    help="load the version beside the serving one and answer P%% of listeners "
-                        "with it (sticky by user id or history)")  # fmt: skip
+                        "with it (sticky by user id or history); 0 < P <= 100")  # fmt: skip
     g.add_argument("--shadow", type=float, metavar="P",
                    help="copy P%% of requests to the version off the request path; its "
-                        "answers are only compared")  # fmt: skip
+                        "answers are only compared; 0 < P <= 100")  # fmt: skip
     g.add_argument("--watch", type=float, metavar="SECONDS",
-                   help="after --canary, watch the gateways' metrics this long and abort the "
-                        "canary if it is worse than the serving version")  # fmt: skip
+                   help="after --canary (or with `deploy watch`), watch the gateways' metrics "
+                        "this long and abort the canary if it is worse than the serving "
+                        "version; exits non-zero unless the verdict is healthy")  # fmt: skip
     add_metrics_argument(g)
     g.add_argument("--window", type=float, default=30.0, help="watch window, seconds")
     g.add_argument("--max-error-gap", type=float, default=0.01,
                    help="abort when the canary's error ratio exceeds the serving one's by "
                         "more (0.01: one point)")  # fmt: skip
-    g.add_argument(
-        "--p99-ratio",
-        type=float,
-        default=1.5,
-        help="abort when the canary's p99 exceeds this x the serving one's ...",
-    )
+    g.add_argument("--p99-ratio", type=float, default=1.5,
+                   help="abort when the canary's p99 exceeds this x the serving one's "
+                        "...")  # fmt: skip
     g.add_argument("--p99-slack-ms", type=float, default=10.0, help="... plus this")
     g.add_argument("--min-requests", type=int, default=30,
                    help="canary requests in the window before any verdict")  # fmt: skip
+    g.add_argument("--settle-s", type=float, default=None,
+                   help="abort without --gateway-metrics: seconds to let the gateways read the "
+                        "0%% split (default: two of the gateway's default polls)")  # fmt: skip
+    g.add_argument("--settle-timeout-s", type=float, default=30.0,
+                   help="abort with --gateway-metrics: the longest wait for every gateway to "
+                        "report it routes nothing to the version")  # fmt: skip
 
 
 def add_metrics_argument(p) -> None:
@@ -48,43 +61,88 @@ def add_metrics_argument(p) -> None:
 
 
 def wanted(args: argparse.Namespace) -> bool:
-    """Whether this ``deploy`` is a rollout command."""
-    return (str(args.run_dir) in VERBS or bool(args.canary) or bool(args.shadow)
-            or args.watch is not None)  # fmt: skip
+    """Whether this ``deploy`` is a rollout command (``--canary 0`` is one: it is refused)."""
+    return (str(args.run_dir) in VERBS or args.canary is not None
+            or args.shadow is not None or args.watch is not None)  # fmt: skip
+
+
+def _verb(args: argparse.Namespace) -> str | None:
+    return str(args.run_dir) if str(args.run_dir) in VERBS else None
+
+
+def validate(args: argparse.Namespace):
+    """Refuse what cannot run before anything changes; the watch rules (None: no watch)."""
+    from core.endpoints import resolve_endpoints
+    from serving import canary_watch, rollout
+
+    verb = _verb(args)
+    starting = verb is None
+    if not starting and (args.canary is not None or args.shadow is not None):
+        raise ValueError(f"`deploy {verb}` acts on the running rollout: drop --canary/--shadow")
+    if starting:
+        rollout.check_percent("--canary", args.canary)
+        rollout.check_percent("--shadow", args.shadow)
+        if args.canary is None and args.shadow is None:
+            raise ValueError("--watch watches a canary: give --canary P (or `deploy watch`)")
+        if args.run_dir is None and args.version is None:
+            raise ValueError("give a run directory or --version")
+    if args.settle_s is not None and args.settle_s < 0:
+        raise ValueError("--settle-s must be >= 0")
+    if not args.settle_timeout_s > 0:
+        raise ValueError("--settle-timeout-s must be positive")
+    if args.gateway_metrics:
+        resolve_endpoints(args.gateway_metrics)  # a malformed target fails here
+    watching = verb == "watch" or (starting and args.watch is not None)
+    if verb in ("promote", "abort") and args.watch is not None:
+        raise ValueError(f"--watch does not apply to `deploy {verb}`")
+    if not watching:
+        return None
+    if starting and args.canary is None:
+        raise ValueError("--watch watches a canary; a shadow answers no caller")
+    if not args.gateway_metrics:
+        raise ValueError("--watch needs --gateway-metrics (the gateways' metrics endpoints); "
+                         "nothing was started")  # fmt: skip
+    if args.watch is not None and not args.watch > 0:
+        raise ValueError("--watch must be a positive number of seconds")
+    return canary_watch.WatchRules(args.window, min(2.0, args.window / 5), args.max_error_gap,
+                                   args.p99_ratio, args.p99_slack_ms / 1e3,
+                                   args.min_requests)  # fmt: skip
 
 
 def run(args: argparse.Namespace, cfg) -> None:
+    """The rollout verb or start, then the watch; WatchFailed unless the verdict is healthy."""
     from serving import canary_watch, rollout
 
-    verb = str(args.run_dir) if str(args.run_dir) in VERBS else None
+    rules = validate(args)
+    verb, metrics = _verb(args), args.gateway_metrics
     if verb == "promote":
-        _report(rollout.promote(cfg))
+        _report(rollout.promote(cfg, force=args.force))
         return
     if verb == "abort":
-        _report(rollout.abort(cfg))
+        _report(rollout.abort(cfg, metrics=metrics, settle_s=args.settle_s,
+                              settle_timeout_s=args.settle_timeout_s))  # fmt: skip
         return
     if verb is None:
         _report(rollout.start(cfg, run_dir=args.run_dir, version=args.version,
-                              canary_percent=args.canary or 0.0,
-                              shadow_percent=args.shadow or 0.0, force=args.force))  # fmt: skip
-        if args.watch is None:
-            return
-    if not args.gateway_metrics:
-        raise ValueError("watching needs --gateway-metrics (the gateways' metrics endpoints)")
-    rules = canary_watch.WatchRules(args.window, min(2.0, args.window / 5), args.max_error_gap,
-                               args.p99_ratio, args.p99_slack_ms / 1e3,
-                               args.min_requests)  # fmt: skip
-    result = canary_watch.watch(
-        cfg, args.gateway_metrics, rules, duration_s=args.watch if args.watch is not None else 600.0
-    )
-    colour = {"aborted": "red", "healthy": "green"}.get(result.verdict, "yellow")
-    console.print(f"watch: [{colour}]{result.verdict}[/] after {result.seconds:.0f}s: "
-                  f"{result.reason}", highlight=False)  # fmt: skip
+                              canary_percent=args.canary, shadow_percent=args.shadow,
+                              force=args.force, metrics=metrics))  # fmt: skip
+    if rules is None:
+        return
+    duration = args.watch if args.watch is not None else 600.0
+    result = canary_watch.watch(cfg, metrics, rules, duration_s=duration)
+    line = (f"watch: {result.verdict} after {result.seconds:.0f}s: {result.reason} "
+            f"({result.canary_requests:.0f} canary requests seen; {result.gateways} of "
+            f"{result.gateways_expected} gateways answered the last poll)")  # fmt: skip
+    if result.verdict != "healthy":
+        raise WatchFailed(line)
+    console.print(f"[green]{line}[/]", highlight=False)
 
 
 def _report(report) -> None:
     if report.recovered:
         console.print(f"[yellow]{report.recovered}[/]")
+    for warning in report.warnings:
+        console.print(f"[yellow]warning:[/] {warning}", highlight=False)
     if report.action in ("canary", "shadow"):
         s = report.split
         parts = [f"canary {s.percent:g}% of listeners"] if s.canary is not None else []
@@ -97,15 +155,19 @@ def _report(report) -> None:
                       + (f"; retired {', '.join(map(str, report.retired))}"
                          if report.retired else ""))  # fmt: skip
     else:
-        console.print(f"abort: version {report.version} unloaded, version {report.serving} "
-                      f"serves alone after {report.seconds:.1f}s")  # fmt: skip
+        dropped = f"version {report.version} unloaded" if report.version else "split removed"
+        console.print(f"abort: {dropped}, version {report.serving} serves alone after "
+                      f"{report.seconds:.1f}s")  # fmt: skip
 
 
 def roles(repository) -> dict[int, str]:
-    """``{version: "canary" | "shadow"}`` of the running rollout."""
+    """``{version: "canary" | "shadow"}`` of the running rollout ({} when none or unreadable)."""
     from core import traffic_split
 
-    running = traffic_split.read(repository)
+    try:
+        running = traffic_split.read(repository)
+    except traffic_split.RolloutError:
+        return {}
     if running is None:
         return {}
     return {v: "canary" if v == running.canary else "shadow" for v in running.versions}
@@ -115,34 +177,66 @@ def _fmt(value, spec: str) -> str:
     return "-" if value is None else format(value, spec)
 
 
-def print_status(args: argparse.Namespace, cfg) -> None:
-    """The split, and with ``--gateway-metrics`` each version's figures."""
+def _print_split(cfg) -> None:
     from core import traffic_split
     from serving import rollout
 
-    running = traffic_split.read(cfg.repository)
-    if running is not None:
-        parts = [f"canary version {running.canary}: {running.percent:g}% of listeners"
-                 ] if running.canary is not None else []  # fmt: skip
-        parts += [f"shadow version {running.shadow}: {running.shadow_percent:g}% of requests"
-                  ] if running.shadow is not None else []  # fmt: skip
-        console.print(f"rollout beside serving version {running.serving}: {'; '.join(parts)}")
+    try:
+        running = traffic_split.read(cfg.repository)
+    except traffic_split.RolloutError as exc:
+        console.print(f"[red]rollout split: {exc}[/]", soft_wrap=True, highlight=False)
+        return
+    if running is None:
+        return
+    parts = [f"canary version {running.canary}: {running.percent:g}% of listeners"
+             ] if running.canary is not None else []  # fmt: skip
+    parts += [f"shadow version {running.shadow}: {running.shadow_percent:g}% of requests"
+              ] if running.shadow is not None else []  # fmt: skip
+    console.print(f"rollout beside serving version {running.serving}: {'; '.join(parts)}")
+    verdict = (rollout.state_of(cfg.repository, running) or {}).get("verdict")
+    if verdict:
+        v = verdict.get
+        console.print(f"watcher verdict: {v('verdict')} at {v('at', '?')} ({v('reason', '')}; "
+                      f"{v('canary_requests', 0):.0f} canary requests, {v('gateways', 0)} of "
+                      f"{v('gateways_expected', 0)} gateways)", highlight=False)  # fmt: skip
+    else:
+        console.print("watcher verdict: none recorded (promote needs a healthy one, or "
+                      "--force)", highlight=False)  # fmt: skip
+
+
+COLUMNS = ("requests", "error ratio", "p99 ms", "canary retries", "shadow ok/err/dropped",
+           "shadow p50 ms", "overlap@10", "spearman", "kendall")  # fmt: skip
+
+
+def _cells(f: dict) -> list[str]:
+    shadow = f["shadow"]
+    return [
+        f"{f['requests']:.0f}", _fmt(f["error_ratio"], ".2%"), _fmt(f["p99_ms"], ".1f"),
+        f"{f['retried']:.0f}",
+        "/".join(f"{shadow.get(k, 0):.0f}" for k in ("ok", "error", "dropped")) if shadow else "-",
+        _fmt(f["shadow_p50_ms"], ".1f"), _fmt(f["overlap_at_10"], ".3f"),
+        _fmt(f["spearman"], ".3f"), _fmt(f["kendall"], ".3f"),
+    ]  # fmt: skip
+
+
+def print_status(args: argparse.Namespace, cfg) -> None:
+    """The split and its verdict, and with ``--gateway-metrics`` the figures: per role, per
+    gateway and in total while a rollout runs, else per version."""
+    from serving import rollout
+
+    _print_split(cfg)
     if not getattr(args, "gateway_metrics", None):
         return
     found = rollout.figures(cfg, args.gateway_metrics)
-    table = Table(title=f"By version, from the {found['source']}")
-    for col in ("version", "requests", "error ratio", "p99 ms", "canary retries",
-                "shadow ok/err/dropped", "shadow p50 ms", "overlap@10", "spearman",
-                "kendall"):  # fmt: skip
+    by_role = bool(found["roles"])
+    table = Table(title=f"By {'role' if by_role else 'version'}, from the {found['source']}")
+    for col in (("gateway", "role") if by_role else ("version",)) + COLUMNS:
         table.add_column(col, justify="right")
-    for version, f in found.get("versions", {}).items():
-        shadow = f["shadow"]
-        table.add_row(
-            version, f"{f['requests']:.0f}", _fmt(f["error_ratio"], ".2%"),
-            _fmt(f["p99_ms"], ".1f"), f"{f['retried']:.0f}",
-            "/".join(f"{shadow.get(k, 0):.0f}" for k in ("ok", "error", "dropped"))
-            if shadow else "-",
-            _fmt(f["shadow_p50_ms"], ".1f"), _fmt(f["overlap_at_10"], ".3f"),
-            _fmt(f["spearman"], ".3f"), _fmt(f["kendall"], ".3f"),
-        )  # fmt: skip
+    if by_role:
+        for gateway, per_role in [*found["gateways"].items(), ("total", found["roles"])]:
+            for role, f in per_role.items():
+                table.add_row(gateway, f"{role} {f['version']}", *_cells(f))
+    else:
+        for version, f in found["versions"].items():
+            table.add_row(version, *_cells(f))
     console.print(table)

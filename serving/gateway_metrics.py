@@ -50,19 +50,20 @@ class VersionFigures:
         return quantile(0.99, self.buckets)
 
     def minus(self, before: VersionFigures) -> VersionFigures:
-        def sub(a: dict, b: dict) -> dict:
-            return {k: v - b.get(k, 0.0) for k, v in a.items()}
+        """These counts less ``before``'s (a window's deltas)."""
+        return _combine(self, before, -1.0)
 
-        def pair(a: tuple, b: tuple) -> tuple:
-            return (a[0] - b[0], a[1] - b[1])
+    def plus(self, other: VersionFigures) -> VersionFigures:
+        """These counts and ``other``'s (two gateways, or two windows)."""
+        return _combine(self, other, 1.0)
 
-        return VersionFigures(
-            self.requests - before.requests, self.errors - before.errors,
-            self.retried - before.retried,
-            sub(self.buckets, before.buckets), sub(self.shadow, before.shadow),
-            sub(self.shadow_seconds, before.shadow_seconds), pair(self.overlap, before.overlap),
-            pair(self.spearman, before.spearman), pair(self.kendall, before.kendall),
-        )  # fmt: skip
+    def went_down(self, before: VersionFigures) -> bool:
+        """Whether any counter is lower than in ``before``: the gateway restarted since."""
+        pairs = [(self.requests, before.requests), (self.errors, before.errors),
+                 (self.retried, before.retried), (self.overlap[1], before.overlap[1])]  # fmt: skip
+        for mine, theirs in ((self.buckets, before.buckets), (self.shadow, before.shadow)):
+            pairs += [(mine.get(k, 0.0), v) for k, v in theirs.items()]
+        return any(now < then for now, then in pairs)
 
     def summary(self) -> dict:
         """Plain numbers for ``status`` and the benchmark."""
@@ -77,6 +78,21 @@ class VersionFigures:
             "overlap_at_10": mean(self.overlap), "spearman": mean(self.spearman),
             "kendall": mean(self.kendall),
         }  # fmt: skip
+
+
+def _combine(a: VersionFigures, b: VersionFigures, sign: float) -> VersionFigures:
+    def dicts(x: dict, y: dict) -> dict:
+        return {k: x.get(k, 0.0) + sign * y.get(k, 0.0) for k in x.keys() | y.keys()}
+
+    def pair(x: tuple, y: tuple) -> tuple:
+        return (x[0] + sign * y[0], x[1] + sign * y[1])
+
+    return VersionFigures(
+        a.requests + sign * b.requests, a.errors + sign * b.errors, a.retried + sign * b.retried,
+        dicts(a.buckets, b.buckets), dicts(a.shadow, b.shadow),
+        dicts(a.shadow_seconds, b.shadow_seconds), pair(a.overlap, b.overlap),
+        pair(a.spearman, b.spearman), pair(a.kendall, b.kendall),
+    )  # fmt: skip
 
 
 def _ms(seconds: float | None) -> float | None:
@@ -147,17 +163,99 @@ def _sum_count(pair: tuple[float, float], name: str, value: float) -> tuple[floa
     return pair
 
 
-def scrape(metrics: str, timeout_s: float = 2.0) -> tuple[dict[str, VersionFigures], int]:
-    """Every gateway's figures by version, summed, and how many gateways answered.
-    ``metrics``: the gateways' metrics endpoints as a target (``host:port``, a list, or
-    ``dns:///name:port``, ``core/endpoints.py``)."""
-    figures: dict[str, VersionFigures] = {}
-    answered = 0
+def fetch(address: str, timeout_s: float = 2.0) -> str:
+    """One gateway's ``/metrics`` text (OSError when it does not answer)."""
+    with urllib.request.urlopen(f"http://{address}/metrics", timeout=timeout_s) as r:
+        return r.read().decode()
+
+
+def scrape_texts(metrics: str, timeout_s: float = 2.0) -> dict[str, str | None]:
+    """Each gateway's ``/metrics`` text by address (None: it did not answer). ``metrics``: the
+    gateways' metrics endpoints as a target (``host:port``, a list, or ``dns:///name:port``,
+    ``core/endpoints.py``)."""
+    texts: dict[str, str | None] = {}
     for address in resolve_endpoints(metrics):
         try:
-            with urllib.request.urlopen(f"http://{address}/metrics", timeout=timeout_s) as r:
-                parse_metrics(r.read().decode(), figures)
-            answered += 1
+            texts[address] = fetch(address, timeout_s)
         except OSError as exc:
             log.warning("gateway metrics at %s unreachable: %s", address, exc)
+            texts[address] = None
+    return texts
+
+
+def by_version(text: str) -> dict[str, VersionFigures]:
+    """One gateway's figures by version label."""
+    into: dict[str, VersionFigures] = {}
+    parse_metrics(text, into)
+    return into
+
+
+def add_all(into: dict[str, VersionFigures], part: dict[str, VersionFigures]) -> None:
+    """Add ``part``'s figures to ``into``'s, version by version."""
+    for version, f in part.items():
+        into[version] = into.get(version, VersionFigures()).plus(f)
+
+
+def since(now: dict[str, VersionFigures], before: dict[str, VersionFigures] | None,
+          ) -> tuple[dict[str, VersionFigures], bool]:  # fmt: skip
+    """One gateway's counts since ``before`` (None: none known, so nothing counted yet), and
+    whether it restarted meanwhile: then any counter went down, and its counts since the
+    restart are all there is (the delta restarts from 0)."""
+    if before is None:
+        return {}, False
+    if any(f.went_down(before.get(v, VersionFigures())) for v, f in now.items()) or any(
+        v not in now and f.requests > 0 for v, f in before.items()
+    ):
+        return now, True
+    return {v: f.minus(before.get(v, VersionFigures())) for v, f in now.items()}, False
+
+
+def scrape(metrics: str, timeout_s: float = 2.0) -> tuple[dict[str, VersionFigures], int]:
+    """Every gateway's figures by version, summed (counts since each gateway started), and
+    how many gateways answered."""
+    figures: dict[str, VersionFigures] = {}
+    answered = 0
+    for text in scrape_texts(metrics, timeout_s).values():
+        if text is not None:
+            parse_metrics(text, figures)
+            answered += 1
     return figures, answered
+
+
+def kept_lines(text: str) -> str:
+    """The lines of ``/metrics`` text this module reads (a baseline kept on disk)."""
+    return "\n".join(line for line in text.splitlines() if "musicrec_gateway_" in line) + "\n"
+
+
+# ---------------------------------------------------------------- the split each gateway routes
+
+PERCENT_GAUGE = "musicrec_gateway_rollout_percent"  # {role="canary"|"shadow", version}
+ERROR_GAUGE = "musicrec_gateway_rollout_error"  # 1 while the gateway cannot read the split
+
+
+@dataclass(frozen=True)
+class GatewaySplit:
+    """What one gateway says it routes: ``percent[(role, version)]``; ``reports`` is False
+    for a gateway that exports no rollout gauges (an older one)."""
+
+    reports: bool
+    percent: dict[tuple[str, str], float]
+    error: bool
+
+    def routes(self, version: int) -> bool:
+        """Whether any share of its traffic still goes to ``version`` (canary or shadow)."""
+        return any(p > 0 for (_, v), p in self.percent.items() if v == str(version))
+
+
+def parse_split(text: str) -> GatewaySplit:
+    """The rollout gauges of one gateway's ``/metrics`` text."""
+    percent: dict[tuple[str, str], float] = {}
+    reports = error = False
+    for family in text_string_to_metric_families(text):
+        for s in family.samples:
+            if s.name == PERCENT_GAUGE:
+                reports = True
+                percent[(s.labels.get("role", ""), s.labels.get("version", ""))] = s.value
+            elif s.name == ERROR_GAUGE:
+                reports, error = True, error or s.value > 0
+    return GatewaySplit(reports, percent, error)
