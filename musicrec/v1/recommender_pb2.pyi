@@ -80,7 +80,7 @@ class SimilarUser(_message.Message):
     def __init__(self, user_id: _Optional[str] = ..., similarity: _Optional[float] = ...) -> None: ...
 
 class RecommendResponse(_message.Message):
-    __slots__ = ("artists", "model_version", "similar_users", "fallback", "unknown_artists", "scoring", "unknown_artist_count")
+    __slots__ = ("artists", "model_version", "similar_users", "fallback", "unknown_artists", "scoring", "unknown_artist_count", "all_played")
     ARTISTS_FIELD_NUMBER: _ClassVar[int]
     MODEL_VERSION_FIELD_NUMBER: _ClassVar[int]
     SIMILAR_USERS_FIELD_NUMBER: _ClassVar[int]
@@ -88,6 +88,7 @@ class RecommendResponse(_message.Message):
     UNKNOWN_ARTISTS_FIELD_NUMBER: _ClassVar[int]
     SCORING_FIELD_NUMBER: _ClassVar[int]
     UNKNOWN_ARTIST_COUNT_FIELD_NUMBER: _ClassVar[int]
+    ALL_PLAYED_FIELD_NUMBER: _ClassVar[int]
     artists: _containers.RepeatedCompositeFieldContainer[ScoredArtist]
     model_version: int
     similar_users: _containers.RepeatedCompositeFieldContainer[SimilarUser]
@@ -95,7 +96,8 @@ class RecommendResponse(_message.Message):
     unknown_artists: _containers.RepeatedScalarFieldContainer[str]
     scoring: ScoringMode
     unknown_artist_count: int
-    def __init__(self, artists: _Optional[_Iterable[_Union[ScoredArtist, _Mapping]]] = ..., model_version: _Optional[int] = ..., similar_users: _Optional[_Iterable[_Union[SimilarUser, _Mapping]]] = ..., fallback: _Optional[_Union[Fallback, str]] = ..., unknown_artists: _Optional[_Iterable[str]] = ..., scoring: _Optional[_Union[ScoringMode, str]] = ..., unknown_artist_count: _Optional[int] = ...) -> None: ...
+    all_played: bool
+    def __init__(self, artists: _Optional[_Iterable[_Union[ScoredArtist, _Mapping]]] = ..., model_version: _Optional[int] = ..., similar_users: _Optional[_Iterable[_Union[SimilarUser, _Mapping]]] = ..., fallback: _Optional[_Union[Fallback, str]] = ..., unknown_artists: _Optional[_Iterable[str]] = ..., scoring: _Optional[_Union[ScoringMode, str]] = ..., unknown_artist_count: _Optional[int] = ..., all_played: _Optional[bool] = ...) -> None: ...
 
 class SimilarUsersRequest(_message.Message):
     __slots__ = ("user_id", "history", "n")
