@@ -1,5 +1,6 @@
-"""``musicrec triton`` and ``musicrec demo``: the embedded Triton alone, and the main job
-(train, export, start Triton and the gateway, recommend through the client)."""
+"""``musicrec triton``, ``musicrec gateway`` and ``musicrec demo``: the embedded Triton alone,
+the gateway alone (the ``musicrec-gateway`` command, same flags), and the main job (train,
+export, start Triton and the gateway, recommend through the client)."""
 
 from __future__ import annotations
 
@@ -40,6 +41,15 @@ def _triton(args: argparse.Namespace) -> None:
             server.process.wait()
         except KeyboardInterrupt:
             console.print("stopping Triton")
+
+
+def _gateway(args: argparse.Namespace) -> None:
+    """``musicrec-gateway`` with the verb's flags; a non-zero status leaves as SystemExit."""
+    from gateway.server import run
+
+    status = run(args)
+    if status:
+        raise SystemExit(status)
 
 
 def _train_demo_run(data: str) -> Path:
@@ -127,6 +137,18 @@ def register(sub: argparse._SubParsersAction, fmt: type[argparse.HelpFormatter])
     s.add_argument("--admin-key-file", type=Path, default=admin_key.DEFAULT_FILE,
                    help="model-control key; made (random, 0600) when missing")  # fmt: skip
     s.set_defaults(func=_triton)
+
+    from gateway.config import add_arguments
+    from gateway.workers import add_worker_arguments
+
+    g = sub.add_parser(
+        "gateway",
+        formatter_class=fmt,
+        help="serve the gRPC gateway in front of Triton (as musicrec-gateway)",
+    )
+    add_arguments(g)
+    add_worker_arguments(g)
+    g.set_defaults(func=_gateway)
 
     d = sub.add_parser(
         "demo", formatter_class=fmt,

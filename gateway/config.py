@@ -58,6 +58,15 @@ class GatewayConfig:
     tls_client_ca_file: Path | None = None  # mutual TLS: clients need a certificate of this CA
     token_file: Path | None = None  # callers must send "authorization: Bearer <its content>"
     allow_plaintext: bool = False  # plaintext beyond loopback (behind a private network only)
+    # Load a version whose manifest records no file checksums (unverified; refused by default)
+    allow_unverified_artifacts: bool = False
+    # The event-loop lag probe (musicrec_gateway_event_loop_lag_max_seconds): how often it
+    # wakes (0: off) and the window its maximum covers
+    loop_probe_s: float = 0.1
+    loop_probe_window_s: float = 10.0
+    # How long a worker thread (a long history's checks and stage 1) may hold the GIL before
+    # the event loop gets it back (sys.setswitchinterval; Python's default is 5 ms)
+    switch_interval_s: float = 0.001
 
     def __post_init__(self) -> None:
         if (self.tls_cert_file is None) != (self.tls_key_file is None):
@@ -99,6 +108,10 @@ class GatewayConfig:
         for name in ("blas_threads", "triton_batch", "triton_in_flight"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1")
+        if self.switch_interval_s <= 0:
+            raise ValueError("switch_interval_s must be > 0")
+        if self.loop_probe_s < 0 or self.loop_probe_window_s <= 0:
+            raise ValueError("loop_probe_s must be >= 0 (0: off), loop_probe_window_s > 0")
         if self.triton_timeout_s <= 0 or self.poll_interval_s <= 0:
             raise ValueError("timeouts and intervals must be positive")
 

@@ -160,7 +160,12 @@ class Inference:
             raise translate(exc, self.url) from None
 
     async def ready_versions(self, repository: Path, timeout_s: float) -> set[int]:
-        """The versions on disk that Triton reports READY in every served model.
+        """The versions on disk that Triton reports READY in every served model."""
+        ready = await self.ready_models(repository, timeout_s)
+        return {v for v, models in ready.items() if models == set(SERVED_MODELS)}
+
+    async def ready_models(self, repository: Path, timeout_s: float) -> dict[int, frozenset[str]]:
+        """For each version on disk, the served models Triton reports READY in it.
 
         Asked model by model through the open readiness API: the repository index belongs to
         the model-repository API, which only deploy's admin key unlocks."""
@@ -176,4 +181,5 @@ class Inference:
         partly = {v for (v, _), ok in answers.items() if ok}
         self.not_ready = tuple(f"{m} version {v}" for (v, m), ok in answers.items()
                                if not ok and v in partly)  # fmt: skip
-        return on_disk - {v for (v, _), ok in answers.items() if not ok}
+        return {v: frozenset(m for (w, m), ok in answers.items() if ok and w == v)
+                for v in on_disk}  # fmt: skip

@@ -47,14 +47,17 @@ log = logging.getLogger("gateway.access")
 _BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10)
 NO_VERSION = "none"  # the version label while the gateway serves none
 _UNIT_BUCKETS = tuple(i / 10 for i in range(11))  # 0, 0.1, ..., 1
+DEADLINE_SLACK_S = 0.01  # a cancelled RPC with at most this left of its deadline timed out
 
 
 @dataclass
 class _Served:
-    """What one RPC was served by: set while it runs, read when it is counted."""
+    """What one RPC was served by: set while it runs, read when it is counted. ``started``:
+    when the attempt of ``version`` began (its time by version is counted from there)."""
 
     version: int | None = None
     fallback: bool = False
+    started: float | None = None
 
 
 _SERVED: contextvars.ContextVar[_Served | None] = contextvars.ContextVar(
@@ -155,6 +158,44 @@ class GatewayMetrics:
             "Rank correlation (spearman, kendall) of the served and the shadow top 10",
             ["version", "method"], registry=r,
         )  # fmt: skip
+        self.canary_breaker_trips = Counter(
+            "musicrec_gateway_canary_breaker_trips",
+            "Times a canary's breaker opened after failures in a row (its share answered by "
+            "the serving version for a back-off)", ["version"], registry=r,
+        )  # fmt: skip
+        self.canary_diverted = Counter(
+            "musicrec_gateway_canary_diverted",
+            "Canary requests answered by the serving version while the canary's breaker was "
+            "open (also counted as the canary's UNAVAILABLE by version)", ["version"], registry=r,
+        )  # fmt: skip
+        self.canary_breaker_open = Gauge(
+            "musicrec_gateway_canary_breaker_open", "1 while the canary's breaker is open",
+            ["version"], registry=r, multiprocess_mode="livemax",
+        )  # fmt: skip
+        # What this gateway routes now: abort waits until every gateway reports 0 for the canary
+        self.rollout_percent = Gauge(
+            "musicrec_gateway_rollout_percent",
+            "Percent this gateway routes to a rollout's role (canary: listeners, shadow: "
+            "requests copied); 0 when none", ["role", "version"], registry=r,
+            multiprocess_mode="livemax",  # --workers: 0 only once no live worker routes to it
+        )  # fmt: skip
+        self.rollout_error = Gauge(
+            "musicrec_gateway_rollout_error",
+            "1 while the repository's rollout split (.rollout.json) is unreadable: the gateway "
+            "serves one version and routes nobody to a canary or shadow", registry=r,
+            multiprocess_mode="livemax",
+        )  # fmt: skip
+        self.loop_lag_max = Gauge(
+            "musicrec_gateway_event_loop_lag_max_seconds",
+            "Longest event-loop stall (a probe's wake that came late) in the last two windows "
+            "of --loop-probe-window-s", registry=r, multiprocess_mode="livemax",
+        )  # fmt: skip
+        self.loop_busy_max = Gauge(
+            "musicrec_gateway_event_loop_busy_max_seconds",
+            "Longest CPU time the event loop's thread spent between two of the probe's wakes "
+            "(code on the loop), in the last two windows", registry=r,
+            multiprocess_mode="livemax",
+        )  # fmt: skip
         self.serving = 0  # the version the gateway serves (0: none), the label of early errors
         self._stages: dict[str, Any] = {}
 
@@ -178,6 +219,25 @@ class GatewayMetrics:
         self.serving = version
         self.model_version.set(version)
 
+    def loop(self, lag_s: float, busy_s: float) -> None:
+        """The loop-lag probe's windowed maxima (``gateway.server.loop_lag_probe``)."""
+        self.loop_lag_max.set(lag_s)
+        self.loop_busy_max.set(busy_s)
+
+    def attempt(self, version: int) -> None:
+        """The RPC in this context tries ``version`` from now: its outcome and its time from
+        here count under that version (a failed canary attempt's time never counts under the
+        serving version that answers next)."""
+        served = _SERVED.get()
+        if served is not None:
+            served.version, served.started = version, time.perf_counter()
+
+    def attempt_failed(self, version: int, code: str, seconds: float) -> None:
+        """A failed attempt of ``version`` that another version answers again: its code and
+        time under its version (the RPC's outcome counts under the one that answered)."""
+        self.requests_by_version.labels("Recommend", code, str(version)).inc()
+        self.request_seconds_by_version.labels("Recommend", str(version)).observe(seconds)
+
     def served_by(self, version: int, fallback: bool = False) -> None:
         """The RPC running in this context is answered by ``version`` (a popularity fallback
         when ``fallback``). Outside an observed RPC (a direct call) it is counted at once."""
@@ -193,10 +253,21 @@ class GatewayMetrics:
         self.requests.labels(method, code.name).inc()
         self.request_seconds.labels(method).observe(seconds)
         version = _label(served.version if served and served.version else self.serving)
+        if served is not None and served.started is not None:  # from the last attempt's start
+            seconds = time.perf_counter() - served.started
         self.requests_by_version.labels(method, code.name, version).inc()
         self.request_seconds_by_version.labels(method, version).observe(seconds)
         if served is not None and served.fallback:
             self.fallbacks_by_version.labels(version).inc()
+
+
+def _cancelled(context: grpc.aio.ServicerContext) -> grpc.StatusCode:
+    """Why gRPC cancelled an RPC: DEADLINE_EXCEEDED when the caller's deadline ran out (what
+    the caller sees), else CANCELLED (the caller gave up)."""
+    remaining = context.time_remaining()
+    if remaining is not None and remaining <= DEADLINE_SLACK_S:
+        return grpc.StatusCode.DEADLINE_EXCEEDED
+    return grpc.StatusCode.CANCELLED
 
 
 def _label(version: int | None) -> str:
@@ -237,7 +308,7 @@ class ObservingInterceptor(grpc.aio.ServerInterceptor):
             try:
                 return await behaviour(request, context)
             except asyncio.CancelledError:
-                code = grpc.StatusCode.CANCELLED
+                code = _cancelled(context)
                 raise
             except BaseException:
                 code = _status(context.code()) or grpc.StatusCode.UNKNOWN  # abort() sets it

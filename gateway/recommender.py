@@ -69,7 +69,9 @@ class Neighbour:
 
 @dataclass(frozen=True)
 class RecommendResult:
-    """What the gateway answers a Recommend with, before it becomes a proto message."""
+    """What the gateway answers a Recommend with, before it becomes a proto message.
+    ``all_played``: ``exclude_played`` left fewer than k artists of the catalogue (the history
+    plays the rest), so the answer is short or empty for that reason."""
 
     artists: list[ScoredArtist]
     version: int
@@ -77,6 +79,7 @@ class RecommendResult:
     fallback: bool
     unknown_artists: tuple[str, ...]
     mode: str
+    all_played: bool = False
 
 
 @dataclass(frozen=True)
@@ -99,24 +102,38 @@ class _Group:
 
 
 class Deadline:
-    """The time a Triton call may take: what is left of the caller's deadline (if any), capped
-    at the gateway's own ``triton_timeout_s``."""
+    """The time an RPC's Triton calls may take, every attempt together (a canary's, its retry
+    on the serving version, a retired version's retry): what is left of the caller's deadline
+    (if any), and never past ``cap_s`` (``triton_timeout_s``) from the RPC's start."""
 
-    def __init__(self, remaining_s: float | None, cap_s: float) -> None:
+    def __init__(self, remaining_s: float | None, cap_s: float, *,
+                 until: float | None = None) -> None:  # fmt: skip
         now = time.monotonic()
         self.caller_until = None if remaining_s is None else now + remaining_s
         self.cap_s = cap_s
+        self.until = now + cap_s if until is None else until  # the gateway's own budget
 
     def expired(self) -> bool:
+        """Whether the caller's deadline passed (not the gateway's budget)."""
         return self.caller_until is not None and time.monotonic() >= self.caller_until
 
+    def _end(self) -> float:
+        return self.until if self.caller_until is None else min(self.until, self.caller_until)
+
     def left(self) -> float:
-        if self.caller_until is None:
-            return self.cap_s
-        left = self.caller_until - time.monotonic()
+        """Seconds left for the next Triton call; :class:`DeadlineExceeded` when none."""
+        left = self._end() - time.monotonic()
         if left <= 0:
             raise DeadlineExceeded("the deadline passed while the request was being served")
-        return min(left, self.cap_s)
+        return left
+
+    def part(self, share: float) -> Deadline:
+        """A deadline for one attempt that keeps the rest for a retry: ``share`` of the time
+        left, the caller's deadline unchanged."""
+        now = time.monotonic()
+        part = Deadline(None, self.cap_s, until=now + share * max(0.0, self._end() - now))
+        part.caller_until = self.caller_until
+        return part
 
 
 class RecommendationService:
@@ -141,19 +158,27 @@ class RecommendationService:
         it DEADLINE_EXCEEDED."""
         try:
             try:
-                return await self._recommend(self.tracker.serving(), query, deadline)
+                return await self.answer(self.tracker.serving(), query, deadline)
             except VersionRetired:
                 await self.tracker.refresh()
-                return await self._recommend(self.tracker.serving(), query, deadline)
+                return await self.answer(self.tracker.serving(), query, deadline)
         except DeadlineExceeded:
             if deadline.expired():
                 raise
             raise Unavailable(f"Triton did not answer within {deadline.cap_s:g} s") from None
 
+    async def answer(self, mv: ModelVersion, q: Query, deadline: Deadline, *,
+                     counted: bool = True) -> RecommendResult:  # fmt: skip
+        """One attempt at ``q`` on ``mv``: the RPC's outcome and time from here are ``mv``'s
+        (``GatewayMetrics.attempt``) unless not ``counted`` (a shadow's copy)."""
+        if counted:
+            self.metrics.attempt(mv.version)
+        return await self._recommend(mv, q, deadline)
+
     async def similar_users(self, listener: Listener, n: int) -> SimilarUsersResult:
         """The ``n`` known users most similar to the listener, best first (a long history is
         resolved off the event loop)."""
-        if _heavy(listener):
+        if is_heavy(listener):
             return await asyncio.to_thread(self._similar_users, listener, n)
         return self._similar_users(listener, n)
 
@@ -162,6 +187,8 @@ class RecommendationService:
         mv = self.tracker.serving()
         if listener.user_id is not None:
             u = self._known_user(mv, listener.user_id)
+            if mv.user(listener.user_id) is None:  # listed without plays: nobody is similar
+                return SimilarUsersResult([], mv.version, ())
             idx, sims = self._lookup(mv, mv.plays[u], n, exclude=u)
             return SimilarUsersResult(_similar(mv, idx, sims), mv.version, ())
         resolved = mv.resolve(listener.history or ())
@@ -169,32 +196,45 @@ class RecommendationService:
         return SimilarUsersResult(_similar(mv, idx, sims), mv.version, resolved.unknown)
 
     async def _recommend(self, mv: ModelVersion, q: Query, deadline: Deadline) -> RecommendResult:
-        if _heavy(q.listener):  # CPU work that would stall health checks: a worker thread
+        if is_heavy(q.listener):  # CPU work that would stall health checks: a worker thread
             group = await asyncio.to_thread(self._group, mv, q)
         else:
             group = self._group(mv, q)
         exclude = group.played if q.exclude_played else np.zeros(0, np.int64)
+        all_played = mv.n_artists - len(exclude) < q.k  # group.played holds distinct columns
         if len(group.users) == 0:
             if q.strict:
                 raise InvalidArgument(_no_match_message(q, mv))
-            self.metrics.fallbacks.inc()
-            top = mv.popular[~np.isin(mv.popular, exclude)][: q.k]
-            return RecommendResult(mv.artists.named(top, mv.listeners[top]), mv.version, [],
-                                   True, group.unknown, "popularity")  # fmt: skip
+            return self._popular(mv, q, exclude, group.unknown, all_played)
+        self.tracker.check_mode(mv.version, q.mode)  # UNAVAILABLE naming a model not ready
         blend = mv.two_stage.known if group.known_user else mv.two_stage.history
         request = ScoringRequest(mv.version, mv.n_artists, group.users, group.weights, q.k,
                                  exclude, deadline.left(), group.candidates, blend,
                                  group.known_user)  # fmt: skip
         with self.metrics.triton_seconds.labels(q.mode).time(), self.metrics.stage("triton"):
             ranked = await self.modes[q.mode].top_k(request)
+        if len(ranked.artists) == 0 and not all_played and not q.strict:
+            # stage 1 left no candidate the listener does not play, the catalogue still has some
+            return self._popular(mv, q, exclude, group.unknown, all_played)
         similar = _similar(mv, group.users, group.weights)
         return RecommendResult(mv.artists.named(ranked.artists, ranked.scores), mv.version,
-                               similar, False, group.unknown, q.mode)  # fmt: skip
+                               similar, False, group.unknown, q.mode, all_played)  # fmt: skip
+
+    def _popular(self, mv: ModelVersion, q: Query, exclude: np.ndarray,
+                 unknown: tuple[str, ...], all_played: bool) -> RecommendResult:  # fmt: skip
+        """The most-listened artists the listener does not play: the popularity fallback."""
+        self.metrics.fallbacks.inc()
+        top = mv.popular[~np.isin(mv.popular, exclude)][: q.k]
+        return RecommendResult(mv.artists.named(top, mv.listeners[top]), mv.version, [], True,
+                               unknown, "popularity", all_played)  # fmt: skip
 
     def _group(self, mv: ModelVersion, q: Query) -> _Group:
         staged = MODES[q.mode].uses_candidates
         if q.listener.user_id is not None:
             u = self._known_user(mv, q.listener.user_id)
+            if mv.user(q.listener.user_id) is None:  # listed without plays: as an empty history
+                return _Group(np.zeros(0, np.int64), np.zeros(0, np.float32),
+                              np.zeros(0, np.int64), ())  # fmt: skip
             played = mv.plays.indices[mv.plays.indptr[u] : mv.plays.indptr[u + 1]]
             # candidates from the user's neighbours; their own embedding ranks
             candidates = self._known_candidates(mv, q, u) if staged else None
@@ -242,14 +282,16 @@ class RecommendationService:
 
     @staticmethod
     def _known_user(mv: ModelVersion, user_id: str) -> int:
-        u = mv.user(user_id)
+        """The user's row; NOT_FOUND when ``mv``'s vocabulary does not list them."""
+        u = mv.users.get(user_id)
         if u is None:
             raise NotFound(f"user_id {user_id!r} is not a known user of model version "
                            f"{mv.version}; send their artist history instead")  # fmt: skip
         return u
 
 
-def _heavy(listener: Listener) -> bool:
+def is_heavy(listener: Listener) -> bool:
+    """Whether the listener's history is long enough to be handled off the event loop."""
     return len(listener.history or ()) > INLINE_HISTORY
 
 
@@ -262,6 +304,9 @@ def _similar(mv: ModelVersion, idx: np.ndarray, sims: np.ndarray) -> list[Neighb
 
 
 def _no_match_message(q: Query, mv: ModelVersion) -> str:
+    if q.listener.user_id is not None:
+        return (f"user_id {q.listener.user_id!r} has no plays in model version {mv.version} "
+                "(strict: no popularity fallback)")  # fmt: skip
     items = q.listener.history or ()
     if not items:
         return "history is empty (strict: no popularity fallback)"

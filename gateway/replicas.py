@@ -23,6 +23,7 @@ from pathlib import Path
 
 import grpc
 
+from core.contract import SERVED_MODELS
 from core.endpoints import resolve_endpoints
 from gateway.errors import GatewayError, Unavailable
 from gateway.inference import Inference, InferResult, Tensor, open_channel
@@ -45,7 +46,7 @@ class Replica:
 
 class ReplicaSet:
     """The replicas a target names, with :class:`Inference`'s interface (infer, is_ready,
-    ready_versions) spread over them."""
+    ready_versions, ready_models) spread over them."""
 
     def __init__(self, target: str, *, on_poll: Callable[[int, int], None] = lambda up, n: None,
                  connect: Callable[[str], grpc.aio.Channel] = open_channel) -> None:  # fmt: skip
@@ -75,24 +76,35 @@ class ReplicaSet:
                 await gone.inference.close()
 
     async def ready_versions(self, repository: Path, timeout_s: float) -> set[int]:
-        """Versions ready on every replica that answers; UNAVAILABLE when none answers."""
+        """Versions whose every served model is ready on every replica that answers."""
+        ready = await self.ready_models(repository, timeout_s)
+        return {v for v, models in ready.items() if models == set(SERVED_MODELS)}
+
+    async def ready_models(self, repository: Path, timeout_s: float) -> dict[int, frozenset[str]]:
+        """Per version, the models ready on every replica that answers; UNAVAILABLE when none
+        answers."""
         await self._follow_target()
         replicas = list(self.replicas.values())
         answers = await asyncio.gather(
-            *(r.inference.ready_versions(repository, timeout_s) for r in replicas),
+            *(r.inference.ready_models(repository, timeout_s) for r in replicas),
             return_exceptions=True,
         )
+        by_replica: list[dict[int, frozenset[str]]] = []
         for replica, answer in zip(replicas, answers, strict=True):
             replica.up = not isinstance(answer, BaseException)
-            replica.ready = set() if isinstance(answer, BaseException) else answer
             if isinstance(answer, BaseException) and not isinstance(answer, GatewayError):
                 raise answer
+            found = {} if isinstance(answer, BaseException) else answer
+            replica.ready = {v for v, models in found.items() if models}
+            if replica.up:
+                by_replica.append(found)
         up = [r for r in replicas if r.up]
         self.not_ready = tuple(sorted({m for r in up for m in r.inference.not_ready}))
         self._on_poll(len(up), len(replicas))
         if not up:
             raise Unavailable(f"no Triton replica of {self.target} answers")
-        return set.intersection(*(r.ready for r in up))
+        versions = set.intersection(*(set(found) for found in by_replica))
+        return {v: frozenset.intersection(*(found[v] for found in by_replica)) for v in versions}
 
     async def is_ready(self, version: int, timeout_s: float) -> bool:
         """Whether some replica still serves ``version`` (true mid-swap)."""

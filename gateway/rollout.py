@@ -9,8 +9,23 @@ serving version, so the client sees no error. Each such retry is counted in
 ``musicrec_gateway_canary_retries_total{version,code}``, and the failed attempt also under the
 canary's version and code in ``musicrec_gateway_requests_by_version_total`` (so those count a
 version's attempts: the RPC's answer is counted under the serving version too), where the
-alert rules and the canary watcher (``serving/rollout.py``) see the canary's errors although
-no client saw one.
+alert rules and the canary watcher (``serving/canary_watch.py``) see the canary's errors
+although no client saw one, with the attempt's own time (never under the serving version).
+
+A listener's key is a known user's id, or the artist ids their history resolves to in the
+serving version (:func:`listener_key`): the same listener by ids, by names or by padded names
+lands on the same side. A canary attempt gets :data:`CANARY_SHARE` of the RPC's time left
+(``gateway/recommender.py``'s :class:`Deadline`: one budget for every attempt), so its retry
+on the serving version still has the rest; a caller's deadline that passes during the attempt
+fails the RPC as DEADLINE_EXCEEDED, charged to the canary. After :data:`BREAKER_FAILURES`
+failures of the stack in a row the canary's breaker opens (:class:`Breaker`): for a back-off
+its share goes straight to the serving version, each such request counted in
+``musicrec_gateway_canary_diverted_total`` and as the canary's UNAVAILABLE by version (the
+watcher keeps seeing a dead canary as failing), trips in
+``musicrec_gateway_canary_breaker_trips_total``; failure warnings are logged at most once per
+:data:`CANARY_LOG_INTERVAL_S`. ``musicrec_gateway_rollout_percent{role,version}`` says what
+this gateway routes now (0 while the canary is not loaded or its breaker is open), which
+``deploy abort`` waits on.
 
 **Shadow.** A ``shadow_percent`` share of the requests the serving version answered is sent
 again to the shadow version by a task of its own, after the answer is ready and off its path:
@@ -27,12 +42,15 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import random
 import time
+from dataclasses import dataclass
 
 import numpy as np
 
 from core import traffic_split
+from core.vocabulary import name_key
 from gateway.artifacts import ModelVersion
 from gateway.errors import DeadlineExceeded, GatewayError
 from gateway.metrics import GatewayMetrics
@@ -44,6 +62,7 @@ from gateway.recommender import (
     Query,
     RecommendationService,
     RecommendResult,
+    is_heavy,
 )
 from gateway.versions import VersionTracker
 
@@ -55,12 +74,29 @@ AGREEMENT_K = 10
 # since the canary's vocabulary may differ, but are not the canary's errors.
 CANARY_ERRORS = {"UNAVAILABLE", "DEADLINE_EXCEEDED", "INTERNAL", "UNKNOWN", "RESOURCE_EXHAUSTED",
                  "DATA_LOSS", "UNIMPLEMENTED"}  # fmt: skip
+CANARY_SHARE = 0.5  # of the RPC's time left, a canary attempt's: the serving retry gets the rest
+BREAKER_FAILURES = 5  # canary failures of the stack in a row that open its breaker
+BREAKER_BACKOFF_S, BREAKER_MAX_BACKOFF_S = 2.0, 30.0  # open this long, doubling while failing
+CANARY_LOG_INTERVAL_S = 5.0  # at most one warning about a failing canary per interval
 
 
-def listener_key(listener: Listener) -> str:
-    """The listener's stable key for the split (``core.traffic_split.listener_key``)."""
-    artists = (a.id if a.id is not None else a.name or "" for a in listener.history or ())
-    return traffic_split.listener_key(listener.user_id, artists)
+def listener_key(listener: Listener, mv: ModelVersion) -> str:
+    """The listener's stable key for the split (``core.traffic_split.listener_key``): a known
+    user's id, or the artist ids the history resolves to in ``mv`` (the serving version), so
+    one listener sent by ids, by names or by padded or differently normalised names gets one
+    key; an item ``mv`` does not know keys as its trimmed, NFC-normalised, case-folded text."""
+    if listener.user_id is not None:
+        return traffic_split.listener_key(listener.user_id)
+    ids = mv.vocab.artist_ids
+    keys = []
+    for item in listener.history or ():
+        if item.id is not None:
+            col = mv.artists.by_artist_id(item.id)
+            keys.append(item.id if col is not None else "\x00id:" + name_key(item.id))
+        else:
+            col = mv.artists.by_artist_name(item.name or "")
+            keys.append(ids[col] if col is not None else "\x00name:" + name_key(item.name or ""))
+    return traffic_split.listener_key(None, keys)
 
 
 def agreement(served: list[str], other: list[str], k: int = AGREEMENT_K) -> tuple[float, ...]:
@@ -102,6 +138,54 @@ def _kendall(x: np.ndarray, y: np.ndarray) -> float:
     return float((dx * dy).sum() / denominator) if denominator > 0 else float("nan")
 
 
+@dataclass
+class Breaker:
+    """A canary's failures in a row: after ``threshold`` it opens for a back-off (doubling up
+    to ``max_backoff_s`` while it keeps failing), during which its share is answered by the
+    serving version; the first request after the back-off tries the canary again, and a
+    success closes it."""
+
+    threshold: int = BREAKER_FAILURES
+    backoff_s: float = BREAKER_BACKOFF_S
+    max_backoff_s: float = BREAKER_MAX_BACKOFF_S
+    failures: int = 0
+    trips: int = 0
+    open_until: float = 0.0
+
+    def is_open(self, now: float) -> bool:
+        return now < self.open_until
+
+    def failed(self, now: float) -> bool:
+        """Count a failure; True when it opens the breaker."""
+        self.failures += 1
+        if self.failures < self.threshold or self.is_open(now):
+            return False
+        self.trips += 1
+        self.open_until = now + min(self.max_backoff_s, self.backoff_s * 2 ** (self.trips - 1))
+        return True
+
+    def succeeded(self) -> None:
+        self.failures = self.trips = 0
+
+
+@dataclass
+class ThrottledLog:
+    """One warning per ``interval_s`` at most; the lines held back are counted into the next."""
+
+    interval_s: float = CANARY_LOG_INTERVAL_S
+    last: float = -math.inf
+    held: int = 0
+
+    def warning(self, message: str, *args: object) -> None:
+        now = time.monotonic()
+        if now - self.last < self.interval_s:
+            self.held += 1
+            return
+        held, self.held, self.last = self.held, 0, now
+        suffix = f" ({held} more such failures in the last {self.interval_s:g} s)" if held else ""
+        log.warning(message + suffix, *args)
+
+
 class RolloutService(RecommendationService):
     """:class:`RecommendationService` with the rollout's canary and shadow (see the module)."""
 
@@ -115,15 +199,58 @@ class RolloutService(RecommendationService):
         self._shadows: set[asyncio.Task] = set()
         self._random = random.Random()
         self._serving_now = 0  # Recommend calls in flight on this gateway
+        self._breakers: dict[int, Breaker] = {}
+        self._canary_log = ThrottledLog()
+        self._published: set[tuple[str, str]] = set()  # rollout_percent labels set so far
 
-    def _canary(self, listener: Listener) -> ModelVersion | None:
+    def _routable_canary(self) -> ModelVersion | None:
+        """The canary version this gateway may route to now (loaded, not its own)."""
         rollout = self.tracker.rollout
         if rollout is None or rollout.canary is None or rollout.percent <= 0:
             return None
         canary = self.tracker.loaded(rollout.canary)
-        if canary is None or canary is self.tracker.current:
+        return None if canary is None or canary is self.tracker.current else canary
+
+    async def _canary(self, listener: Listener) -> ModelVersion | None:
+        """The canary if this listener is in its share (a long history keyed off the loop)."""
+        canary, serving = self._routable_canary(), self.tracker.current
+        if canary is None or serving is None:
             return None
-        return canary if traffic_split.in_canary(rollout, listener_key(listener)) else None
+        if is_heavy(listener):
+            key = await asyncio.to_thread(listener_key, listener, serving)
+        else:
+            key = listener_key(listener, serving)
+        return canary if traffic_split.in_canary(self.tracker.rollout, key) else None
+
+    def routed(self) -> dict[tuple[str, str], float]:
+        """``(role, version) -> percent`` this gateway routes now (a canary whose breaker is
+        open, or not yet loaded, gets 0)."""
+        rollout, out = self.tracker.rollout, {}
+        if rollout is None:
+            return out
+        if rollout.canary is not None:
+            breaker = self._breakers.get(rollout.canary)
+            closed = breaker is None or not breaker.is_open(time.monotonic())
+            routable = self._routable_canary() is not None and closed
+            out[("canary", str(rollout.canary))] = rollout.percent if routable else 0.0
+        if rollout.shadow is not None:
+            loaded = self.tracker.loaded(rollout.shadow) is not None
+            out[("shadow", str(rollout.shadow))] = rollout.shadow_percent if loaded else 0.0
+        return out
+
+    def publish_split(self) -> None:
+        """Set the rollout gauges from :meth:`routed` (every poll); labels of an ended rollout
+        read 0."""
+        now = self.routed()
+        for labels in self._published - set(now):
+            self.metrics.rollout_percent.labels(*labels).set(0)
+        for labels, percent in now.items():
+            self.metrics.rollout_percent.labels(*labels).set(percent)
+        self._published |= set(now)
+        self.metrics.rollout_error.set(1 if self.tracker.rollout_error else 0)
+        for version, breaker in self._breakers.items():
+            is_open = breaker.is_open(time.monotonic())
+            self.metrics.canary_breaker_open.labels(str(version)).set(1 if is_open else 0)
 
     async def recommend(self, query: Query, deadline: Deadline) -> RecommendResult:
         self._serving_now += 1
@@ -133,31 +260,67 @@ class RolloutService(RecommendationService):
             self._serving_now -= 1
 
     async def _recommend_routed(self, query: Query, deadline: Deadline) -> RecommendResult:
-        canary = self._canary(query.listener)
+        canary = await self._canary(query.listener)
         if canary is not None:
-            try:
-                return await self._recommend(canary, query, deadline)
-            except GatewayError as exc:
-                if isinstance(exc, DeadlineExceeded) and deadline.expired():
-                    raise
-                self._canary_failed(canary.version, exc.code.name)
-                code = exc.code.name
-                if code in CANARY_ERRORS:
-                    log.warning("canary version %d failed (%s: %s); answering with the serving "
-                                "version", canary.version, code, exc)  # fmt: skip
-            except Exception as exc:  # a bug on the canary's data: the serving version answers
-                self._canary_failed(canary.version, "UNKNOWN")
-                log.exception("canary version %d failed (%s)", canary.version, exc)
+            answer = await self._try_canary(canary, query, deadline)
+            if answer is not None:
+                return answer
         result = await super().recommend(query, deadline)
         self._maybe_shadow(query, result)
         return result
 
-    def _canary_failed(self, version: int, code: str) -> None:
+    async def _try_canary(self, canary: ModelVersion, query: Query,
+                          deadline: Deadline) -> RecommendResult | None:  # fmt: skip
+        """The canary's answer, or None for the serving version to answer: the canary failed
+        (within :data:`CANARY_SHARE` of the time left, so the retry has the rest) or its
+        breaker is open. A caller's deadline that passed fails the RPC, charged to the canary."""
+        breaker = self._breakers.setdefault(canary.version, Breaker())
+        if len(self._breakers) > 1:  # one canary at a time: forget earlier ones
+            self._breakers = {canary.version: breaker}
+        if breaker.is_open(time.monotonic()):
+            self.metrics.canary_diverted.labels(str(canary.version)).inc()
+            self.metrics.requests_by_version.labels("Recommend", "UNAVAILABLE",
+                                                    str(canary.version)).inc()  # fmt: skip
+            return None
+        start = time.perf_counter()
+        try:
+            answer = await self.answer(canary, query, deadline.part(CANARY_SHARE))
+        except GatewayError as exc:
+            if isinstance(exc, DeadlineExceeded) and deadline.expired():
+                self._stack_failed(canary.version, exc.code.name, exc)
+                raise  # the RPC fails: counted under the canary, the version attempting
+            self._canary_failed(canary.version, exc.code.name, time.perf_counter() - start, exc)
+        except Exception as exc:  # a bug on the canary's data: the serving version answers
+            self._canary_failed(canary.version, "UNKNOWN", time.perf_counter() - start, exc)
+            log.exception("canary version %d failed (%s)", canary.version, exc)
+        else:
+            breaker.succeeded()
+            return answer
+        self.metrics.attempt(0)  # what follows is the serving version's
+        return None
+
+    def _canary_failed(self, version: int, code: str, seconds: float, exc: Exception) -> None:
         """Count the canary's failed attempt: as a retry, and under its own version and code
-        in the requests by version (beside the serving version's answer to the same RPC), so
+        (and its time) by version, beside the serving version's answer to the same RPC, so
         that the canary's error ratio there (ops/alerts.yml, the watcher) shows it."""
         self.metrics.canary_retries.labels(str(version), code).inc()
-        self.metrics.requests_by_version.labels("Recommend", code, str(version)).inc()
+        self.metrics.attempt_failed(version, code, seconds)
+        self._stack_failed(version, code, exc)
+
+    def _stack_failed(self, version: int, code: str, exc: Exception) -> None:
+        """A failure of the stack (not the caller's mistake) is logged, at most once per
+        :data:`CANARY_LOG_INTERVAL_S`, and counts towards the canary's breaker."""
+        if code not in CANARY_ERRORS:
+            return
+        self._canary_log.warning("canary version %d failed (%s: %s); answering with the "
+                                 "serving version", version, code, exc)  # fmt: skip
+        breaker = self._breakers.setdefault(version, Breaker())
+        if breaker.failed(time.monotonic()):
+            self.metrics.canary_breaker_trips.labels(str(version)).inc()
+            self.metrics.canary_breaker_open.labels(str(version)).set(1)
+            log.warning("canary version %d failed %d times in a row: its share goes to the "
+                        "serving version for %.0f s", version, breaker.failures,
+                        breaker.open_until - time.monotonic())  # fmt: skip
 
     # ------------------------------------------------------------------ shadow
 
@@ -183,7 +346,8 @@ class RolloutService(RecommendationService):
         await asyncio.sleep(0)  # let the served answer leave first
         start = time.perf_counter()
         try:
-            answer = await self._recommend(shadow, query, Deadline(None, self.triton_timeout_s))
+            answer = await self.answer(shadow, query, Deadline(None, self.triton_timeout_s),
+                                       counted=False)  # fmt: skip
         except Exception as exc:  # discarded: a shadow never affects a caller
             self.metrics.shadow_requests.labels(label, "error").inc()
             log.debug("shadow version %s failed: %s", label, exc)

@@ -3,7 +3,12 @@
 An asyncio gRPC server with the Recommender service, standard health checking (SERVING only
 while Triton answers and a model version is loaded), server reflection, a Prometheus endpoint,
 and a graceful shutdown on SIGTERM/SIGINT that drains in-flight requests. ``--triton-url`` may
-name several Triton replicas (``gateway/replicas.py``).
+name several Triton replicas (``gateway/replicas.py``). ``musicrec gateway`` is the same command.
+
+Health is per scoring mode: ``""`` and ``musicrec.v1.Recommender`` report the default mode
+(``--scoring``), ``musicrec.v1.Recommender/<mode>`` each mode, SERVING while the served
+version's models of that mode are ready in Triton; a NOT_SERVING mode is named, with its
+models, in the ``health`` log line (the same on every gateway of a Triton).
 """
 
 from __future__ import annotations
@@ -14,19 +19,22 @@ import contextlib
 import logging
 import signal
 import sys
+import time
 from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from core.contract import CANDIDATE_RANKER, CANDIDATE_SCORER
+from core.modes import MODES
 from core.similarity import array_backend
 from gateway import logs, workers
 from gateway.auth import TokenAuth, read_token, server_credentials
 from gateway.coalescing import CoalescingInference
 from gateway.config import GatewayConfig, add_arguments, from_arguments
-from gateway.errors import GatewayError
+from gateway.errors import GatewayError, Unavailable
 from gateway.metrics import GatewayMetrics, ObservingInterceptor
 from gateway.modes import mode_scorers
 from gateway.overload import LoadShedder
@@ -73,22 +81,27 @@ class Gateway:
             inference, config.repository, array_backend(config.backend),
             timeout_s=min(2.0, config.triton_timeout_s), on_change=self._on_change,
             on_load_error=lambda *_: self.metrics.version_load_errors.inc(),
+            default_mode=config.scoring, allow_unverified=config.allow_unverified_artifacts,
+            on_poll=lambda _: self.service.publish_split(),
         )  # fmt: skip
         joined = CoalescingInference(
             inference, (CANDIDATE_RANKER, CANDIDATE_SCORER), max_batch=config.triton_batch,
             max_in_flight=config.triton_in_flight, on_call=self.metrics.triton_call,
         )  # fmt: skip
-        service = RolloutService(self.tracker, mode_scorers(joined), self.metrics,
-                                 shadow_limit=config.shadow_max_in_flight,
-                                 triton_timeout_s=config.triton_timeout_s,
-                                 known_cache=config.known_user_cache)  # fmt: skip
-        pb_grpc.add_RecommenderServicer_to_server(RecommenderServicer(service, config), self.server)
+        self.service = RolloutService(self.tracker, mode_scorers(joined), self.metrics,
+                                      shadow_limit=config.shadow_max_in_flight,
+                                      triton_timeout_s=config.triton_timeout_s,
+                                      known_cache=config.known_user_cache)  # fmt: skip
+        pb_grpc.add_RecommenderServicer_to_server(
+            RecommenderServicer(self.service, config), self.server
+        )
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
         reflection.enable_server_reflection(
             (SERVICE_NAME, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
              reflection.SERVICE_NAME), self.server,
         )  # fmt: skip
         self._poller: asyncio.Task | None = None
+        self._probe: asyncio.Task | None = None
 
     def _bind(self) -> None:
         config = self.config
@@ -106,26 +119,30 @@ class Gateway:
         self.metrics.triton_replicas.labels("down").set(known - up)
 
     def _on_change(self, tracker: VersionTracker) -> None:
-        status = (
-            health_pb2.HealthCheckResponse.SERVING
-            if tracker.ready
-            else health_pb2.HealthCheckResponse.NOT_SERVING
-        )
+        modes = mode_health(tracker)
+        status = modes[self.config.scoring]
         for name in ("", SERVICE_NAME):
             asyncio.get_running_loop().create_task(self.health.set(name, status))
+        for mode, mode_status in modes.items():
+            asyncio.get_running_loop().create_task(
+                self.health.set(f"{SERVICE_NAME}/{mode}", mode_status)
+            )
         self.metrics.set_serving_version(tracker.current.version if tracker.current else 0)
         self.metrics.triton_up.set(1 if tracker.triton_up else 0)
-        log.info(
-            "health",
-            extra={
-                "status": health_pb2.HealthCheckResponse.ServingStatus.Name(status),
-                "version": tracker.current.version if tracker.current else None,
-                **({} if tracker.ready else {"reason": _why_not(tracker)}),
-            },
-        )
+        name = health_pb2.HealthCheckResponse.ServingStatus.Name
+        current = tracker.current.version if tracker.current else None
+        extra = {"status": name(status), "version": current,
+                 "modes": {mode: name(s) for mode, s in modes.items()}}  # fmt: skip
+        if status != health_pb2.HealthCheckResponse.SERVING:
+            extra["reason"] = _why_not(tracker, self.config.scoring)
+        if tracker.not_ready(current):
+            extra["not_ready"] = list(tracker.not_ready(current))
+        if tracker.rollout_error:
+            extra["rollout_error"] = tracker.rollout_error
+        log.info("health", extra=extra)
 
     async def start(self) -> None:
-        for name in ("", SERVICE_NAME):
+        for name in ("", SERVICE_NAME, *(f"{SERVICE_NAME}/{mode}" for mode in MODES)):
             await self.health.set(name, health_pb2.HealthCheckResponse.NOT_SERVING)
         if self.config.metrics_port:
             self.metrics.serve(self.config.metrics_port, self.config.host)
@@ -137,6 +154,10 @@ class Gateway:
             "version poller", lambda: self.tracker.run(self.config.poll_interval_s),
             on_restart=lambda: self.metrics.task_restarts.labels("version_poller").inc(),
         ))  # fmt: skip
+        if self.config.loop_probe_s:
+            self._probe = asyncio.create_task(loop_lag_probe(
+                self.config.loop_probe_s, self.config.loop_probe_window_s, self.metrics.loop,
+            ))  # fmt: skip
         if self.shared_port:
             self._bind()
         await self.server.start()
@@ -152,10 +173,11 @@ class Gateway:
             log.info("draining", extra={"drain_s": self.config.drain_s})
             await asyncio.sleep(self.config.drain_s)
         await self.server.stop(self.config.grace_s)
-        if self._poller:
-            self._poller.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._poller
+        for task in (self._poller, self._probe):
+            if task:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
         await self.triton.close()
 
 
@@ -175,6 +197,7 @@ async def supervised(name: str, run: Callable[[], Awaitable[None]], *,
 
 async def serve(config: GatewayConfig, *, shared_port: bool = False) -> None:
     """Run until SIGTERM or SIGINT, then shut down gracefully."""
+    sys.setswitchinterval(config.switch_interval_s)  # worker threads yield to the loop soon
     gateway = Gateway(config, shared_port=shared_port)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -188,27 +211,70 @@ async def serve(config: GatewayConfig, *, shared_port: bool = False) -> None:
         await gateway.stop()
 
 
-def _why_not(tracker: VersionTracker) -> str:
-    """Why the gateway does not serve, as a request would be told (UNAVAILABLE's message)."""
+def mode_health(tracker: VersionTracker) -> dict[str, int]:
+    """Each scoring mode's health status: SERVING while a version is served and that mode's
+    models are ready in it."""
+    out = {}
+    for mode in MODES:
+        try:
+            tracker.check_mode(tracker.serving().version, mode)
+            out[mode] = health_pb2.HealthCheckResponse.SERVING
+        except Unavailable:
+            out[mode] = health_pb2.HealthCheckResponse.NOT_SERVING
+    return out
+
+
+def _why_not(tracker: VersionTracker, mode: str) -> str:
+    """Why ``mode`` is not served, as a request would be told (UNAVAILABLE's message)."""
     try:
-        tracker.serving()
+        tracker.check_mode(tracker.serving().version, mode)
     except GatewayError as exc:
         return str(exc)
     return ""
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
-        prog="musicrec-gateway", description=__doc__,
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
-    )  # fmt: skip
+@dataclass
+class WindowMax:
+    """The largest value over the current and the previous window of ``window_s``."""
+
+    window_s: float
+    start: float = 0.0
+    current: float = 0.0
+    previous: float = 0.0
+
+    def add(self, value: float, now: float) -> float:
+        if now - self.start >= self.window_s:
+            self.start, self.previous, self.current = now, self.current, 0.0
+        self.current = max(self.current, value)
+        return max(self.current, self.previous)
+
+
+async def loop_lag_probe(interval_s: float, window_s: float,
+                         report: Callable[[float, float], None]) -> None:  # fmt: skip
+    """Wake every ``interval_s`` until cancelled; report the event loop's longest stall (how
+    late a wake came) and its longest busy stretch (the loop thread's CPU time between two
+    wakes: code that ran on the loop, not the host's other work or a wait for the GIL), each
+    over the current and the previous ``window_s``."""
+    loop = asyncio.get_running_loop()
+    lag, busy = WindowMax(window_s, loop.time()), WindowMax(window_s, loop.time())
+    cpu = time.thread_time()
+    while True:
+        planned = loop.time() + interval_s
+        await asyncio.sleep(interval_s)
+        now, used = loop.time(), time.thread_time()
+        report(lag.add(now - planned, now), busy.add(used - cpu, now))
+        cpu = used
+
+
+def add_gateway_arguments(parser: argparse.ArgumentParser) -> None:
+    """Every flag of ``musicrec-gateway`` (and ``musicrec gateway``)."""
     add_arguments(parser)
     workers.add_worker_arguments(parser)
-    args = parser.parse_args(argv)
-    try:
-        config = from_arguments(args)
-    except ValueError as exc:
-        parser.error(str(exc))
+
+
+def run(args: argparse.Namespace) -> int:
+    """Run the gateway the parsed flags describe; the exit status. ValueError: a bad setting."""
+    config = from_arguments(args)
     if args.worker_of is not None:
         workers.become_worker(args.worker_of)  # exits at once if that parent is gone
     logs.configure(config.log_json)
@@ -223,6 +289,20 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="musicrec-gateway", description=__doc__,
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )  # fmt: skip
+    add_gateway_arguments(parser)
+    args = parser.parse_args(argv)
+    try:
+        from_arguments(args)
+    except ValueError as exc:
+        parser.error(str(exc))
+    return run(args)
 
 
 if __name__ == "__main__":
