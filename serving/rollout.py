@@ -341,8 +341,8 @@ def roles_of(rollout: traffic_split.Rollout | None) -> dict[str, str]:
 
 def _windowed(texts: dict[str, str | None], base: dict | None,
               ) -> tuple[dict[str, dict[str, gm.VersionFigures]], list[str]]:  # fmt: skip
-    """Each answering gateway's figures since the baseline (or since it started), and the
-    gateways that restarted since the baseline."""
+    """Each answering gateway's figures since the baseline, and the gateways counted since
+    they (re)started instead: restarted since the baseline, or not in it."""
     out, restarted = {}, []
     for address, text in texts.items():
         if text is None:
@@ -354,7 +354,7 @@ def _windowed(texts: dict[str, str | None], base: dict | None,
         before = base.get(address)
         delta, reset = gm.since(now, gm.by_version(before) if before else {})
         out[address] = delta
-        restarted += [address] if reset else []
+        restarted += [address] if reset or not before else []
     return out, restarted
 
 
@@ -382,7 +382,7 @@ def figures(cfg: DeployConfig, metrics: str) -> dict:
     for f in per_gateway.values():
         gm.add_all(total, f)
     window = (f"this rollout's window (since {state['started_at']}"
-              + (f"; restarted since: {', '.join(restarted)}" if restarted else "") + ")"
+              + (f"; since they (re)started: {', '.join(restarted)}" if restarted else "") + ")"
               if base is not None else "counts since each gateway started")  # fmt: skip
     roles = roles_of(rollout)
     return {"source": f"gateway metrics endpoints {metrics} ({answered} of {len(texts)} "
