@@ -6,7 +6,11 @@ Every gateway exports Prometheus text; :func:`scrape` fetches each gateway's end
 one :class:`VersionFigures` per ``version`` label: Recommend attempts and the errors the stack
 caused (:data:`ERROR_CODES`; a caller's mistake is not one), the latency histogram, canary
 retries and the shadow's agreement. Counters are cumulative since each gateway started;
-:meth:`VersionFigures.minus` gives a window's deltas.
+:meth:`VersionFigures.minus` gives a window's deltas and :func:`since` one gateway's, with a
+restart (a counter went down) counted from 0. :func:`scrape_texts` keeps each gateway apart
+(None: it did not answer). :func:`parse_split` reads what a gateway says it routes
+(``musicrec_gateway_rollout_percent{role,version}``, ``musicrec_gateway_rollout_error``), what
+``abort`` waits on.
 """
 
 from __future__ import annotations
