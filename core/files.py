@@ -3,6 +3,7 @@ files, one-at-a-time changes under an ``fcntl`` lock, and per-file checksums."""
 
 from __future__ import annotations
 
+import compileall
 import contextlib
 import fcntl
 import hashlib
@@ -96,3 +97,12 @@ def sha256_of(path: Path) -> str:
         for block in iter(lambda: f.read(1 << 20), b""):
             h.update(block)
     return h.hexdigest()
+
+
+def compile_python(directory: Path) -> None:
+    """Write the bytecode of every ``.py`` file under ``directory`` that lacks an up-to-date
+    one. Triton's Python backend otherwise writes ``__pycache__`` into a version while loading
+    it, and Triton then takes that version for changed: the next load of its model (each step
+    of a deploy) reloads it in full. Best effort: a read-only repository is left as it is."""
+    with contextlib.suppress(OSError):
+        compileall.compile_dir(directory, quiet=2, workers=1)

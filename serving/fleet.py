@@ -8,6 +8,7 @@ does (``core/endpoints.py``: a list, or a ``dns:///`` name resolving to each pod
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import tritonclient.grpc as grpcclient
@@ -42,9 +43,32 @@ class TritonFleet:
         """Ask every replica to (re)load ``name`` from its configuration; the first refusal
         raises, naming the replica."""
         for url, client in zip(self.urls, self.clients, strict=True):
-            try:
-                client.load_model(name, headers=headers)
-            except InferenceServerException as exc:
-                raise InferenceServerException(
-                    f"replica {url}: {exc.message()}", status=exc.status()
-                ) from None
+            _load(url, client, name, headers)
+
+    def narrow(self, name: str, versions: list[int], headers: dict[str, str] | None) -> bool:
+        """Have every replica serve only ``versions`` of ``name`` by loading its running
+        configuration with that version policy (Triton's config override). The repository's
+        files are left alone, so Triton applies it as a configuration update: no version that
+        stays is reloaded, and the others are unloaded after their in-flight requests. False,
+        with nothing changed, when a replica does not have ``name`` loaded (load it from the
+        repository instead)."""
+        try:
+            configs = [c.get_model_config(name, headers=headers, as_json=True)["config"]
+                       for c in self.clients]  # fmt: skip
+        except (InferenceServerException, KeyError):
+            return False
+        for url, client, config in zip(self.urls, self.clients, configs, strict=True):
+            config["version_policy"] = {"specific": {"versions": [str(v) for v in versions]}}
+            _load(url, client, name, headers, json.dumps(config))
+        return True
+
+
+def _load(url: str, client: grpcclient.InferenceServerClient, name: str,
+          headers: dict[str, str] | None, config: str | None = None) -> None:  # fmt: skip
+    """One replica's load of ``name`` (with ``config`` overriding its files); a refusal names
+    the replica."""
+    try:
+        client.load_model(name, headers=headers, config=config)
+    except InferenceServerException as exc:
+        raise InferenceServerException(f"replica {url}: {exc.message()}",
+                                       status=exc.status()) from None  # fmt: skip

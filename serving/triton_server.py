@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from core.errors import MusicrecError
+from core.files import compile_python
 from serving import admin_key
 from serving.processes import ChildProcess, free_port
 
@@ -199,6 +200,7 @@ class TritonServer(ChildProcess):
         if not Path(self.config.repository).is_dir():
             raise TritonError(f"model repository not found: {self.config.repository}")
         install_python_stub(triton_home())
+        compile_python(Path(self.config.repository))  # before Triton records its timestamps
         super().launch()
 
     def start(self, timeout_s: float | None = None) -> TritonServer:
