@@ -9,6 +9,7 @@ from rich.table import Table
 
 from app import rollout_commands
 from client import Credentials
+from core import traffic_split
 from core.console import console
 from core.paths import DEFAULT_REPOSITORY
 
@@ -82,7 +83,10 @@ def _status(args: argparse.Namespace) -> None:
         if getattr(row, "problem", ""):
             console.print(f"[red]version {row.version} does not match its manifest: "
                           f"{row.problem}[/]", soft_wrap=True)  # fmt: skip
-    rollout_commands.print_status(args, cfg)
+    try:
+        rollout_commands.print_status(args, cfg)
+    except traffic_split.RolloutError as exc:  # a corrupt split: shown, never a failed status
+        console.print(f"[red]rollout split: {exc}[/]", soft_wrap=True, highlight=False)
 
 
 def _operations(p: argparse.ArgumentParser) -> None:
@@ -98,6 +102,11 @@ def _operations(p: argparse.ArgumentParser) -> None:
                         "the file the embedded Triton writes)")  # fmt: skip
 
 
+def _keep(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--keep", type=int, default=3,
+                   help="deployed versions kept on disk (rollback targets)")  # fmt: skip
+
+
 def register(sub: argparse._SubParsersAction, fmt: type[argparse.HelpFormatter]) -> None:
     dp = sub.add_parser(
         "deploy", formatter_class=fmt,
@@ -106,14 +115,13 @@ def register(sub: argparse._SubParsersAction, fmt: type[argparse.HelpFormatter])
     dp.add_argument("run_dir", type=Path, nargs="?", help="export this run first")
     dp.add_argument("--version", type=int, help="an already exported version")
     dp.add_argument("--force", action="store_true", help="deploy despite a worse NDCG@10")
-    dp.add_argument(
-        "--keep", type=int, default=3, help="deployed versions kept on disk (rollback targets)"
-    )
+    _keep(dp)
     dp.add_argument("--max-metric-drop", type=float, default=0.01, help="allowed NDCG@10 drop")
     _operations(dp)
     rollout_commands.add_arguments(dp)
     dp.set_defaults(func=_deploy)
     rb = sub.add_parser("rollback", formatter_class=fmt, help="serve the previous version again")
+    _keep(rb)  # accepted like deploy's (same check); a rollback retires nothing
     _operations(rb)
     rb.set_defaults(func=_rollback)
     st = sub.add_parser("status", formatter_class=fmt, help="versions, which serves, metrics")

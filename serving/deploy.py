@@ -37,7 +37,7 @@ from tritonclient.utils import InferenceServerException
 from client import Credentials, RecommenderClient, RecommenderError
 from core import traffic_split
 from core.contract import CATALOGUE_SCORER, MANIFEST, SERVED_MODELS, versions
-from core.files import repository_lock
+from core.files import compile_python, repository_lock
 from core.modes import DEFAULT_MODE, MODES
 from export.triton_config import serving_policy, write_configs
 from serving import admin_key
@@ -110,9 +110,25 @@ def served_versions(cfg: DeployConfig, fleet: TritonFleet) -> set[int]:
 
 def pin_and_load(cfg: DeployConfig, fleet: TritonFleet, pinned: list[int]) -> None:
     """Pin ``pinned`` in each model's configuration (shared by the replicas) and have every
-    replica load it, model by model in :data:`LOAD_ORDER`."""
+    replica load it, model by model in :data:`LOAD_ORDER`.
+
+    Triton reloads every loaded version of a model whose configuration files changed (1.5-2.5
+    s a model here), so a pin already on disk is not rewritten (its load returns at once), and
+    a pin that only drops versions is applied first through :meth:`TritonFleet.narrow`, then
+    written: what stays is not reloaded."""
     for name in LOAD_ORDER:
-        write_configs(cfg.repository / name, name, serving=pinned)
+        model_dir = cfg.repository / name
+        for version in pinned:  # no bytecode written by Triton while it loads (compile_python)
+            compile_python(model_dir / str(version))
+        on_disk = serving_policy(model_dir)
+        if on_disk == pinned:
+            fleet.load_model(name, cfg.admin_headers)
+            continue
+        dropping = bool(on_disk) and set(pinned) < set(on_disk or ())
+        if dropping and fleet.narrow(name, pinned, cfg.admin_headers):
+            write_configs(model_dir, name, serving=pinned)
+            continue
+        write_configs(model_dir, name, serving=pinned)
         fleet.load_model(name, cfg.admin_headers)
 
 
@@ -256,7 +272,8 @@ def deploy(
         previous = current_version(cfg)
         if previous is not None:  # pin what serves, so a new candidate never serves by accident
             for name in SERVED_MODELS:
-                write_configs(repo / name, name, serving=[previous])
+                if serving_policy(repo / name) != [previous]:  # unchanged: Triton reloads nothing
+                    write_configs(repo / name, name, serving=[previous])
         if run_dir is not None:
             from export.repository import export_run  # TensorFlow: only when exporting
 
@@ -272,7 +289,6 @@ def deploy(
             warnings.append(f"version {version} is older than version {previous}, which served: "
                             f"a downgrade (to undo it, `rollback` serves {previous} "
                             f"again)")  # fmt: skip
-            log.warning(warnings[-1])
         gate = metric_gate(manifest, manifest_or_none(repo, previous), cfg.max_metric_drop,
                            force)  # fmt: skip
         swap_recorded(cfg, "deploy", previous, version)
@@ -296,8 +312,10 @@ def rollback(cfg: DeployConfig) -> DeployReport:
         recovered = recover(cfg)
         traffic_split.refuse_running(repo)
         current = current_version(cfg)
+        away_from = current  # the version rolled back from: serving, or pinned and broken
         if current is None:  # the pinned version is broken: back to the last healthy one
-            broken = set(serving_policy(repo / CATALOGUE_SCORER) or ())
+            broken = pinned_versions(repo)
+            away_from = max(broken, default=None)
             target = records.last_healthy(repo, exclude=broken)
             if target is None:
                 raise DeployError(
@@ -312,11 +330,16 @@ def rollback(cfg: DeployConfig) -> DeployReport:
         refuse_retired(repo, target, "roll back to")
         validate_version(repo, target)
         swap_recorded(cfg, "rollback", current, target)
-        records.record(repo, {"action": "rollback", "version": target, "previous": current,
+        records.record(repo, {"action": "rollback", "version": target, "previous": away_from,
                               "at": records.now(), "gate": "rollback: no gate"})  # fmt: skip
         records.done(repo)
-    return DeployReport("rollback", target, current, time.monotonic() - start, (), "rollback",
+    return DeployReport("rollback", target, away_from, time.monotonic() - start, (), "rollback",
                         recovered)  # fmt: skip
+
+
+def pinned_versions(repository: Path) -> set[int]:
+    """The versions any served model's configuration pins (a broken pin may differ by model)."""
+    return {v for name in SERVED_MODELS for v in serving_policy(repository / name) or ()}
 
 
 @dataclass(frozen=True)
@@ -335,7 +358,13 @@ def status(cfg: DeployConfig) -> tuple[list[VersionStatus], str]:
     interrupted swap left (returned as the second item, '' when nothing)."""
     repo = Path(cfg.repository)
     recovered = ""
-    if records.pending(repo) is not None:
+    try:
+        intent = records.pending(repo)
+    except records.RecordError as exc:  # say what was found; the rows show what to fix
+        intent, recovered = None, (f"{exc.__cause__ or exc}: nothing was repaired; the rows "
+                                   "below say what each model pins and what serves; delete "
+                                   "the file once that is what you want")  # fmt: skip
+    if intent is not None:
         with repository_lock(repo):
             recovered = recover(cfg)
     try:

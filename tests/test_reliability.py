@@ -283,7 +283,7 @@ def test_a_triton_whose_serving_version_is_broken_backs_off_and_a_repair_is_neve
         rows = {r.version: r for r in status(cfg)[0]}
         assert rows[3].pinned and not any(r.serving for r in rows.values())
         report = rollback(cfg)
-        assert (report.version, report.previous) == (2, None)
+        assert (report.version, report.previous) == (2, 3)  # rolled back from the broken 3
         pid, restarts = triton.process.pid, supervisor.restarts
         time.sleep(supervisor.start_timeout_s + 4)  # past that start's deadline
         assert triton.process.pid == pid and triton.process.poll() is None, "repaired, killed"
