@@ -114,7 +114,9 @@ def register(sub: argparse._SubParsersAction, fmt: type[argparse.HelpFormatter])
     )  # fmt: skip
     dp.add_argument("run_dir", type=Path, nargs="?", help="export this run first")
     dp.add_argument("--version", type=int, help="an already exported version")
-    dp.add_argument("--force", action="store_true", help="deploy despite a worse NDCG@10")
+    dp.add_argument("--force", action="store_true",
+                    help="deploy despite a worse NDCG@10; promote a canary without the "
+                         "watcher's healthy verdict (recorded as forced)")  # fmt: skip
     _keep(dp)
     dp.add_argument("--max-metric-drop", type=float, default=0.01, help="allowed NDCG@10 drop")
     _operations(dp)
