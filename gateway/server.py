@@ -121,25 +121,13 @@ class Gateway:
     def _on_change(self, tracker: VersionTracker) -> None:
         modes = mode_health(tracker)
         status = modes[self.config.scoring]
-        for name in ("", SERVICE_NAME):
-            asyncio.get_running_loop().create_task(self.health.set(name, status))
-        for mode, mode_status in modes.items():
-            asyncio.get_running_loop().create_task(
-                self.health.set(f"{SERVICE_NAME}/{mode}", mode_status)
-            )
+        named = {"": status, SERVICE_NAME: status,
+                 **{f"{SERVICE_NAME}/{mode}": s for mode, s in modes.items()}}  # fmt: skip
+        for service, service_status in named.items():
+            asyncio.get_running_loop().create_task(self.health.set(service, service_status))
         self.metrics.set_serving_version(tracker.current.version if tracker.current else 0)
         self.metrics.triton_up.set(1 if tracker.triton_up else 0)
-        name = health_pb2.HealthCheckResponse.ServingStatus.Name
-        current = tracker.current.version if tracker.current else None
-        extra = {"status": name(status), "version": current,
-                 "modes": {mode: name(s) for mode, s in modes.items()}}  # fmt: skip
-        if status != health_pb2.HealthCheckResponse.SERVING:
-            extra["reason"] = _why_not(tracker, self.config.scoring)
-        if tracker.not_ready(current):
-            extra["not_ready"] = list(tracker.not_ready(current))
-        if tracker.rollout_error:
-            extra["rollout_error"] = tracker.rollout_error
-        log.info("health", extra=extra)
+        log.info("health", extra=health_record(tracker, modes, self.config.scoring))
 
     async def start(self) -> None:
         for name in ("", SERVICE_NAME, *(f"{SERVICE_NAME}/{mode}" for mode in MODES)):
@@ -222,6 +210,22 @@ def mode_health(tracker: VersionTracker) -> dict[str, int]:
         except Unavailable:
             out[mode] = health_pb2.HealthCheckResponse.NOT_SERVING
     return out
+
+
+def health_record(tracker: VersionTracker, modes: dict[str, int], default: str) -> dict:
+    """The ``health`` log line's fields: the default mode's status, each mode's, why the
+    default is not served, the served version's models not ready, the rollout split's error."""
+    status_name = health_pb2.HealthCheckResponse.ServingStatus.Name
+    current = tracker.current.version if tracker.current else None
+    record = {"status": status_name(modes[default]), "version": current,
+              "modes": {mode: status_name(s) for mode, s in modes.items()}}  # fmt: skip
+    if modes[default] != health_pb2.HealthCheckResponse.SERVING:
+        record["reason"] = _why_not(tracker, default)
+    if tracker.not_ready(current):
+        record["not_ready"] = list(tracker.not_ready(current))
+    if tracker.rollout_error:
+        record["rollout_error"] = tracker.rollout_error
+    return record
 
 
 def _why_not(tracker: VersionTracker, mode: str) -> str:
