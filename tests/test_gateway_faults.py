@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import json
 import logging
 import time
 
@@ -25,7 +26,9 @@ from gateway.server import add_gateway_arguments, loop_lag_probe
 @pytest.fixture(scope="module")
 def faults(run_dir, tmp_path_factory):
     workdir = tmp_path_factory.mktemp("gateway_faults")
-    return workdir, scenarios.run_all(run_dir, workdir)
+    found = scenarios.run_all(run_dir, workdir)
+    print(json.dumps(found, indent=1, default=str))  # the measured rows (pytest -s)
+    return workdir, found
 
 
 def _row(faults, scenario: str) -> dict:
