@@ -135,7 +135,8 @@ def _routed(address: str, histories: list[list[str]], version: int, timeout_s=60
     raise RuntimeError(f"the gateway never answered with version {version}")
 
 
-def canary(ops: DeployConfig, address: str, histories: list[list[str]], requests: int) -> dict:
+def canary(ops: DeployConfig, address: str, histories: list[list[str]], requests: int,
+           ids_by_name: dict[str, str]) -> dict:  # fmt: skip
     rollout.start(ops, version=2, canary_percent=CANARY_PERCENT, force=True)
     _routed(address, histories, 2)
     running = traffic_split.read(ops.repository)
@@ -147,7 +148,9 @@ def canary(ops: DeployConfig, address: str, histories: list[list[str]], requests
         promoted = rollout.promote(ops, force=True)  # the benchmark watches no verdict
         tl.event("promoted")
         load.wait_for(load.ok + 500)
-    keys = {i: traffic_split.listener_key(None, histories[i]) for i in before}
+    # the gateways key a history by the artist ids its names resolve to (gateway/rollout.py)
+    keys = {i: traffic_split.listener_key(None, [ids_by_name[n] for n in histories[i]])
+            for i in before}  # fmt: skip
     hashed = {i for i, key in keys.items() if traffic_split.in_canary(running, key)}
     on_canary = {i for i, v in before.items() if v == {2}}
     observed = len(on_canary) / len(before) * 100
@@ -263,7 +266,13 @@ def main(argv: list[str] | None = None) -> int:
                 "concurrency": CONCURRENCY,
                 # onnxruntime intra-op threads of each Triton runner (export/python_model.py)
                 "ort_threads": os.environ.get("MUSICREC_ORT_THREADS", "0 (all cores)"),
-                "canary": canary(ops, address, histories, requests),
+                "canary": canary(
+                    ops,
+                    address,
+                    histories,
+                    requests,
+                    dict(zip(names, data.vocab.artist_ids, strict=True)),
+                ),
             }
             console.print(f"canary: {result['canary']['requests']} requests")
             # version 2 serves now; the broken 3 as a canary, then 4 as a shadow

@@ -78,7 +78,7 @@ def test_a_tampered_plays_file_is_not_served_and_status_names_it(run_dir, tmp_pa
         assert "version 2" in err.value.details and PLAYS in err.value.details
 
 
-def test_each_loaded_file_is_verified_and_an_unsealed_manifest_loads_with_a_warning(
+def test_each_loaded_file_is_verified_and_an_unsealed_manifest_loads_only_when_allowed(
     run_dir, tmp_path, caplog
 ):
     repo = tmp_path / "model_repository"
@@ -97,8 +97,10 @@ def test_each_loaded_file_is_verified_and_an_unsealed_manifest_loads_with_a_warn
     (directory / MANIFEST).write_text(json.dumps({k: v for k, v in manifest.items()
                                                   if k != "files"}))  # fmt: skip
     replace_plays(directory / PLAYS)
-    with caplog.at_level(logging.WARNING, logger="gateway.artifacts"):
-        assert ModelVersion.load(repo, 1, "cpu").version == 1  # an older export: unverified
+    with pytest.raises(ArtifactError, match="no file checksums"):  # dropping them is no bypass
+        ModelVersion.load(repo, 1, "cpu")
+    with caplog.at_level(logging.WARNING, logger="gateway.artifacts"):  # the explicit override
+        assert ModelVersion.load(repo, 1, "cpu", allow_unverified=True).version == 1
     assert "records no file checksums" in caplog.text
 
 
