@@ -55,6 +55,11 @@ def _recommend(client: RecommenderClient, args: argparse.Namespace) -> int:
     console.print(recommendation_table(rec, f"Top {len(rec.artists)} for {who}"))
     if rec.popularity_fallback:
         console.print("[yellow]no known artist in the history: most-listened artists shown[/]")
+    if rec.all_played:
+        console.print(
+            "[yellow]the listener plays almost the whole catalogue: fewer artists than "
+            "asked are left unplayed (--include-played ranks played ones too)[/]"
+        )
     if rec.unknown_artists:
         more = rec.unknown_artist_count - len(rec.unknown_artists)
         console.print(f"unknown to the model (ignored): {', '.join(rec.unknown_artists)}"

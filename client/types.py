@@ -82,6 +82,7 @@ class Recommendation:
     unknown_artists: list[str]  # distinct, at most the first 100
     scoring: str
     unknown_artist_count: int = 0  # distinct unknown items in all
+    all_played: bool = False  # the listener plays all but fewer than k artists: a short list
 
     def names(self) -> list[str]:
         return [a.name for a in self.artists]
@@ -96,6 +97,7 @@ class Recommendation:
             unknown_artists=list(r.unknown_artists),
             scoring=_MODE_NAMES.get(r.scoring, "popularity"),
             unknown_artist_count=r.unknown_artist_count or len(r.unknown_artists),
+            all_played=r.all_played,
         )
 
 

@@ -98,6 +98,7 @@ def test_a_version_whose_manifest_has_no_checksums_is_never_served(faults):
 def test_a_history_playing_the_whole_catalogue_is_explained(faults):
     row = _row(faults, "full_catalogue_history")
     assert row["explained"] and row["all_played"] and row["artists"] == 0
+    assert row["client_sees_all_played"]
 
 
 @pytest.mark.slow

@@ -296,8 +296,11 @@ def full_catalogue_history(bench: Bench) -> dict:
         reply = pb_grpc.RecommenderStub(channel).Recommend(request, timeout=30)
     explained = reply.all_played or reply.fallback != pb.FALLBACK_NONE
     fallback = pb.Fallback.Name(reply.fallback)
+    with RecommenderClient(bench.address) as client:  # the client library carries it too
+        client_sees = client.recommend(artist_ids=list(ids), k=10).all_played
     return {"explained": bool(explained), "artists": len(reply.artists),
-            "all_played": reply.all_played, "fallback": fallback}  # fmt: skip
+            "all_played": reply.all_played, "fallback": fallback,
+            "client_sees_all_played": client_sees}  # fmt: skip
 
 
 def listed_users(bench: Bench) -> dict:
