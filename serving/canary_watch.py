@@ -9,8 +9,12 @@ a gateway that missed polls has its increments counted when it answers again.
 It aborts (``serving/rollout.py``'s ``abort``) when the canary's error ratio exceeds the
 serving one's by ``max_error_gap``, or its p99 exceeds ``p99_ratio`` x the serving one's plus
 ``p99_slack_s`` (the margins of ``ops/alerts.yml``), once the canary has had ``min_requests``
-in the window (:func:`judge`). The canary's errors include the attempts it failed that the
-serving version answered again, which the clients never see. An unreadable split is aborted.
+in the window (:func:`judge`). On thin traffic a window's p99 is its slowest answer or two, so
+the latency breach must also be significant: more than 1% of the canary's answers slower than
+that limit, at confidence ``1 - latency_alpha`` (a one-sided binomial test); one stalled answer
+among 76 on busy cores is no breach, a canary slow on every answer is one after 30. The
+canary's errors include the attempts it failed that the serving version answered again, which
+the clients never see. An unreadable split is aborted.
 
 The verdict (:data:`VERDICTS`) is "healthy" only when the watch ran its time, every gateway
 answered the last poll and the canary had ``min_requests`` in the last window; otherwise, with
@@ -28,6 +32,8 @@ import time
 from collections import deque
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
+
+from scipy import stats
 
 from core import traffic_split
 from serving import gateway_metrics as gm
@@ -49,12 +55,15 @@ class WatchRules:
     p99_ratio: float = 1.5  # canary p99 above p99_ratio x serving p99 + p99_slack_s: abort
     p99_slack_s: float = 0.010
     min_requests: int = 30  # canary attempts in the window before any verdict
+    latency_alpha: float = 0.01  # a p99 breach must be significant at this level (see module)
 
     def __post_init__(self) -> None:
         if not (self.window_s > 0 and self.interval_s > 0 and self.min_requests >= 1):
             raise ValueError("window and interval must be positive, min_requests >= 1")
         if not (self.max_error_gap >= 0 and self.p99_ratio > 0 and self.p99_slack_s >= 0):
             raise ValueError("the error gap and p99 slack must be >= 0, the p99 ratio above 0")
+        if not 0 < self.latency_alpha < 1:
+            raise ValueError("latency_alpha must lie between 0 and 1")
 
 
 @dataclass(frozen=True)
@@ -122,10 +131,18 @@ def judge(canary: VersionFigures, serving: VersionFigures, rules: WatchRules) ->
     answered = canary.buckets.get(math.inf, 0.0)  # the canary's own answers, timed
     if c_p99 is not None and s_p99 is not None and answered >= rules.min_requests:
         limit = s_p99 * rules.p99_ratio + rules.p99_slack_s
-        if c_p99 > limit:
+        slow = gm.slower_than(limit, canary.buckets)
+        if c_p99 > limit and _significant(slow, answered, rules.latency_alpha):
             return (f"p99 {c_p99 * 1e3:.1f} ms against the serving version's "
-                    f"{s_p99 * 1e3:.1f} ms (limit {limit * 1e3:.1f} ms)")  # fmt: skip
+                    f"{s_p99 * 1e3:.1f} ms (limit {limit * 1e3:.1f} ms; {slow:.0f} of "
+                    f"{answered:.0f} answers slower)")  # fmt: skip
     return ""
+
+
+def _significant(slow: float, answered: float, alpha: float) -> bool:
+    """Whether ``slow`` of ``answered`` shows more than 1% slow answers at level ``alpha``."""
+    n, k = round(answered), round(slow)
+    return k > 0 and float(stats.binom.sf(k - 1, n, 0.01)) < alpha
 
 
 def conclude(canary: VersionFigures, answered: int, expected: int, rules: WatchRules) -> str:

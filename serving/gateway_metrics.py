@@ -123,6 +123,15 @@ def quantile(q: float, buckets: dict[float, float]) -> float | None:
     return prev_bound
 
 
+def slower_than(limit_s: float, buckets: dict[float, float]) -> float:
+    """How many of a histogram's observations certainly exceed ``limit_s`` (those above the
+    first bucket bound at or beyond it; 0 when the limit lies past the last finite bound)."""
+    bounds = [le for le in sorted(buckets) if le >= limit_s]
+    if not bounds or math.isinf(bounds[0]):
+        return 0.0
+    return buckets[max(buckets)] - buckets[bounds[0]]
+
+
 def _add(target: dict, key: float, value: float) -> None:
     target[key] = target.get(key, 0.0) + value
 

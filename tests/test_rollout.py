@@ -24,7 +24,7 @@ from loadtests.async_load import AsyncLoad
 from serving import canary_watch, rollout
 from serving.canary_watch import WatchRules, judge
 from serving.deploy import DeployConfig, DeployError
-from serving.gateway_metrics import VersionFigures, parse_metrics, quantile
+from serving.gateway_metrics import VersionFigures, parse_metrics, quantile, slower_than
 from serving.processes import free_port
 from serving.stack import StackConfig, serving_stack
 from training.run import load_run
@@ -96,6 +96,23 @@ def test_the_watcher_judges_error_ratio_and_p99_against_the_serving_version():
     assert "error ratio 50.0%" in judge(_figures(50, 50, 0.01, retried=50), serving, rules)
     assert "error ratio 100.0%" in judge(_figures(0, 40, 0.01, retried=40), serving, rules)
     assert "p99" in judge(_figures(100, 0, 0.25), serving, rules)
+    assert "100 of 100 answers slower" in judge(_figures(100, 0, 0.25), serving, rules)
+
+
+def _mixed(fast: int, slow: int) -> VersionFigures:
+    n = fast + slow
+    return VersionFigures(n, 0, 0, {0.01: fast, 0.025: fast, 0.25: n, math.inf: n})
+
+
+def test_a_p99_breach_on_thin_traffic_must_be_significant():
+    """CI aborted a healthy canary: 76 answers, so the window's p99 was its one stalled answer."""
+    rules, serving = WatchRules(min_requests=10), _figures(1000, 0, 0.01)
+    assert judge(_mixed(75, 1), serving, rules) == ""  # one stall: p99 is high, 1% is expected
+    assert judge(_mixed(74, 2), serving, rules) == ""
+    assert "5 of 76 answers slower" in judge(_mixed(71, 5), serving, rules)
+    assert "30 of 30" in judge(_mixed(0, 30), serving, rules)  # slow on every answer
+    assert slower_than(0.0249, {0.01: 2.0, 0.025: 3.0, math.inf: 9.0}) == 6.0
+    assert slower_than(0.3, {0.01: 2.0, 0.025: 3.0, math.inf: 9.0}) == 0.0  # past the last bound
     assert quantile(0.99, {0.01: 98.0, 0.02: 100.0, math.inf: 100.0}) == pytest.approx(0.015)
 
 
