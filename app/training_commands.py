@@ -25,7 +25,12 @@ def _train_config(args: argparse.Namespace) -> TrainConfig:
     }
     return TrainConfig(
         model=args.model,
-        data=DataConfig(args.data, args.min_user_artists, args.min_artist_users),
+        data=DataConfig(
+            args.data,
+            args.min_user_artists,
+            args.min_artist_users,
+            events=str(args.events) if args.events else None,
+        ),  # fmt: skip
         split=SplitConfig(seed=args.seed if args.seed is not None else 0),
         dnn=dataclasses.replace(DNNConfig(), **overrides),
     )
@@ -39,6 +44,11 @@ def train_and_save(cfg: TrainConfig, run_dir: Path) -> Path:
     ensure_generated(cfg.data.source, cfg.generator.seed)
     result = train_and_evaluate(cfg, progress=True)
     report = result.load_report
+    if "events" in report:
+        ev = report["events"]
+        console.print(f"event log: {ev['plays_added']:,} plays added ({ev['new_users']} new "
+                      f"users), {ev['skipped_unknown_artists']:,} skipped (artist unknown to "
+                      "the base data)")  # fmt: skip
     if report.get("malformed") or report.get("empty_fields"):
         console.print(f"[yellow]skipped rows[/]: {report['malformed']} malformed, "
                       f"{report['empty_fields']} with an empty user or artist")  # fmt: skip
@@ -133,6 +143,12 @@ def register(sub: argparse._SubParsersAction, fmt: type[argparse.HelpFormatter])
                    help="[hetrec:|spotify:|audioscrobbler:]PATH")  # fmt: skip
     t.add_argument("-m", "--model", choices=MODEL_NAMES, default="dnn")
     t.add_argument("--run-dir", type=Path, help="default: runs/<model>-<time>")
+    t.add_argument(
+        "--events",
+        type=Path,
+        metavar="DIR",
+        help="also learn the plays in a gateway's event log (its --events DIR)",
+    )
     t.add_argument("--min-user-artists", type=int, default=1)
     t.add_argument("--min-artist-users", type=int, default=1)
     t.add_argument("--max-epochs", type=int, help="dnn: epoch limit (early stopping applies)")

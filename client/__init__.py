@@ -2,15 +2,18 @@
 and the ``musicrec-client`` command. Imports nothing of the project but the generated API
 (``musicrec``), so other services can vendor it alone.
 
-from client import RecommenderClient
+from client import FeedbackEvent, RecommenderClient
 with RecommenderClient("127.0.0.1:50051") as rec:
-    print(rec.recommend(artists=["Radiohead", "Coldplay"], k=5).names())
+    answer = rec.recommend(artists=["Radiohead", "Coldplay"], k=5)
+    rec.feedback(answer.recommendation_id, [FeedbackEvent("played", answer.artists[0].id)])
 """
 
 from client._client import AsyncRecommenderClient, RecommenderClient
 from client.types import (
     Artist,
+    Attribution,
     Credentials,
+    FeedbackEvent,
     Recommendation,
     RecommenderError,
     ServingInfo,
@@ -21,7 +24,9 @@ from client.types import (
 __all__ = [
     "Artist",
     "AsyncRecommenderClient",
+    "Attribution",
     "Credentials",
+    "FeedbackEvent",
     "Recommendation",
     "RecommenderClient",
     "RecommenderError",

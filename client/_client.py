@@ -20,7 +20,9 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from client.types import (
     SCORING_MODES,
+    Attribution,
     Credentials,
+    FeedbackEvent,
     Recommendation,
     RecommenderError,
     ServingInfo,
@@ -97,6 +99,24 @@ def similar_users_request(
     return pb.SimilarUsersRequest(**_listener(user_id, artists, artist_ids), n=n)
 
 
+MAX_FEEDBACK_EVENTS = 500
+
+
+def feedback_request(recommendation_id: str, events: Sequence[FeedbackEvent]) -> pb.FeedbackRequest:
+    """Build and check a Feedback request (1..500 events for one answer's id)."""
+    if not recommendation_id:
+        raise ValueError("recommendation_id is empty: the answer came from a gateway without "
+                         "Feedback")  # fmt: skip
+    if not 1 <= len(events) <= MAX_FEEDBACK_EVENTS:
+        raise ValueError(f"give 1..{MAX_FEEDBACK_EVENTS} events, got {len(events)}")
+    return pb.FeedbackRequest(recommendation_id=recommendation_id,
+                              events=[e.to_proto() for e in events])  # fmt: skip
+
+
+def _attributions(reply: pb.FeedbackResponse) -> list[Attribution]:
+    return [Attribution.from_proto(a) for a in reply.attributions]
+
+
 def _status_name(reply: health_pb2.HealthCheckResponse) -> str:
     return health_pb2.HealthCheckResponse.ServingStatus.Name(reply.status)
 
@@ -153,6 +173,15 @@ class RecommenderClient:
         reply = self._call(self._stub.SimilarUsers, request, timeout_s, request_id)
         return SimilarUsers.from_proto(reply)
 
+    def feedback(self, recommendation_id: str, events: Sequence[FeedbackEvent], *,
+                 timeout_s: float | None = None,
+                 request_id: str | None = None) -> list[Attribution]:  # fmt: skip
+        """Tell the gateway what the listener did with an answer (``Recommendation
+        .recommendation_id``); returns where each event was credited. NOT_FOUND: the id is
+        unknown or expired; INVALID_ARGUMENT: an artist not in that answer (nothing recorded)."""
+        request = feedback_request(recommendation_id, events)
+        return _attributions(self._call(self._stub.Feedback, request, timeout_s, request_id))
+
     def serving_info(self, timeout_s: float | None = None) -> ServingInfo:
         """The model version the gateway answers with now (0: none yet)."""
         reply = self._call(self._stub.ServingInfo, pb.ServingInfoRequest(), timeout_s)
@@ -207,6 +236,14 @@ class AsyncRecommenderClient:
         request = similar_users_request(user_id, artists, **options)
         reply = await self._call(self._stub.SimilarUsers, request, timeout_s, request_id)
         return SimilarUsers.from_proto(reply)
+
+    async def feedback(self, recommendation_id: str, events: Sequence[FeedbackEvent], *,
+                       timeout_s: float | None = None,
+                       request_id: str | None = None) -> list[Attribution]:  # fmt: skip
+        """See :meth:`RecommenderClient.feedback`."""
+        request = feedback_request(recommendation_id, events)
+        reply = await self._call(self._stub.Feedback, request, timeout_s, request_id)
+        return _attributions(reply)
 
     async def serving_info(self, timeout_s: float | None = None) -> ServingInfo:
         """See :meth:`RecommenderClient.serving_info`."""

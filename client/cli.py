@@ -2,6 +2,7 @@
 
 musicrec-client recommend --artists "Radiohead, Coldplay" -k 5
 musicrec-client recommend --user 2
+musicrec-client feedback 3f2a... --played "a12,a7" --skipped a3   # what the listener did
 musicrec-client similar-users --user 2 -n 5
 musicrec-client health          # exit 0 only when SERVING (usable as a health check)
 musicrec-client info            # the model version it serves, as JSON
@@ -21,7 +22,15 @@ from rich.console import Console
 from rich.table import Table
 
 from client._client import DEFAULT_ADDRESS, RecommenderClient
-from client.types import SCORING_MODES, Credentials, Recommendation, RecommenderError, SimilarUsers
+from client.types import (
+    FEEDBACK_ACTIONS,
+    SCORING_MODES,
+    Credentials,
+    FeedbackEvent,
+    Recommendation,
+    RecommenderError,
+    SimilarUsers,
+)
 
 console = Console()
 
@@ -53,6 +62,8 @@ def _recommend(client: RecommenderClient, args: argparse.Namespace) -> int:
         return 0
     who = f"user {args.user}" if args.user else "a listener of " + (args.artists or args.artist_ids)
     console.print(recommendation_table(rec, f"Top {len(rec.artists)} for {who}"))
+    if rec.recommendation_id:
+        console.print(f"recommendation id (for feedback): {rec.recommendation_id}")
     if rec.popularity_fallback:
         console.print("[yellow]no known artist in the history: most-listened artists shown[/]")
     if rec.all_played:
@@ -64,6 +75,30 @@ def _recommend(client: RecommenderClient, args: argparse.Namespace) -> int:
         more = rec.unknown_artist_count - len(rec.unknown_artists)
         console.print(f"unknown to the model (ignored): {', '.join(rec.unknown_artists)}"
                       + (f" and {more} more" if more > 0 else ""))  # fmt: skip
+    return 0
+
+
+def feedback_events(args: argparse.Namespace) -> list[FeedbackEvent]:
+    """One event per artist of ``--played``, ``--skipped``... (ids, or names with --by-name)."""
+    key = "name" if args.by_name else "artist_id"
+    events = []
+    for action in FEEDBACK_ACTIONS:
+        for artist in _names(getattr(args, action)) or ():
+            plays = args.plays if action == "played" else None
+            events.append(FeedbackEvent(action, **{key: artist}, play_count=plays))
+    if not events:
+        raise ValueError("name at least one artist: --played, --skipped, --saved or --dismissed")
+    return events
+
+
+def _feedback(client: RecommenderClient, args: argparse.Namespace) -> int:
+    credits = client.feedback(args.recommendation_id, feedback_events(args))
+    if args.json:
+        print(json.dumps([asdict(c) for c in credits], indent=2))
+        return 0
+    for c in credits:
+        team = f", team {c.team}" if c.team else ""
+        console.print(f"{c.artist_id}: rank {c.rank}, credited to version {c.model_version}{team}")
     return 0
 
 
@@ -145,6 +180,18 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--strict", action="store_true", help="error instead of popularity fallback")
     r.add_argument("--include-played", action="store_true", help="keep already-played artists")
     r.set_defaults(func=_recommend)
+
+    f = sub.add_parser("feedback", help="what a listener did with an answer (by its id)",
+                       formatter_class=fmt)  # fmt: skip
+    f.add_argument("recommendation_id", help="the answer's recommendation id")
+    short = {"played": "-P", "skipped": "-S", "saved": "-V", "dismissed": "-D"}
+    for action in FEEDBACK_ACTIONS:
+        flags = [short[action]] if action in short else []
+        f.add_argument(*flags, f"--{action}", help=f"comma-separated artists {action}")
+    f.add_argument("-n", "--by-name", action="store_true", help="artists are names, not ids")
+    f.add_argument("--plays", type=float, help="play count of each played artist (unset: 1)")
+    f.add_argument("--json", action="store_true", help="print JSON instead of lines")
+    f.set_defaults(func=_feedback)
 
     s = sub.add_parser("similar-users", help="most similar known users", formatter_class=fmt)
     listener(s)

@@ -83,6 +83,7 @@ class Recommendation:
     scoring: str
     unknown_artist_count: int = 0  # distinct unknown items in all
     all_played: bool = False  # the listener plays all but fewer than k artists: a short list
+    recommendation_id: str = ""  # what Feedback names this answer by ("" from an old gateway)
 
     def names(self) -> list[str]:
         return [a.name for a in self.artists]
@@ -98,6 +99,7 @@ class Recommendation:
             scoring=_MODE_NAMES.get(r.scoring, "popularity"),
             unknown_artist_count=r.unknown_artist_count or len(r.unknown_artists),
             all_played=r.all_played,
+            recommendation_id=r.recommendation_id,
         )
 
 
@@ -134,3 +136,53 @@ class SimilarUsers:
             list(r.unknown_artists),
             r.unknown_artist_count or len(r.unknown_artists),
         )
+
+
+_ACTION_PREFIX = "FEEDBACK_ACTION_"
+# Feedback actions by name, as the generated API defines them ("played" -> enum value).
+FEEDBACK_ACTIONS: dict[str, int] = {
+    name.removeprefix(_ACTION_PREFIX).lower(): value
+    for name, value in pb.FeedbackAction.items()
+    if value != pb.FEEDBACK_ACTION_UNSPECIFIED
+}
+
+
+@dataclass(frozen=True)
+class FeedbackEvent:
+    """What a listener did with one served artist, given by ``artist_id`` or ``name``;
+    ``action`` one of :data:`FEEDBACK_ACTIONS` (played, skipped, saved, dismissed);
+    ``play_count`` for PLAYED (None: 1)."""
+
+    action: str = "played"
+    artist_id: str | None = None
+    name: str | None = None
+    play_count: float | None = None
+
+    def __post_init__(self) -> None:
+        if (self.artist_id is None) == (self.name is None):
+            raise ValueError("give either artist_id or name")
+        if self.action not in FEEDBACK_ACTIONS:
+            raise ValueError(f"action must be one of {', '.join(FEEDBACK_ACTIONS)}, "
+                             f"got {self.action!r}")  # fmt: skip
+        if self.play_count is not None and not self.play_count > 0:
+            raise ValueError(f"play_count must be > 0, got {self.play_count}")
+
+    def to_proto(self) -> pb.FeedbackEvent:
+        artist = {"id": self.artist_id} if self.artist_id is not None else {"name": self.name}
+        return pb.FeedbackEvent(**artist, action=FEEDBACK_ACTIONS[self.action],
+                                play_count=self.play_count)  # fmt: skip
+
+
+@dataclass(frozen=True)
+class Attribution:
+    """Where the gateway credited an event: the version (and interleaving team, "" when not
+    interleaved) that placed the artist, at 1-based ``rank``."""
+
+    artist_id: str
+    model_version: int
+    rank: int
+    team: str = ""
+
+    @classmethod
+    def from_proto(cls, a: pb.Attribution) -> Attribution:
+        return cls(a.artist_id, a.model_version, a.rank, a.team)

@@ -67,6 +67,20 @@ class GatewayConfig:
     # How long a worker thread (a long history's checks and stage 1) may hold the GIL before
     # the event loop gets it back (sys.setswitchinterval; Python's default is 5 ms)
     switch_interval_s: float = 0.001
+    # Feedback (gateway/feedback.py): served lists kept under their recommendation_id, at most
+    # this many (the oldest out first: ~1.2 KB each at k = 10, so ~120 MB at the default) and
+    # for this long (a listener's plays come within minutes of the answer)
+    feedback_max_entries: int = 100_000
+    feedback_ttl_s: float = 3600.0
+    # The event log (gateway/event_log.py): impressions and feedback into SQLite segments in
+    # this directory (None: off); committed every events_flush_s (what a SIGKILL can lose), at
+    # most events_queue waiting (more are dropped, counted), a new segment past
+    # events_segment_rows rows, the oldest deleted beyond events_max_segments
+    events: Path | None = None
+    events_flush_s: float = 1.0
+    events_queue: int = 50_000
+    events_segment_rows: int = 200_000
+    events_max_segments: int = 20
 
     def __post_init__(self) -> None:
         if (self.tls_cert_file is None) != (self.tls_key_file is None):
@@ -112,8 +126,17 @@ class GatewayConfig:
             raise ValueError("switch_interval_s must be > 0")
         if self.loop_probe_s < 0 or self.loop_probe_window_s <= 0:
             raise ValueError("loop_probe_s must be >= 0 (0: off), loop_probe_window_s > 0")
+        self._check_feedback()
         if self.triton_timeout_s <= 0 or self.poll_interval_s <= 0:
             raise ValueError("timeouts and intervals must be positive")
+
+    def _check_feedback(self) -> None:
+        for name in ("feedback_max_entries", "events_queue", "events_segment_rows",
+                     "events_max_segments"):  # fmt: skip
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1")
+        if self.feedback_ttl_s <= 0 or self.events_flush_s <= 0:
+            raise ValueError("feedback_ttl_s and events_flush_s must be > 0")
 
     @property
     def address(self) -> str:

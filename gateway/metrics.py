@@ -196,8 +196,73 @@ class GatewayMetrics:
             "(code on the loop), in the last two windows", registry=r,
             multiprocess_mode="livemax",
         )  # fmt: skip
+        self._feedback_metrics(r)
         self.serving = 0  # the version the gateway serves (0: none), the label of early errors
         self._stages: dict[str, Any] = {}
+
+    def _feedback_metrics(self, r: CollectorRegistry) -> None:
+        """Online quality (``gateway/feedback.py``) and the event log (``gateway/event_log.py``);
+        the names are read by the canary watcher: keep them."""
+        self.impressions = Counter("musicrec_gateway_impressions",
+                                   "Lists served with a recommendation_id, by version",
+                                   ["version"], registry=r)  # fmt: skip
+        self.impression_hits = Counter(
+            "musicrec_gateway_impression_hits",
+            "Impressions with at least one PLAYED artist (counted once, at the first play)",
+            ["version"], registry=r,
+        )  # fmt: skip
+        self.feedback_events = Counter(
+            "musicrec_gateway_feedback_events",
+            "Feedback events by the version that placed the artist and action",
+            ["version", "action"], registry=r,
+        )  # fmt: skip
+        # a summary: its _sum is the sum of 1/rank, its _count the hits
+        self.first_play_rank = Summary(
+            "musicrec_gateway_first_play_reciprocal_rank",
+            "Reciprocal rank of each impression's first played artist (sum / impressions: MRR)",
+            ["version"], registry=r,
+        )  # fmt: skip
+        self.feedback_unattributed = Counter(
+            "musicrec_gateway_feedback_unattributed",
+            "Feedback events not credited: unknown_id, expired, not_served, invalid",
+            ["reason"], registry=r,
+        )  # fmt: skip
+        self.impression_store_entries = Gauge(
+            "musicrec_gateway_impression_store_entries",
+            "Served lists kept for feedback", registry=r, multiprocess_mode="livesum",
+        )  # fmt: skip
+        self.events_written = Counter("musicrec_gateway_events_written",
+                                      "Event-log rows committed, by table", ["table"],
+                                      registry=r)  # fmt: skip
+        self.events_dropped = Counter(
+            "musicrec_gateway_events_dropped",
+            "Event-log rows dropped: queue_full, write_error (a full disk, an unwritable "
+            "directory), writer_down, writer_died, shutdown", ["reason"], registry=r,
+        )  # fmt: skip
+        self.events_writer_up = Gauge(
+            "musicrec_gateway_events_writer_up",
+            "1 while the event log's writer thread runs and its last write succeeded",
+            registry=r, multiprocess_mode="livemin",
+        )  # fmt: skip
+        self.events_flush_seconds = Histogram("musicrec_gateway_events_flush_seconds",
+                                              "Time of one event-log commit", buckets=_BUCKETS,
+                                              registry=r)  # fmt: skip
+
+    def impression(self, version: int, stored: int) -> None:
+        """A list served with an id by ``version``; the store holds ``stored`` lists."""
+        self.impressions.labels(_label(version)).inc()
+        self.impression_store_entries.set(stored)
+
+    def feedback_event(self, version: int, action: str) -> None:
+        self.feedback_events.labels(_label(version), action).inc()
+
+    def first_play(self, version: int, rank: int) -> None:
+        """An impression of ``version`` got its first play, at 1-based ``rank``."""
+        self.impression_hits.labels(_label(version)).inc()
+        self.first_play_rank.labels(_label(version)).observe(1.0 / rank)
+
+    def unattributed(self, reason: str, events: int = 1) -> None:
+        self.feedback_unattributed.labels(reason).inc(events)
 
     def stage(self, name: str) -> Any:
         """A context manager timing one stage of a request."""

@@ -35,6 +35,8 @@ from gateway.auth import TokenAuth, read_token, server_credentials
 from gateway.coalescing import CoalescingInference
 from gateway.config import GatewayConfig, add_arguments, from_arguments
 from gateway.errors import GatewayError, Unavailable
+from gateway.event_log import EventLog
+from gateway.feedback import FeedbackService, ImpressionStore
 from gateway.metrics import GatewayMetrics, ObservingInterceptor
 from gateway.modes import mode_scorers
 from gateway.overload import LoadShedder
@@ -92,8 +94,13 @@ class Gateway:
                                       shadow_limit=config.shadow_max_in_flight,
                                       triton_timeout_s=config.triton_timeout_s,
                                       known_cache=config.known_user_cache)  # fmt: skip
+        self.event_log = event_log(config, self.metrics)
+        self.feedback = FeedbackService(
+            ImpressionStore(config.feedback_max_entries, config.feedback_ttl_s), self.metrics,
+            self.event_log,
+        )  # fmt: skip
         pb_grpc.add_RecommenderServicer_to_server(
-            RecommenderServicer(self.service, config), self.server
+            RecommenderServicer(self.service, config, self.feedback), self.server
         )
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
         reflection.enable_server_reflection(
@@ -130,6 +137,8 @@ class Gateway:
         log.info("health", extra=health_record(tracker, modes, self.config.scoring))
 
     async def start(self) -> None:
+        if self.event_log is not None:
+            self.event_log.start()
         for name in ("", SERVICE_NAME, *(f"{SERVICE_NAME}/{mode}" for mode in MODES)):
             await self.health.set(name, health_pb2.HealthCheckResponse.NOT_SERVING)
         if self.config.metrics_port:
@@ -167,6 +176,17 @@ class Gateway:
                 with contextlib.suppress(asyncio.CancelledError):
                     await task
         await self.triton.close()
+        if self.event_log is not None:  # commits what waits (a few ms), off the loop
+            await asyncio.to_thread(self.event_log.close)
+
+
+def event_log(config: GatewayConfig, metrics: GatewayMetrics) -> EventLog | None:
+    """The event log ``--events DIR`` asks for (None: off)."""
+    if config.events is None:
+        return None
+    return EventLog(config.events, metrics, flush_s=config.events_flush_s,
+                    queue_max=config.events_queue, segment_rows=config.events_segment_rows,
+                    max_segments=config.events_max_segments)  # fmt: skip
 
 
 async def supervised(name: str, run: Callable[[], Awaitable[None]], *,

@@ -1,5 +1,8 @@
 """The ``musicrec.v1.Recommender`` servicer: validate, call the service, translate errors.
 
+Each Recommend answer gets a ``recommendation_id`` and is kept for ``Feedback``
+(``gateway/feedback.py``), which is answered on the event loop without a model call.
+
 Every bad field is an INVALID_ARGUMENT naming the field; no bad input reaches INTERNAL. A long
 history (more than ``INLINE_HISTORY`` items, up to 10,000 / 4 MiB) is checked in a worker
 thread, so its per-item checks never stall the event loop (health checks, other requests).
@@ -8,6 +11,7 @@ thread, so its per-item checks never stall the event loop (health checks, other 
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import logging
 import math
 import re
@@ -20,6 +24,14 @@ from core.modes import MODES
 from gateway.artifacts import ArtistRef
 from gateway.config import GatewayConfig
 from gateway.errors import GatewayError, InvalidArgument
+from gateway.feedback import (
+    ACTIONS,
+    Event,
+    FeedbackService,
+    ImpressionStore,
+    check_events,
+    new_recommendation_id,
+)
 from gateway.recommender import (
     INLINE_HISTORY,
     Deadline,
@@ -123,8 +135,9 @@ def _users(users: list[Neighbour]) -> list[pb.SimilarUser]:
     return [pb.SimilarUser(user_id=u.user_id, similarity=u.similarity) for u in users]
 
 
-def to_response(result: RecommendResult) -> pb.RecommendResponse:
+def to_response(result: RecommendResult, rec_id: str = "") -> pb.RecommendResponse:
     return pb.RecommendResponse(
+        recommendation_id=rec_id,
         artists=[pb.ScoredArtist(id=a.id, name=a.name, score=a.score) for a in result.artists],
         model_version=result.version,
         similar_users=_users(result.similar_users),
@@ -134,6 +147,50 @@ def to_response(result: RecommendResult) -> pb.RecommendResponse:
         scoring=ENUM_BY_MODE.get(result.mode, pb.SCORING_MODE_UNSPECIFIED),
         all_played=result.all_played,
     )
+
+
+# FeedbackAction enum values by the action names of gateway/feedback.py
+ACTION_BY_ENUM = {pb.FeedbackAction.Value(f"FEEDBACK_ACTION_{a.upper()}"): a for a in ACTIONS}
+
+
+def parse_feedback(request: pb.FeedbackRequest) -> tuple[str, list[Event]]:
+    """Validate a ``FeedbackRequest``: its id and :class:`Event` s (the error names the field)."""
+    rec_id = request.recommendation_id
+    if not rec_id:
+        raise InvalidArgument("recommendation_id must be set (RecommendResponse's)")
+    if len(rec_id) > 64 or not rec_id.isascii():
+        raise InvalidArgument("recommendation_id is not one this gateway gives")
+    check_events(len(request.events))
+    return rec_id, [_event(i, e) for i, e in enumerate(request.events)]
+
+
+def _event(i: int, event: pb.FeedbackEvent) -> Event:
+    action = ACTION_BY_ENUM.get(event.action)
+    if action is None:
+        names = ", ".join(a.upper() for a in ACTIONS)
+        raise InvalidArgument(f"events[{i}].action must be one of {names}, got {event.action}")
+    key = event.WhichOneof("artist")
+    if key is None:
+        raise InvalidArgument(f"events[{i}]: set id or name")
+    value = getattr(event, key)
+    if not _plain(value):
+        value = _text(f"events[{i}].{key}", value)
+    plays = event.play_count if event.HasField("play_count") else 1.0
+    if not (math.isfinite(plays) and plays > 0):
+        raise InvalidArgument(f"events[{i}].play_count must be finite and > 0, got {plays}")
+    return Event(action, **{"artist_id" if key == "id" else "name": value}, play_count=plays)
+
+
+def listener_log_key(listener: Listener) -> str:
+    """The listener as the event log records them: ``user:<id>`` for a known user, else
+    ``history:`` and a hash of the history's distinct case-folded artists (the split's key,
+    ``core.traffic_split.listener_key``, hashed so a long history stays short)."""
+    if listener.user_id is not None:
+        return "user:" + listener.user_id
+    items = sorted({(a.id if a.id is not None else a.name or "").casefold()
+                    for a in listener.history or ()})  # fmt: skip
+    digest = hashlib.blake2b("\x1f".join(items).encode(), digest_size=16).hexdigest()
+    return "history:" + digest
 
 
 def _long(request: pb.RecommendRequest | pb.SimilarUsersRequest) -> bool:
@@ -146,9 +203,13 @@ def _long(request: pb.RecommendRequest | pb.SimilarUsersRequest) -> bool:
 class RecommenderServicer(pb_grpc.RecommenderServicer):
     """gRPC face of :class:`RecommendationService`."""
 
-    def __init__(self, service: RecommendationService, config: GatewayConfig) -> None:
+    def __init__(self, service: RecommendationService, config: GatewayConfig,
+                 feedback: FeedbackService | None = None) -> None:  # fmt: skip
         self.service = service
         self.config = config
+        self.feedback = feedback or FeedbackService(
+            ImpressionStore(config.feedback_max_entries, config.feedback_ttl_s), service.metrics
+        )
 
     async def Recommend(  # gRPC method name
         self, request: pb.RecommendRequest, context: grpc.aio.ServicerContext
@@ -162,12 +223,46 @@ class RecommenderServicer(pb_grpc.RecommenderServicer):
             result = await self.service.recommend(query, deadline)
             self.service.metrics.served_by(result.version, result.fallback)
             with self.service.metrics.stage("response"):
-                return to_response(result)
+                return to_response(result, await self._served(query, result, _long(request)))
         except GatewayError as exc:
             await context.abort(exc.code, str(exc))
         except Exception:
             log.exception("Recommend failed")
             await context.abort(grpc.StatusCode.INTERNAL, "internal error; see the gateway log")
+
+    async def _served(self, query: Query, result: RecommendResult, long: bool) -> str:
+        """Keep the answer for Feedback under a fresh id (the listener's key only when an
+        event log records it; a long history's hashed off the loop)."""
+        rec_id = new_recommendation_id()
+        listener = ""
+        if self.feedback.logs_listeners:
+            if long:
+                listener = await asyncio.to_thread(listener_log_key, query.listener)
+            else:
+                listener = listener_log_key(query.listener)
+        self.feedback.served(rec_id, result.version, [(a.id, a.name) for a in result.artists],
+                             result.mode, listener=listener)  # fmt: skip
+        return rec_id
+
+    async def Feedback(  # gRPC method name
+        self, request: pb.FeedbackRequest, context: grpc.aio.ServicerContext
+    ) -> pb.FeedbackResponse:
+        try:
+            try:
+                rec_id, events = parse_feedback(request)
+            except InvalidArgument:
+                self.service.metrics.unattributed("invalid", max(1, len(request.events)))
+                raise
+            credits = self.feedback.feedback(rec_id, events)
+        except GatewayError as exc:
+            await context.abort(exc.code, str(exc))
+        except Exception:
+            log.exception("Feedback failed")
+            await context.abort(grpc.StatusCode.INTERNAL, "internal error; see the gateway log")
+        return pb.FeedbackResponse(attributions=[
+            pb.Attribution(artist_id=c.artist_id, model_version=c.version, rank=c.rank,
+                           team=c.team) for c in credits
+        ])  # fmt: skip
 
     async def ServingInfo(  # gRPC method name
         self, request: pb.ServingInfoRequest, context: grpc.aio.ServicerContext

@@ -21,6 +21,9 @@ class DataConfig:
     source: str = str(DEFAULT_GENERATED_CSV)  # "[hetrec:|spotify:|audioscrobbler:]path"
     min_user_artists: int = 1
     min_artist_users: int = 1
+    # The gateway's event log (``--events DIR``): its PLAYED events are added as plays
+    # (training/data/events.py) before the filters and the split; None: the base data alone
+    events: str | None = None
 
     def __post_init__(self) -> None:
         if self.min_user_artists < 1 or self.min_artist_users < 1:

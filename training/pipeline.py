@@ -5,11 +5,13 @@ from __future__ import annotations
 import logging
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from core.als_factors import AlsFactors
 from core.console import step
 from training.config import DataConfig, TrainConfig
 from training.data import Interactions, filter_min_counts, load_dataset
+from training.data.events import merge_events
 from training.evaluation import evaluate_known_users, evaluate_new_users
 from training.models import BASELINES, DNNRecommender, Recommender, SeedRecommender
 from training.models.als import fit_als_factors
@@ -39,8 +41,11 @@ class TrainResult:
 
 
 def prepare_data(cfg: DataConfig, *, progress: bool = False) -> tuple[Interactions, dict]:
-    """Load the configured source and apply the minimum-count filters."""
+    """Load the configured source (and the event log's plays, with ``cfg.events``) and apply
+    the minimum-count filters."""
     data, report = load_dataset(cfg.source, progress=progress)
+    if cfg.events is not None:
+        data, report["events"] = merge_events(data, Path(cfg.events))
     data = filter_min_counts(
         data, min_user_artists=cfg.min_user_artists, min_artist_users=cfg.min_artist_users
     )

@@ -24,17 +24,19 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1dmusicrec/v1/recommender.proto\x12\x0bmusicrec.v1\"C\n\nArtistPlay\x12\x0c\n\x02id\x18\x01 \x01(\tH\x00\x12\x0e\n\x04name\x18\x02 \x01(\tH\x00\x12\r\n\x05plays\x18\x03 \x01(\x02\x42\x08\n\x06\x61rtist\"1\n\x07History\x12&\n\x05items\x18\x01 \x03(\x0b\x32\x17.musicrec.v1.ArtistPlay\"\xe4\x01\n\x10RecommendRequest\x12\x11\n\x07user_id\x18\x01 \x01(\tH\x00\x12\'\n\x07history\x18\x02 \x01(\x0b\x32\x14.musicrec.v1.HistoryH\x00\x12\t\n\x01k\x18\x03 \x01(\r\x12\x1b\n\x0e\x65xclude_played\x18\x04 \x01(\x08H\x01\x88\x01\x01\x12\x0e\n\x06strict\x18\x05 \x01(\x08\x12)\n\x07scoring\x18\x06 \x01(\x0e\x32\x18.musicrec.v1.ScoringMode\x12\x12\n\nneighbours\x18\x07 \x01(\rB\n\n\x08listenerB\x11\n\x0f_exclude_played\"7\n\x0cScoredArtist\x12\n\n\x02id\x18\x01 \x01(\t\x12\x0c\n\x04name\x18\x02 \x01(\t\x12\r\n\x05score\x18\x03 \x01(\x02\"2\n\x0bSimilarUser\x12\x0f\n\x07user_id\x18\x01 \x01(\t\x12\x12\n\nsimilarity\x18\x02 \x01(\x02\"\xa6\x02\n\x11RecommendResponse\x12*\n\x07\x61rtists\x18\x01 \x03(\x0b\x32\x19.musicrec.v1.ScoredArtist\x12\x15\n\rmodel_version\x18\x02 \x01(\x03\x12/\n\rsimilar_users\x18\x03 \x03(\x0b\x32\x18.musicrec.v1.SimilarUser\x12\'\n\x08\x66\x61llback\x18\x04 \x01(\x0e\x32\x15.musicrec.v1.Fallback\x12\x17\n\x0funknown_artists\x18\x05 \x03(\t\x12)\n\x07scoring\x18\x06 \x01(\x0e\x32\x18.musicrec.v1.ScoringMode\x12\x1c\n\x14unknown_artist_count\x18\x07 \x01(\r\x12\x12\n\nall_played\x18\x08 \x01(\x08\"h\n\x13SimilarUsersRequest\x12\x11\n\x07user_id\x18\x01 \x01(\tH\x00\x12\'\n\x07history\x18\x02 \x01(\x0b\x32\x14.musicrec.v1.HistoryH\x00\x12\t\n\x01n\x18\x03 \x01(\rB\n\n\x08listener\"\x8d\x01\n\x14SimilarUsersResponse\x12\'\n\x05users\x18\x01 \x03(\x0b\x32\x18.musicrec.v1.SimilarUser\x12\x15\n\rmodel_version\x18\x02 \x01(\x03\x12\x17\n\x0funknown_artists\x18\x03 \x03(\t\x12\x1c\n\x14unknown_artist_count\x18\x04 \x01(\r\"\x14\n\x12ServingInfoRequest\"\xb7\x01\n\x13ServingInfoResponse\x12\x15\n\rmodel_version\x18\x01 \x01(\x03\x12\x11\n\ttriton_up\x18\x02 \x01(\x08\x12\r\n\x05users\x18\x03 \x01(\x03\x12\x0f\n\x07\x61rtists\x18\x04 \x01(\x03\x12\x0f\n\x07\x63reated\x18\x05 \x01(\t\x12\x12\n\nsource_run\x18\x06 \x01(\t\x12\x31\n\x0f\x64\x65\x66\x61ult_scoring\x18\x07 \x01(\x0e\x32\x18.musicrec.v1.ScoringMode*\x99\x01\n\x0bScoringMode\x12\x1c\n\x18SCORING_MODE_UNSPECIFIED\x10\x00\x12\x1c\n\x18SCORING_MODE_ALL_ARTISTS\x10\x01\x12\x19\n\x15SCORING_MODE_PAIRWISE\x10\x02\x12\x1a\n\x16SCORING_MODE_TWO_STAGE\x10\x03\x12\x17\n\x13SCORING_MODE_RANKED\x10\x04*6\n\x08\x46\x61llback\x12\x11\n\rFALLBACK_NONE\x10\x00\x12\x17\n\x13\x46\x41LLBACK_POPULARITY\x10\x01\x32\x80\x02\n\x0bRecommender\x12J\n\tRecommend\x12\x1d.musicrec.v1.RecommendRequest\x1a\x1e.musicrec.v1.RecommendResponse\x12S\n\x0cSimilarUsers\x12 .musicrec.v1.SimilarUsersRequest\x1a!.musicrec.v1.SimilarUsersResponse\x12P\n\x0bServingInfo\x12\x1f.musicrec.v1.ServingInfoRequest\x1a .musicrec.v1.ServingInfoResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1dmusicrec/v1/recommender.proto\x12\x0bmusicrec.v1\"C\n\nArtistPlay\x12\x0c\n\x02id\x18\x01 \x01(\tH\x00\x12\x0e\n\x04name\x18\x02 \x01(\tH\x00\x12\r\n\x05plays\x18\x03 \x01(\x02\x42\x08\n\x06\x61rtist\"1\n\x07History\x12&\n\x05items\x18\x01 \x03(\x0b\x32\x17.musicrec.v1.ArtistPlay\"\xe4\x01\n\x10RecommendRequest\x12\x11\n\x07user_id\x18\x01 \x01(\tH\x00\x12\'\n\x07history\x18\x02 \x01(\x0b\x32\x14.musicrec.v1.HistoryH\x00\x12\t\n\x01k\x18\x03 \x01(\r\x12\x1b\n\x0e\x65xclude_played\x18\x04 \x01(\x08H\x01\x88\x01\x01\x12\x0e\n\x06strict\x18\x05 \x01(\x08\x12)\n\x07scoring\x18\x06 \x01(\x0e\x32\x18.musicrec.v1.ScoringMode\x12\x12\n\nneighbours\x18\x07 \x01(\rB\n\n\x08listenerB\x11\n\x0f_exclude_played\"7\n\x0cScoredArtist\x12\n\n\x02id\x18\x01 \x01(\t\x12\x0c\n\x04name\x18\x02 \x01(\t\x12\r\n\x05score\x18\x03 \x01(\x02\"2\n\x0bSimilarUser\x12\x0f\n\x07user_id\x18\x01 \x01(\t\x12\x12\n\nsimilarity\x18\x02 \x01(\x02\"\xc1\x02\n\x11RecommendResponse\x12*\n\x07\x61rtists\x18\x01 \x03(\x0b\x32\x19.musicrec.v1.ScoredArtist\x12\x15\n\rmodel_version\x18\x02 \x01(\x03\x12/\n\rsimilar_users\x18\x03 \x03(\x0b\x32\x18.musicrec.v1.SimilarUser\x12\'\n\x08\x66\x61llback\x18\x04 \x01(\x0e\x32\x15.musicrec.v1.Fallback\x12\x17\n\x0funknown_artists\x18\x05 \x03(\t\x12)\n\x07scoring\x18\x06 \x01(\x0e\x32\x18.musicrec.v1.ScoringMode\x12\x1c\n\x14unknown_artist_count\x18\x07 \x01(\r\x12\x12\n\nall_played\x18\x08 \x01(\x08\x12\x19\n\x11recommendation_id\x18\t \x01(\t\"\x8c\x01\n\rFeedbackEvent\x12\x0c\n\x02id\x18\x01 \x01(\tH\x00\x12\x0e\n\x04name\x18\x02 \x01(\tH\x00\x12+\n\x06\x61\x63tion\x18\x03 \x01(\x0e\x32\x1b.musicrec.v1.FeedbackAction\x12\x17\n\nplay_count\x18\x04 \x01(\x02H\x01\x88\x01\x01\x42\x08\n\x06\x61rtistB\r\n\x0b_play_count\"X\n\x0f\x46\x65\x65\x64\x62\x61\x63kRequest\x12\x19\n\x11recommendation_id\x18\x01 \x01(\t\x12*\n\x06\x65vents\x18\x02 \x03(\x0b\x32\x1a.musicrec.v1.FeedbackEvent\"S\n\x0b\x41ttribution\x12\x11\n\tartist_id\x18\x01 \x01(\t\x12\x15\n\rmodel_version\x18\x02 \x01(\x03\x12\x0c\n\x04rank\x18\x03 \x01(\r\x12\x0c\n\x04team\x18\x04 \x01(\t\"B\n\x10\x46\x65\x65\x64\x62\x61\x63kResponse\x12.\n\x0c\x61ttributions\x18\x01 \x03(\x0b\x32\x18.musicrec.v1.Attribution\"h\n\x13SimilarUsersRequest\x12\x11\n\x07user_id\x18\x01 \x01(\tH\x00\x12\'\n\x07history\x18\x02 \x01(\x0b\x32\x14.musicrec.v1.HistoryH\x00\x12\t\n\x01n\x18\x03 \x01(\rB\n\n\x08listener\"\x8d\x01\n\x14SimilarUsersResponse\x12\'\n\x05users\x18\x01 \x03(\x0b\x32\x18.musicrec.v1.SimilarUser\x12\x15\n\rmodel_version\x18\x02 \x01(\x03\x12\x17\n\x0funknown_artists\x18\x03 \x03(\t\x12\x1c\n\x14unknown_artist_count\x18\x04 \x01(\r\"\x14\n\x12ServingInfoRequest\"\xb7\x01\n\x13ServingInfoResponse\x12\x15\n\rmodel_version\x18\x01 \x01(\x03\x12\x11\n\ttriton_up\x18\x02 \x01(\x08\x12\r\n\x05users\x18\x03 \x01(\x03\x12\x0f\n\x07\x61rtists\x18\x04 \x01(\x03\x12\x0f\n\x07\x63reated\x18\x05 \x01(\t\x12\x12\n\nsource_run\x18\x06 \x01(\t\x12\x31\n\x0f\x64\x65\x66\x61ult_scoring\x18\x07 \x01(\x0e\x32\x18.musicrec.v1.ScoringMode*\x99\x01\n\x0bScoringMode\x12\x1c\n\x18SCORING_MODE_UNSPECIFIED\x10\x00\x12\x1c\n\x18SCORING_MODE_ALL_ARTISTS\x10\x01\x12\x19\n\x15SCORING_MODE_PAIRWISE\x10\x02\x12\x1a\n\x16SCORING_MODE_TWO_STAGE\x10\x03\x12\x17\n\x13SCORING_MODE_RANKED\x10\x04*6\n\x08\x46\x61llback\x12\x11\n\rFALLBACK_NONE\x10\x00\x12\x17\n\x13\x46\x41LLBACK_POPULARITY\x10\x01*\xa4\x01\n\x0e\x46\x65\x65\x64\x62\x61\x63kAction\x12\x1f\n\x1b\x46\x45\x45\x44\x42\x41\x43K_ACTION_UNSPECIFIED\x10\x00\x12\x1a\n\x16\x46\x45\x45\x44\x42\x41\x43K_ACTION_PLAYED\x10\x01\x12\x1b\n\x17\x46\x45\x45\x44\x42\x41\x43K_ACTION_SKIPPED\x10\x02\x12\x19\n\x15\x46\x45\x45\x44\x42\x41\x43K_ACTION_SAVED\x10\x03\x12\x1d\n\x19\x46\x45\x45\x44\x42\x41\x43K_ACTION_DISMISSED\x10\x04\x32\xc9\x02\n\x0bRecommender\x12J\n\tRecommend\x12\x1d.musicrec.v1.RecommendRequest\x1a\x1e.musicrec.v1.RecommendResponse\x12S\n\x0cSimilarUsers\x12 .musicrec.v1.SimilarUsersRequest\x1a!.musicrec.v1.SimilarUsersResponse\x12P\n\x0bServingInfo\x12\x1f.musicrec.v1.ServingInfoRequest\x1a .musicrec.v1.ServingInfoResponse\x12G\n\x08\x46\x65\x65\x64\x62\x61\x63k\x12\x1c.musicrec.v1.FeedbackRequest\x1a\x1d.musicrec.v1.FeedbackResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'musicrec.v1.recommender_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_SCORINGMODE']._serialized_start=1262
-  _globals['_SCORINGMODE']._serialized_end=1415
-  _globals['_FALLBACK']._serialized_start=1417
-  _globals['_FALLBACK']._serialized_end=1471
+  _globals['_SCORINGMODE']._serialized_start=1675
+  _globals['_SCORINGMODE']._serialized_end=1828
+  _globals['_FALLBACK']._serialized_start=1830
+  _globals['_FALLBACK']._serialized_end=1884
+  _globals['_FEEDBACKACTION']._serialized_start=1887
+  _globals['_FEEDBACKACTION']._serialized_end=2051
   _globals['_ARTISTPLAY']._serialized_start=46
   _globals['_ARTISTPLAY']._serialized_end=113
   _globals['_HISTORY']._serialized_start=115
@@ -46,15 +48,23 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_SIMILARUSER']._serialized_start=454
   _globals['_SIMILARUSER']._serialized_end=504
   _globals['_RECOMMENDRESPONSE']._serialized_start=507
-  _globals['_RECOMMENDRESPONSE']._serialized_end=801
-  _globals['_SIMILARUSERSREQUEST']._serialized_start=803
-  _globals['_SIMILARUSERSREQUEST']._serialized_end=907
-  _globals['_SIMILARUSERSRESPONSE']._serialized_start=910
-  _globals['_SIMILARUSERSRESPONSE']._serialized_end=1051
-  _globals['_SERVINGINFOREQUEST']._serialized_start=1053
-  _globals['_SERVINGINFOREQUEST']._serialized_end=1073
-  _globals['_SERVINGINFORESPONSE']._serialized_start=1076
-  _globals['_SERVINGINFORESPONSE']._serialized_end=1259
-  _globals['_RECOMMENDER']._serialized_start=1474
-  _globals['_RECOMMENDER']._serialized_end=1730
+  _globals['_RECOMMENDRESPONSE']._serialized_end=828
+  _globals['_FEEDBACKEVENT']._serialized_start=831
+  _globals['_FEEDBACKEVENT']._serialized_end=971
+  _globals['_FEEDBACKREQUEST']._serialized_start=973
+  _globals['_FEEDBACKREQUEST']._serialized_end=1061
+  _globals['_ATTRIBUTION']._serialized_start=1063
+  _globals['_ATTRIBUTION']._serialized_end=1146
+  _globals['_FEEDBACKRESPONSE']._serialized_start=1148
+  _globals['_FEEDBACKRESPONSE']._serialized_end=1214
+  _globals['_SIMILARUSERSREQUEST']._serialized_start=1216
+  _globals['_SIMILARUSERSREQUEST']._serialized_end=1320
+  _globals['_SIMILARUSERSRESPONSE']._serialized_start=1323
+  _globals['_SIMILARUSERSRESPONSE']._serialized_end=1464
+  _globals['_SERVINGINFOREQUEST']._serialized_start=1466
+  _globals['_SERVINGINFOREQUEST']._serialized_end=1486
+  _globals['_SERVINGINFORESPONSE']._serialized_start=1489
+  _globals['_SERVINGINFORESPONSE']._serialized_end=1672
+  _globals['_RECOMMENDER']._serialized_start=2054
+  _globals['_RECOMMENDER']._serialized_end=2383
 # @@protoc_insertion_point(module_scope)

@@ -19,6 +19,14 @@ class Fallback(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     __slots__ = ()
     FALLBACK_NONE: _ClassVar[Fallback]
     FALLBACK_POPULARITY: _ClassVar[Fallback]
+
+class FeedbackAction(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    FEEDBACK_ACTION_UNSPECIFIED: _ClassVar[FeedbackAction]
+    FEEDBACK_ACTION_PLAYED: _ClassVar[FeedbackAction]
+    FEEDBACK_ACTION_SKIPPED: _ClassVar[FeedbackAction]
+    FEEDBACK_ACTION_SAVED: _ClassVar[FeedbackAction]
+    FEEDBACK_ACTION_DISMISSED: _ClassVar[FeedbackAction]
 SCORING_MODE_UNSPECIFIED: ScoringMode
 SCORING_MODE_ALL_ARTISTS: ScoringMode
 SCORING_MODE_PAIRWISE: ScoringMode
@@ -26,6 +34,11 @@ SCORING_MODE_TWO_STAGE: ScoringMode
 SCORING_MODE_RANKED: ScoringMode
 FALLBACK_NONE: Fallback
 FALLBACK_POPULARITY: Fallback
+FEEDBACK_ACTION_UNSPECIFIED: FeedbackAction
+FEEDBACK_ACTION_PLAYED: FeedbackAction
+FEEDBACK_ACTION_SKIPPED: FeedbackAction
+FEEDBACK_ACTION_SAVED: FeedbackAction
+FEEDBACK_ACTION_DISMISSED: FeedbackAction
 
 class ArtistPlay(_message.Message):
     __slots__ = ("id", "name", "plays")
@@ -80,7 +93,7 @@ class SimilarUser(_message.Message):
     def __init__(self, user_id: _Optional[str] = ..., similarity: _Optional[float] = ...) -> None: ...
 
 class RecommendResponse(_message.Message):
-    __slots__ = ("artists", "model_version", "similar_users", "fallback", "unknown_artists", "scoring", "unknown_artist_count", "all_played")
+    __slots__ = ("artists", "model_version", "similar_users", "fallback", "unknown_artists", "scoring", "unknown_artist_count", "all_played", "recommendation_id")
     ARTISTS_FIELD_NUMBER: _ClassVar[int]
     MODEL_VERSION_FIELD_NUMBER: _ClassVar[int]
     SIMILAR_USERS_FIELD_NUMBER: _ClassVar[int]
@@ -89,6 +102,7 @@ class RecommendResponse(_message.Message):
     SCORING_FIELD_NUMBER: _ClassVar[int]
     UNKNOWN_ARTIST_COUNT_FIELD_NUMBER: _ClassVar[int]
     ALL_PLAYED_FIELD_NUMBER: _ClassVar[int]
+    RECOMMENDATION_ID_FIELD_NUMBER: _ClassVar[int]
     artists: _containers.RepeatedCompositeFieldContainer[ScoredArtist]
     model_version: int
     similar_users: _containers.RepeatedCompositeFieldContainer[SimilarUser]
@@ -97,7 +111,46 @@ class RecommendResponse(_message.Message):
     scoring: ScoringMode
     unknown_artist_count: int
     all_played: bool
-    def __init__(self, artists: _Optional[_Iterable[_Union[ScoredArtist, _Mapping]]] = ..., model_version: _Optional[int] = ..., similar_users: _Optional[_Iterable[_Union[SimilarUser, _Mapping]]] = ..., fallback: _Optional[_Union[Fallback, str]] = ..., unknown_artists: _Optional[_Iterable[str]] = ..., scoring: _Optional[_Union[ScoringMode, str]] = ..., unknown_artist_count: _Optional[int] = ..., all_played: _Optional[bool] = ...) -> None: ...
+    recommendation_id: str
+    def __init__(self, artists: _Optional[_Iterable[_Union[ScoredArtist, _Mapping]]] = ..., model_version: _Optional[int] = ..., similar_users: _Optional[_Iterable[_Union[SimilarUser, _Mapping]]] = ..., fallback: _Optional[_Union[Fallback, str]] = ..., unknown_artists: _Optional[_Iterable[str]] = ..., scoring: _Optional[_Union[ScoringMode, str]] = ..., unknown_artist_count: _Optional[int] = ..., all_played: _Optional[bool] = ..., recommendation_id: _Optional[str] = ...) -> None: ...
+
+class FeedbackEvent(_message.Message):
+    __slots__ = ("id", "name", "action", "play_count")
+    ID_FIELD_NUMBER: _ClassVar[int]
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    ACTION_FIELD_NUMBER: _ClassVar[int]
+    PLAY_COUNT_FIELD_NUMBER: _ClassVar[int]
+    id: str
+    name: str
+    action: FeedbackAction
+    play_count: float
+    def __init__(self, id: _Optional[str] = ..., name: _Optional[str] = ..., action: _Optional[_Union[FeedbackAction, str]] = ..., play_count: _Optional[float] = ...) -> None: ...
+
+class FeedbackRequest(_message.Message):
+    __slots__ = ("recommendation_id", "events")
+    RECOMMENDATION_ID_FIELD_NUMBER: _ClassVar[int]
+    EVENTS_FIELD_NUMBER: _ClassVar[int]
+    recommendation_id: str
+    events: _containers.RepeatedCompositeFieldContainer[FeedbackEvent]
+    def __init__(self, recommendation_id: _Optional[str] = ..., events: _Optional[_Iterable[_Union[FeedbackEvent, _Mapping]]] = ...) -> None: ...
+
+class Attribution(_message.Message):
+    __slots__ = ("artist_id", "model_version", "rank", "team")
+    ARTIST_ID_FIELD_NUMBER: _ClassVar[int]
+    MODEL_VERSION_FIELD_NUMBER: _ClassVar[int]
+    RANK_FIELD_NUMBER: _ClassVar[int]
+    TEAM_FIELD_NUMBER: _ClassVar[int]
+    artist_id: str
+    model_version: int
+    rank: int
+    team: str
+    def __init__(self, artist_id: _Optional[str] = ..., model_version: _Optional[int] = ..., rank: _Optional[int] = ..., team: _Optional[str] = ...) -> None: ...
+
+class FeedbackResponse(_message.Message):
+    __slots__ = ("attributions",)
+    ATTRIBUTIONS_FIELD_NUMBER: _ClassVar[int]
+    attributions: _containers.RepeatedCompositeFieldContainer[Attribution]
+    def __init__(self, attributions: _Optional[_Iterable[_Union[Attribution, _Mapping]]] = ...) -> None: ...
 
 class SimilarUsersRequest(_message.Message):
     __slots__ = ("user_id", "history", "n")

@@ -50,6 +50,11 @@ class RecommenderStub:
                 request_serializer=musicrec_dot_v1_dot_recommender__pb2.ServingInfoRequest.SerializeToString,
                 response_deserializer=musicrec_dot_v1_dot_recommender__pb2.ServingInfoResponse.FromString,
                 _registered_method=True)
+        self.Feedback = channel.unary_unary(
+                '/musicrec.v1.Recommender/Feedback',
+                request_serializer=musicrec_dot_v1_dot_recommender__pb2.FeedbackRequest.SerializeToString,
+                response_deserializer=musicrec_dot_v1_dot_recommender__pb2.FeedbackResponse.FromString,
+                _registered_method=True)
 
 
 class RecommenderServicer:
@@ -81,6 +86,17 @@ class RecommenderServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def Feedback(self, request, context):
+        """What the listener did with a served list (played, skipped, ...), by its recommendation_id.
+        Cheap: no model call. Each event is credited to the version (and the interleaving team)
+        that placed the artist. Errors: INVALID_ARGUMENT (no event, an UNSPECIFIED action, an
+        artist not in the served list: nothing of the request is recorded), NOT_FOUND (an id the
+        gateway never served, or whose list it no longer keeps: expired or evicted).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_RecommenderServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -98,6 +114,11 @@ def add_RecommenderServicer_to_server(servicer, server):
                     servicer.ServingInfo,
                     request_deserializer=musicrec_dot_v1_dot_recommender__pb2.ServingInfoRequest.FromString,
                     response_serializer=musicrec_dot_v1_dot_recommender__pb2.ServingInfoResponse.SerializeToString,
+            ),
+            'Feedback': grpc.unary_unary_rpc_method_handler(
+                    servicer.Feedback,
+                    request_deserializer=musicrec_dot_v1_dot_recommender__pb2.FeedbackRequest.FromString,
+                    response_serializer=musicrec_dot_v1_dot_recommender__pb2.FeedbackResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -182,6 +203,33 @@ class Recommender:
             '/musicrec.v1.Recommender/ServingInfo',
             musicrec_dot_v1_dot_recommender__pb2.ServingInfoRequest.SerializeToString,
             musicrec_dot_v1_dot_recommender__pb2.ServingInfoResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Feedback(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/musicrec.v1.Recommender/Feedback',
+            musicrec_dot_v1_dot_recommender__pb2.FeedbackRequest.SerializeToString,
+            musicrec_dot_v1_dot_recommender__pb2.FeedbackResponse.FromString,
             options,
             channel_credentials,
             insecure,
