@@ -128,6 +128,31 @@ def candidate_recall(stage1: _Stage1, targets: sp.csr_matrix) -> dict[str, float
             "median_candidates": float(np.median(counts)) if counts else 0.0}  # fmt: skip
 
 
+def _top_k_sorted(scores: np.ndarray, artists: np.ndarray, k: int) -> np.ndarray:
+    order = np.lexsort((artists, -scores), axis=1)[:, :k]
+    return np.where(np.isfinite(np.take_along_axis(scores, order, 1)),
+                    np.take_along_axis(artists, order, 1), -1)  # fmt: skip
+
+
+def top_k_ordered(scores: np.ndarray, artists: np.ndarray, k: int, spare: int = 8) -> np.ndarray:
+    """Each row's ``k`` best ``artists`` by ``scores`` (ties to the lower artist id; -1 where
+    the score is not finite): a whole-row ``np.lexsort``'s answer, sorting only a partition of
+    the ``k + spare`` best. Rows whose k-th score ties the partition's last are sorted whole."""
+    width = scores.shape[1]
+    m = min(width, k + spare)
+    if m >= width:
+        return _top_k_sorted(scores, artists, k)
+    part = np.argpartition(-scores, m - 1, axis=1)[:, :m]
+    ps, pa = np.take_along_axis(scores, part, 1), np.take_along_axis(artists, part, 1)
+    order = np.lexsort((pa, -ps), axis=1)[:, :k]
+    kth, top = np.take_along_axis(ps, order, 1), np.take_along_axis(pa, order, 1)
+    top = np.where(np.isfinite(kth), top, -1)
+    tied = (kth[:, -1] == ps.min(axis=1)) & np.isfinite(kth[:, -1])  # a tie may run past m
+    if tied.any():
+        top[tied] = _top_k_sorted(scores[tied], artists[tied], k)
+    return top
+
+
 def _tune(stage1: _Stage1, targets: sp.csr_matrix, k: int) -> tuple[Blend, dict[str, float]]:
     """The grid's best blend by NDCG@``k`` on ``targets``; returns it and the figures seen."""
     width = max((len(c.artists) for c in stage1.candidates), default=1)
@@ -143,10 +168,7 @@ def _tune(stage1: _Stage1, targets: sp.csr_matrix, k: int) -> tuple[Blend, dict[
             continue
         blend = Blend(weights[0], **dict(zip(FEATURE_GRID, weights[1:], strict=True)))
         scores = np.where(artists >= 0, z @ blend.weights, -np.inf)
-        order = np.lexsort((artists, -scores), axis=1)[:, :k]
-        top = np.where(np.isfinite(np.take_along_axis(scores, order, 1)),
-                       np.take_along_axis(artists, order, 1), -1)  # fmt: skip
-        ndcg = ranking_metrics(top, targets)[f"ndcg@{k}"]
+        ndcg = ranking_metrics(top_k_ordered(scores, artists, k), targets)[f"ndcg@{k}"]
         if blend == Blend():
             dnn_only = ndcg
         if ndcg > best_ndcg + 1e-9:
