@@ -5,10 +5,13 @@ Every gateway exports Prometheus text; :func:`scrape` fetches each gateway's end
 (``host:port``, a list, or ``dns:///name:port``) and :func:`parse_metrics` adds its samples to
 one :class:`VersionFigures` per ``version`` label: Recommend attempts and the errors the stack
 caused (:data:`ERROR_CODES`; a caller's mistake is not one), the latency histogram, canary
-retries and the shadow's agreement. Counters are cumulative since each gateway started;
-:meth:`VersionFigures.minus` gives a window's deltas and :func:`since` one gateway's, with a
-restart (a counter went down) counted from 0. :func:`scrape_texts` keeps each gateway apart
-(None: it did not answer). :func:`parse_split` reads what a gateway says it routes
+retries, the shadow's agreement, and what listeners did with the lists (the Feedback RPC's
+impressions, hits and first-play reciprocal ranks, :data:`FEEDBACK`). Counters are cumulative
+since each gateway started; :meth:`VersionFigures.minus` gives a window's deltas and
+:func:`since` one gateway's, with a restart (a counter went down) counted from 0.
+:func:`scrape_texts` keeps each gateway apart (None: it did not answer); :func:`add_sample`
+reads one sample, whether from that text or from a PromQL answer
+(``serving/prometheus_query.py``). :func:`parse_split` reads what a gateway says it routes
 (``musicrec_gateway_rollout_percent{role,version}``, ``musicrec_gateway_rollout_error``), what
 ``abort`` waits on.
 """
@@ -18,7 +21,7 @@ from __future__ import annotations
 import logging
 import math
 import urllib.request
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 
 from prometheus_client.parser import text_string_to_metric_families
 
@@ -29,6 +32,16 @@ log = logging.getLogger(__name__)
 ERROR_CODES = frozenset({"UNKNOWN", "INTERNAL", "UNAVAILABLE", "DEADLINE_EXCEEDED",
                          "RESOURCE_EXHAUSTED", "DATA_LOSS", "UNIMPLEMENTED"})  # fmt: skip
 METHOD = "Recommend"
+# The Feedback RPC's per-version counters, by sample name (issue 25): lists served, lists with
+# at least one played artist, the sum of 1 / rank of each list's first played artist, and
+# events by action. A reciprocal-rank sum exported as a counter carries "_total" too.
+FEEDBACK = {
+    "musicrec_gateway_impressions_total": "impressions",
+    "musicrec_gateway_impression_hits_total": "hits",
+    "musicrec_gateway_first_play_reciprocal_rank_sum": "rr_sum",
+    "musicrec_gateway_first_play_reciprocal_rank_sum_total": "rr_sum",
+}
+FEEDBACK_EVENTS = "musicrec_gateway_feedback_events_total"  # {version, action}
 
 
 @dataclass
@@ -44,10 +57,23 @@ class VersionFigures:
     overlap: tuple[float, float] = (0.0, 0.0)  # (sum, count)
     spearman: tuple[float, float] = (0.0, 0.0)
     kendall: tuple[float, float] = (0.0, 0.0)
+    impressions: float = 0.0  # lists served with feedback tracked
+    hits: float = 0.0  # of those, lists with at least one played artist
+    rr_sum: float = 0.0  # sum over lists of 1 / rank of the first played artist (0: none)
+    feedback: dict[str, float] = field(default_factory=dict)  # action -> events
 
     @property
     def error_ratio(self) -> float | None:
         return self.errors / self.requests if self.requests else None
+
+    @property
+    def hit_rate(self) -> float | None:
+        return self.hits / self.impressions if self.impressions else None
+
+    @property
+    def mrr(self) -> float | None:
+        """Mean reciprocal rank of the first played artist over every list (0 for none)."""
+        return self.rr_sum / self.impressions if self.impressions else None
 
     @property
     def p99_s(self) -> float | None:
@@ -64,8 +90,10 @@ class VersionFigures:
     def went_down(self, before: VersionFigures) -> bool:
         """Whether any counter is lower than in ``before``: the gateway restarted since."""
         pairs = [(self.requests, before.requests), (self.errors, before.errors),
-                 (self.retried, before.retried), (self.overlap[1], before.overlap[1])]  # fmt: skip
-        for mine, theirs in ((self.buckets, before.buckets), (self.shadow, before.shadow)):
+                 (self.retried, before.retried), (self.overlap[1], before.overlap[1]),
+                 (self.impressions, before.impressions), (self.hits, before.hits)]  # fmt: skip
+        for mine, theirs in ((self.buckets, before.buckets), (self.shadow, before.shadow),
+                             (self.feedback, before.feedback)):  # fmt: skip
             pairs += [(mine.get(k, 0.0), v) for k, v in theirs.items()]
         return any(now < then for now, then in pairs)
 
@@ -80,23 +108,23 @@ class VersionFigures:
             "error_ratio": self.error_ratio, "p99_ms": _ms(self.p99_s),
             "shadow": dict(self.shadow), "shadow_p50_ms": _ms(quantile(0.5, self.shadow_seconds)),
             "overlap_at_10": mean(self.overlap), "spearman": mean(self.spearman),
-            "kendall": mean(self.kendall),
+            "kendall": mean(self.kendall), "impressions": self.impressions, "hits": self.hits,
+            "hit_rate": self.hit_rate, "mrr": self.mrr, "feedback": dict(self.feedback),
         }  # fmt: skip
 
 
 def _combine(a: VersionFigures, b: VersionFigures, sign: float) -> VersionFigures:
-    def dicts(x: dict, y: dict) -> dict:
-        return {k: x.get(k, 0.0) + sign * y.get(k, 0.0) for k in x.keys() | y.keys()}
+    """Field by field: numbers, ``{key: count}`` dicts and ``(sum, count)`` pairs."""
 
-    def pair(x: tuple, y: tuple) -> tuple:
-        return (x[0] + sign * y[0], x[1] + sign * y[1])
+    def one(x, y):
+        if isinstance(x, dict):
+            return {k: x.get(k, 0.0) + sign * y.get(k, 0.0) for k in x.keys() | y.keys()}
+        if isinstance(x, tuple):
+            return (x[0] + sign * y[0], x[1] + sign * y[1])
+        return x + sign * y
 
-    return VersionFigures(
-        a.requests + sign * b.requests, a.errors + sign * b.errors, a.retried + sign * b.retried,
-        dicts(a.buckets, b.buckets), dicts(a.shadow, b.shadow),
-        dicts(a.shadow_seconds, b.shadow_seconds), pair(a.overlap, b.overlap),
-        pair(a.spearman, b.spearman), pair(a.kendall, b.kendall),
-    )  # fmt: skip
+    return VersionFigures(**{f.name: one(getattr(a, f.name), getattr(b, f.name))
+                             for f in fields(VersionFigures)})  # fmt: skip
 
 
 def _ms(seconds: float | None) -> float | None:
@@ -140,32 +168,47 @@ def parse_metrics(text: str, into: dict[str, VersionFigures]) -> None:
     """Add one gateway's ``/metrics`` text to ``into`` (by version label)."""
     for family in text_string_to_metric_families(text):
         for s in family.samples:
-            version = s.labels.get("version")
-            if version is None:
-                continue
-            f = into.setdefault(version, VersionFigures())
-            name, labels, value = s.name, s.labels, s.value
-            if name == "musicrec_gateway_requests_by_version_total":
-                if labels.get("method") == METHOD:
-                    f.requests += value
-                    f.errors += value if labels.get("code") in ERROR_CODES else 0.0
-            elif name == "musicrec_gateway_request_seconds_by_version_bucket":
-                if labels.get("method") == METHOD:
-                    _add(f.buckets, float(labels["le"]), value)
-            elif name == "musicrec_gateway_canary_retries_total":
-                f.retried += value
-            elif name == "musicrec_gateway_shadow_requests_total":
-                _add(f.shadow, labels["outcome"], value)
-            elif name == "musicrec_gateway_shadow_seconds_bucket":
-                _add(f.shadow_seconds, float(labels["le"]), value)
-            elif name.startswith("musicrec_gateway_shadow_overlap_at_10_"):
-                f.overlap = _sum_count(f.overlap, name, value)
-            elif name.startswith("musicrec_gateway_shadow_rank_correlation_"):
-                method = labels.get("method")
-                if method == "spearman":
-                    f.spearman = _sum_count(f.spearman, name, value)
-                elif method == "kendall":
-                    f.kendall = _sum_count(f.kendall, name, value)
+            add_sample(into, s.name, s.labels, s.value)
+
+
+def add_sample(into: dict[str, VersionFigures], name: str, labels: dict[str, str],
+               value: float) -> None:  # fmt: skip
+    """Add one sample (Prometheus text, or a PromQL result) to its version's figures; samples
+    without a version label, or that this module does not read, are skipped."""
+    version = labels.get("version")
+    if version is None:
+        return
+    f = into.setdefault(version, VersionFigures())
+    if name == "musicrec_gateway_requests_by_version_total":
+        if labels.get("method") == METHOD:
+            f.requests += value
+            f.errors += value if labels.get("code") in ERROR_CODES else 0.0
+    elif name == "musicrec_gateway_request_seconds_by_version_bucket":
+        if labels.get("method") == METHOD:
+            _add(f.buckets, float(labels["le"]), value)
+    elif name == "musicrec_gateway_canary_retries_total":
+        f.retried += value
+    elif name in FEEDBACK:
+        setattr(f, FEEDBACK[name], getattr(f, FEEDBACK[name]) + value)
+    elif name == FEEDBACK_EVENTS:
+        _add(f.feedback, labels.get("action", ""), value)
+    elif name.startswith("musicrec_gateway_shadow_"):
+        _add_shadow(f, name, labels, value)
+
+
+def _add_shadow(f: VersionFigures, name: str, labels: dict[str, str], value: float) -> None:
+    if name == "musicrec_gateway_shadow_requests_total":
+        _add(f.shadow, labels["outcome"], value)
+    elif name == "musicrec_gateway_shadow_seconds_bucket":
+        _add(f.shadow_seconds, float(labels["le"]), value)
+    elif name.startswith("musicrec_gateway_shadow_overlap_at_10_"):
+        f.overlap = _sum_count(f.overlap, name, value)
+    elif name.startswith("musicrec_gateway_shadow_rank_correlation_"):
+        method = labels.get("method")
+        if method == "spearman":
+            f.spearman = _sum_count(f.spearman, name, value)
+        elif method == "kendall":
+            f.kendall = _sum_count(f.kendall, name, value)
 
 
 def _sum_count(pair: tuple[float, float], name: str, value: float) -> tuple[float, float]:
