@@ -46,6 +46,23 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--p99-slack-ms", type=float, default=10.0, help="... plus this")
     g.add_argument("--min-requests", type=int, default=30,
                    help="canary requests in the window before any verdict")  # fmt: skip
+    g.add_argument("--quality-gate", action="store_true",
+                   help="also abort a canary whose online hit rate (Feedback) is worse than "
+                        "the serving version's with confidence (an always-valid test on the "
+                        "counts since the watch began); healthy then needs the drop shown "
+                        "below --max-hit-rate-drop, else the verdict is inconclusive")  # fmt: skip
+    g.add_argument("--quality-alpha", type=float, default=0.05,
+                   help="the hit-rate test's level: how often it may be wrong")  # fmt: skip
+    g.add_argument("--max-hit-rate-drop", type=float, default=0.05,
+                   help="healthy needs the canary's hit rate shown no more than this below "
+                        "the serving one's (0.05: five points)")  # fmt: skip
+    g.add_argument("--min-impressions", type=int, default=100,
+                   help="lists served per version before the hit-rate test decides")  # fmt: skip
+    g.add_argument("--prometheus", metavar="URL",
+                   help="watch by PromQL from this Prometheus server (http://host:9090) "
+                        "instead of scraping each gateway")  # fmt: skip
+    g.add_argument("--prometheus-job", default="gateway",
+                   help="the scrape job of the gateways (ops/prometheus.yml: gateway)")  # fmt: skip
     g.add_argument("--settle-s", type=float, default=None,
                    help="abort without --gateway-metrics: seconds to let the gateways read the "
                         "0%% split (default: two of the gateway's default polls)")  # fmt: skip
@@ -99,14 +116,19 @@ def validate(args: argparse.Namespace):
         return None
     if starting and args.canary is None:
         raise ValueError("--watch watches a canary; a shadow answers no caller")
-    if not args.gateway_metrics:
-        raise ValueError("--watch needs --gateway-metrics (the gateways' metrics endpoints); "
-                         "nothing was started")  # fmt: skip
+    if not (args.gateway_metrics or args.prometheus):
+        raise ValueError("--watch needs --gateway-metrics (the gateways' metrics endpoints) "
+                         "or --prometheus URL; nothing was started")  # fmt: skip
+    if args.prometheus and not args.prometheus.startswith(("http://", "https://")):
+        raise ValueError("--prometheus takes a URL: http://host:9090")
     if args.watch is not None and not args.watch > 0:
         raise ValueError("--watch must be a positive number of seconds")
-    return canary_watch.WatchRules(args.window, min(2.0, args.window / 5), args.max_error_gap,
-                                   args.p99_ratio, args.p99_slack_ms / 1e3,
-                                   args.min_requests)  # fmt: skip
+    return canary_watch.WatchRules(
+        args.window, min(2.0, args.window / 5), args.max_error_gap, args.p99_ratio,
+        args.p99_slack_ms / 1e3, args.min_requests, quality_gate=args.quality_gate,
+        quality_alpha=args.quality_alpha, max_hit_rate_drop=args.max_hit_rate_drop,
+        quality_min_impressions=args.min_impressions,
+    )  # fmt: skip
 
 
 def run(args: argparse.Namespace, cfg) -> None:
@@ -129,10 +151,18 @@ def run(args: argparse.Namespace, cfg) -> None:
     if rules is None:
         return
     duration = args.watch if args.watch is not None else 600.0
-    result = canary_watch.watch(cfg, metrics, rules, duration_s=duration)
+    source = None
+    if args.prometheus:
+        from serving import prometheus_query
+
+        source = prometheus_query.Poller(args.prometheus, args.prometheus_job)
+    result = canary_watch.watch(cfg, metrics, rules, duration_s=duration, source=source)
     line = (f"watch: {result.verdict} after {result.seconds:.0f}s: {result.reason} "
             f"({result.canary_requests:.0f} canary requests seen; {result.gateways} of "
             f"{result.gateways_expected} gateways answered the last poll)")  # fmt: skip
+    if result.quality:
+        console.print(f"quality gate: {result.quality['decision']}: {result.quality['why']}",
+                      highlight=False)  # fmt: skip
     if result.verdict != "healthy":
         raise WatchFailed(line)
     console.print(f"[green]{line}[/]", highlight=False)

@@ -16,10 +16,22 @@ among 76 on busy cores is no breach, a canary slow on every answer is one after 
 canary's errors include the attempts it failed that the serving version answered again, which
 the clients never see. An unreadable split is aborted.
 
+With ``quality_gate`` on, it also compares what listeners did (:func:`quality`): the canary's
+online hit rate (lists with a played artist, per list served) against the serving version's,
+by ``core/sequential_test.py``'s always-valid two-proportion mSPRT at ``quality_alpha``. An
+always-valid test is one over a growing sample, so it reads the counts since the watch began
+(:attr:`CounterWindow.total`), never the sliding window (whose oldest counts leave it: no
+martingale). A canary "worse" with confidence is aborted. Below ``quality_min_impressions``
+lists a side or ``quality_min_hits`` hits in all nothing is decided.
+
 The verdict (:data:`VERDICTS`) is "healthy" only when the watch ran its time, every gateway
-answered the last poll and the canary had ``min_requests`` in the last window; otherwise, with
-no breach, "inconclusive" (gateways or traffic missing, or the rollout ended meanwhile). It is
-recorded beside the split for ``promote`` and ``status``.
+answered the last poll and the canary had ``min_requests`` in the last window, and with the
+quality gate on, when its hit rate is shown at most ``max_hit_rate_drop`` below the serving
+one's: the low end of the test's confidence sequence for the difference (valid whenever the
+watch stops) is at or above ``-max_hit_rate_drop``, so a drop that large would have been
+rejected. Otherwise, with no breach, "inconclusive" (gateways, traffic or feedback missing, the
+rollout ended meanwhile): thin feedback is never "healthy". It is recorded beside the split for
+``promote`` and ``status``.
 """
 
 from __future__ import annotations
@@ -36,6 +48,7 @@ from dataclasses import asdict, dataclass, field
 from scipy import stats
 
 from core import traffic_split
+from core.sequential_test import ProportionsResult, ProportionsRules, proportions_test
 from serving import gateway_metrics as gm
 from serving.deploy import DeployConfig, DeployError
 from serving.gateway_metrics import VersionFigures
@@ -56,6 +69,18 @@ class WatchRules:
     p99_slack_s: float = 0.010
     min_requests: int = 30  # canary attempts in the window before any verdict
     latency_alpha: float = 0.01  # a p99 breach must be significant at this level (see module)
+    quality_gate: bool = False  # also judge the canary's online hit rate (see the module)
+    quality_alpha: float = 0.05  # the hit-rate test's level (wrong decisions at most this)
+    max_hit_rate_drop: float = 0.05  # "healthy" needs the drop shown below this (points)
+    quality_min_impressions: int = 100  # lists served per side before any hit-rate decision
+    quality_min_hits: int = 20  # hits in all before any hit-rate decision
+
+    @property
+    def quality(self) -> ProportionsRules:
+        """The hit-rate test's rules (it checks them)."""
+        return ProportionsRules(self.quality_alpha, min_impressions=self.quality_min_impressions,
+                                min_hits=self.quality_min_hits,
+                                max_drop=self.max_hit_rate_drop)  # fmt: skip
 
     def __post_init__(self) -> None:
         if not (self.window_s > 0 and self.interval_s > 0 and self.min_requests >= 1):
@@ -64,6 +89,7 @@ class WatchRules:
             raise ValueError("the error gap and p99 slack must be >= 0, the p99 ratio above 0")
         if not 0 < self.latency_alpha < 1:
             raise ValueError("latency_alpha must lie between 0 and 1")
+        self.quality  # noqa: B018 -- ValueError on bad hit-rate rules
 
 
 @dataclass(frozen=True)
@@ -77,6 +103,7 @@ class WatchResult:
     gateways_expected: int = 0  # gateways the metrics target named at the last poll
     canary_requests: float = 0.0  # canary attempts seen over the whole watch
     resets: int = 0  # gateway restarts seen (a counter went down)
+    quality: dict = field(default_factory=dict)  # the hit-rate test over the watch (gate on)
 
     def record(self) -> dict:
         """What ``promote`` and ``status`` read back."""
@@ -119,8 +146,29 @@ class CounterWindow:
         return out
 
 
-def judge(canary: VersionFigures, serving: VersionFigures, rules: WatchRules) -> str:
-    """Why the canary must go ('' when it may stay), from one window's figures."""
+def quality(canary: VersionFigures, serving: VersionFigures, rules: WatchRules,
+            ) -> ProportionsResult:  # fmt: skip
+    """The hit-rate test on counts since the watch began (see the module)."""
+
+    def side(f: VersionFigures) -> tuple[int, int]:
+        n = max(0, round(f.impressions))
+        return min(max(0, round(f.hits)), n), n
+
+    return proportions_test(side(canary), side(serving), rules.quality)
+
+
+def judge(canary: VersionFigures, serving: VersionFigures, rules: WatchRules, *,
+          total: tuple[VersionFigures, VersionFigures] | None = None) -> str:  # fmt: skip
+    """Why the canary must go ('' when it may stay), from one window's figures and, with the
+    quality gate on, the counts since the watch began (``total``: canary's, serving's)."""
+    if rules.quality_gate and total is not None:
+        q = quality(*total, rules)
+        if q.decision == "worse":
+            return f"online {q.why}: worse at {q.confidence:.1%} confidence"
+    return _judge_window(canary, serving, rules)
+
+
+def _judge_window(canary: VersionFigures, serving: VersionFigures, rules: WatchRules) -> str:
     if canary.requests < rules.min_requests:
         return ""
     c_err, s_err = canary.error_ratio or 0.0, serving.error_ratio or 0.0
@@ -145,8 +193,26 @@ def _significant(slow: float, answered: float, alpha: float) -> bool:
     return k > 0 and float(stats.binom.sf(k - 1, n, 0.01)) < alpha
 
 
-def conclude(canary: VersionFigures, answered: int, expected: int, rules: WatchRules) -> str:
-    """Why a watch with no breach is not "healthy" ('' when it is)."""
+def conclude(canary: VersionFigures, answered: int, expected: int, rules: WatchRules, *,
+             total: tuple[VersionFigures, VersionFigures] | None = None) -> str:  # fmt: skip
+    """Why a watch with no breach is not "healthy" ('' when it is); ``total`` as in
+    :func:`judge` (the quality gate without it: nothing shown, not healthy)."""
+    missing = _conclude_traffic(canary, answered, expected, rules)
+    if missing or not rules.quality_gate:
+        return missing
+    if total is None:
+        return "the quality gate had no feedback counts"
+    q = quality(*total, rules)
+    if not q.enough:
+        return f"quality gate: {q.why}"
+    if not q.not_worse:
+        return (f"quality gate: online {q.why}: not shown within "
+                f"{rules.max_hit_rate_drop:.3f} of the serving version's")  # fmt: skip
+    return ""
+
+
+def _conclude_traffic(canary: VersionFigures, answered: int, expected: int,
+                      rules: WatchRules) -> str:  # fmt: skip
     if answered == 0:
         return f"no gateway answered the last poll ({expected} named): nothing was watched"
     if answered < expected:
@@ -162,11 +228,28 @@ def _poll(metrics: str) -> dict[str, dict[str, VersionFigures] | None]:
     return {a: None if t is None else gm.by_version(t) for a, t in texts.items()}
 
 
-def watch(cfg: DeployConfig, metrics: str, rules: WatchRules | None = None, *,
+def _quality_record(q: ProportionsResult) -> dict:
+    """The hit-rate test's state in plain numbers (the verdict record, ``on_poll``)."""
+    return {"decision": q.decision, "p_value": q.p_value, "confidence": q.confidence,
+            "canary_hit_rate": q.canary_rate, "serving_hit_rate": q.serving_rate,
+            "difference": q.difference, "interval": list(q.interval) if q.interval else None,
+            "enough": q.enough, "not_worse": q.not_worse, "why": q.why}  # fmt: skip
+
+
+Poll = Callable[[], dict[str, dict[str, VersionFigures] | None]]  # by gateway (None: silent)
+
+
+def watch(cfg: DeployConfig, metrics: str | None, rules: WatchRules | None = None, *,
           duration_s: float = 600.0, stop: threading.Event | None = None,
-          on_poll: Callable[[dict], None] | None = None) -> WatchResult:  # fmt: skip
+          on_poll: Callable[[dict], None] | None = None,
+          source: Poll | None = None) -> WatchResult:  # fmt: skip
     """Watch the running canary for ``duration_s`` (see the module); abort it on a breach.
-    The verdict is recorded beside the split while the rollout still runs."""
+    The verdict is recorded beside the split while the rollout still runs. ``source``: where
+    each poll's figures come from (default: scrape ``metrics``; ``serving/prometheus_query.py``
+    reads a Prometheus server instead); ``metrics`` is also what ``abort`` waits on."""
+    if source is None and not metrics:
+        raise ValueError("watch needs the gateways' metrics endpoints or another source")
+    poll = source or (lambda: _poll(str(metrics)))
     begin = time.monotonic()
     rules = rules or WatchRules()
     stop = stop or threading.Event()
@@ -177,11 +260,18 @@ def watch(cfg: DeployConfig, metrics: str, rules: WatchRules | None = None, *,
     window = CounterWindow(rules.window_s)
     answered = expected = 0
 
+    def totals() -> tuple[VersionFigures, VersionFigures]:
+        return (window.total.get(canary_v, VersionFigures()),
+                window.total.get(serving_v, VersionFigures()))  # fmt: skip
+
+    def gate() -> dict:
+        return _quality_record(quality(*totals(), rules)) if rules.quality_gate else {}
+
     def result(verdict: str, reason: str) -> WatchResult:
         c, s = window.figures(canary_v), window.figures(serving_v)
-        total = window.total.get(canary_v, VersionFigures()).requests
+        total = totals()[0].requests
         done = WatchResult(verdict, reason, time.monotonic() - begin, c.summary(), s.summary(),
-                           answered, expected, total, window.resets)  # fmt: skip
+                           answered, expected, total, window.resets, gate())  # fmt: skip
         record_verdict(cfg.repository, rollout, done.record())
         return done
 
@@ -195,20 +285,20 @@ def watch(cfg: DeployConfig, metrics: str, rules: WatchRules | None = None, *,
             return result("aborted", f"the split became unreadable ({exc})")
         if current != rollout:
             return result("inconclusive", "the canary was promoted or aborted meanwhile")
-        answers = _poll(metrics)
+        answers = poll()
         answered, expected = window.add(now, answers), len(answers)
         c, s = window.figures(canary_v), window.figures(serving_v)
         if on_poll:
             on_poll({"t": now - begin, "canary": c.summary(), "serving": s.summary(),
-                     "gateways": answered, "expected": expected})  # fmt: skip
-        reason = judge(c, s, rules)
+                     "gateways": answered, "expected": expected, "quality": gate()})  # fmt: skip
+        reason = judge(c, s, rules, total=totals())
         if reason:
             log.warning("aborting canary version %s: %s", canary_v, reason)
             with contextlib.suppress(DeployError):  # someone else may have ended it first
                 abort(cfg, f"automatic: {reason}", metrics=metrics)
             return result("aborted", reason)
         if now - begin >= duration_s:
-            missing = conclude(c, answered, expected, rules)
+            missing = conclude(c, answered, expected, rules, total=totals())
             if missing:
                 return result("inconclusive", missing)
             return result("healthy", f"no breach in {duration_s:g} s")
