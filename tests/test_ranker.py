@@ -247,6 +247,7 @@ def test_the_ranker_settings_are_chosen_on_held_back_validation_users(trained):
     """tune_ranker judges each setting on validation users held out of its fit, keeps the best
     (a setting blind to every feature cannot win), refits it on every validation user, and
     records what it tried."""
+    from training.config import TuningConfig
     from training.ranker import RankerConfig
     from training.ranker_tuning import tune_ranker
 
@@ -255,7 +256,7 @@ def test_the_ranker_settings_are_chosen_on_held_back_validation_users(trained):
     settings = {"blind": RankerConfig(trees=20, min_child_samples=5, leaves=7,
                                       drop=RANKER_FEATURES),
                 "small": small}  # fmt: skip
-    ranker = tune_ranker(inner, val, settings, choose_share=0.3)
+    ranker = tune_ranker(inner, val, TuningConfig(("blind", "small"), 0.3), settings=settings)
     record = ranker.validation["tuning"]
     assert set(record["tried"]) == {"blind", "small"}
     assert record["chosen"] == "small" and ranker.config == small
@@ -265,3 +266,22 @@ def test_the_ranker_settings_are_chosen_on_held_back_validation_users(trained):
     assert record["choose_users"] == round(0.3 * users)
     assert record["fit_users"] + record["choose_users"] == users
     assert ranker.validation["lists"] > 0 and ranker.booster.num_trees() == 20  # refit on all
+
+
+def test_the_tuning_config_names_every_candidate_setting_and_travels_with_the_run(tmp_path):
+    """``train`` tries every setting by default; the names are checked, and a run's config.json
+    keeps its tuning (runs saved before the field existed load the default)."""
+    from training.config import TrainConfig, TuningConfig
+    from training.ranker_tuning import candidate_settings, tune_ranker
+
+    assert TuningConfig().settings == tuple(candidate_settings())
+    cfg = TrainConfig(tuning=TuningConfig(("base",), 0.3))
+    cfg.save(tmp_path / "config.json")
+    assert TrainConfig.load(tmp_path / "config.json") == cfg
+    raw = cfg.to_dict()
+    del raw["tuning"]
+    assert TrainConfig.from_dict(raw).tuning == TuningConfig()
+    with pytest.raises(ValueError, match="at least one"):
+        TuningConfig(())
+    with pytest.raises(ValueError, match="unknown ranker settings"):
+        tune_ranker(None, sp.csr_matrix((2, 2)), TuningConfig(("nope",)))

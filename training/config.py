@@ -31,6 +31,26 @@ class DataConfig:
 
 
 @dataclass(frozen=True)
+class TuningConfig:
+    """What the validation users choose between (``training/ranker_tuning.py``): the names of
+    the ranker settings tried (``candidate_settings``) and the share of validation users held
+    out of each one's fit to judge it. The demo tries the base alone (its validation figure
+    is still recorded); ``train`` and the benchmarks try them all."""
+
+    settings: tuple[str, ...] = (
+        "base", "lambdarank", "leaves_31", "min_rows_per_leaf_50", "learning_rate_0.05",
+        "without_network_features",
+    )  # fmt: skip
+    choose_share: float = 0.25
+
+    def __post_init__(self) -> None:
+        if not self.settings or len(set(self.settings)) != len(self.settings):
+            raise ValueError("tuning.settings must name at least one setting, each once")
+        if not 0.0 < self.choose_share < 1.0:
+            raise ValueError("tuning.choose_share must lie between 0 and 1")
+
+
+@dataclass(frozen=True)
 class TrainConfig:
     """Everything that determines a run's result."""
 
@@ -40,6 +60,7 @@ class TrainConfig:
     dnn: DNNConfig = field(default_factory=DNNConfig)
     seed_model: SeedConfig = field(default_factory=SeedConfig)
     generator: GeneratorConfig = field(default_factory=GeneratorConfig)
+    tuning: TuningConfig = field(default_factory=TuningConfig)
     k: int = 10
 
     def __post_init__(self) -> None:
@@ -64,9 +85,16 @@ class TrainConfig:
             dnn=DNNConfig(**raw["dnn"]),
             seed_model=SeedConfig(**raw["seed_model"]),
             generator=GeneratorConfig(**raw["generator"]),
+            tuning=_tuning(raw.get("tuning")),  # absent in runs saved before it existed
             k=raw["k"],
         )
 
     @classmethod
     def load(cls, path: Path) -> TrainConfig:
         return cls.from_dict(json.loads(path.read_text()))
+
+
+def _tuning(raw: dict[str, Any] | None) -> TuningConfig:
+    if raw is None:
+        return TuningConfig()
+    return TuningConfig(**{**raw, "settings": tuple(raw["settings"])})

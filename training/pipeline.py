@@ -9,7 +9,7 @@ from pathlib import Path
 
 from core.als_factors import AlsFactors
 from core.console import step
-from training.config import DataConfig, TrainConfig
+from training.config import DataConfig, TrainConfig, TuningConfig
 from training.data import Interactions, filter_min_counts, load_dataset
 from training.data.events import merge_events
 from training.evaluation import evaluate_known_users, evaluate_new_users
@@ -61,7 +61,8 @@ def make_model(cfg: TrainConfig, *, progress: bool = False) -> Recommender:
     return BASELINES[cfg.model]()
 
 
-def fit_model(model: Recommender, split: Split, *, progress: bool = False) -> float:
+def fit_model(model: Recommender, split: Split, *, progress: bool = False,
+              tuning: TuningConfig | None = None) -> float:  # fmt: skip
     """Fit ``model`` on the split; returns seconds taken. The DNN early-stops on ``val``; then,
     with stage 1 fitted on ``train`` alone, its two-stage blend is tuned (``model.two_stage_``)
     and the learned ranker's settings chosen and trained (``model.ranker_``) on ``val``'s labels
@@ -77,7 +78,7 @@ def fit_model(model: Recommender, split: Split, *, progress: bool = False) -> fl
             with step("two-stage blend tuned on the validation plays", progress):
                 model.two_stage_ = tune_on(inner, split.val)
             with step("learned ranker's settings chosen and trained on validation users", progress):
-                model.ranker_ = tune_ranker(inner, split.val)
+                model.ranker_ = tune_ranker(inner, split.val, tuning)
             with step("ALS factors on training and validation plays", progress):
                 model.als_ = fit_als_factors(split.train_full)  # beside the refitted tables
         model.use_known_plays(split.train_full)  # what the run saves and serving matches against
@@ -111,7 +112,7 @@ def train_and_evaluate(
     split = split_interactions(data.matrix, cfg.split)
     log.info("split: %s", split.summary())
     model = make_model(cfg, progress=progress)
-    seconds = fit_model(model, split, progress=progress)
+    seconds = fit_model(model, split, progress=progress, tuning=cfg.tuning)
     served = None
     if getattr(model, "ranker_", None) is not None:  # what the gateway's default mode serves
         with step("the served default (ranked) refitted and evaluated", progress):

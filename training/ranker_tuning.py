@@ -1,7 +1,7 @@
 """The learned ranker's settings chosen on validation users only.
 
 The validation users are split (seeded) into the part whose labels train each candidate setting
-and the part that chooses between them (:data:`CHOOSE_SHARE`): NDCG@10 over the choosers'
+and the part that chooses between them (``TuningConfig.choose_share``): NDCG@10 over the choosers'
 candidate lists (every list has a held-out artist). The chosen setting is then refitted on
 every validation user. Test plays and new listeners'
 plays are never read (``tests/test_no_test_leak.py``). The record (each candidate's figure, the
@@ -18,10 +18,9 @@ import numpy as np
 import scipy.sparse as sp
 
 from core.ranker_features import NETWORK_FEATURES
+from training.config import TuningConfig
 from training.ranker import LearnedRanker, RankerConfig, RankerExamples, boost, ranker_examples
 from training.two_stage import TwoStageRecommender
-
-CHOOSE_SHARE = 0.25  # of validation users: they choose, the rest train each candidate
 
 
 def candidate_settings(base: RankerConfig | None = None) -> dict[str, RankerConfig]:
@@ -59,12 +58,19 @@ def _tried(examples: RankerExamples, config: RankerConfig) -> dict[str, Any]:
     return {"ndcg@10": _held_ndcg(judged, examples), "trees": judged.booster.num_trees()}
 
 
-def tune_ranker(model: TwoStageRecommender, val: sp.csr_matrix,
-                settings: dict[str, RankerConfig] | None = None,
-                choose_share: float = CHOOSE_SHARE, seed: int = 0) -> LearnedRanker:  # fmt: skip
-    """The best of ``settings`` (default :func:`candidate_settings`) by the choosing part's
-    NDCG@10, refitted on every validation user; ties keep the earlier setting."""
-    settings = settings or candidate_settings()
+def tune_ranker(model: TwoStageRecommender, val: sp.csr_matrix, tuning: TuningConfig | None = None,
+                *, settings: dict[str, RankerConfig] | None = None,
+                seed: int = 0) -> LearnedRanker:  # fmt: skip
+    """The best of ``tuning.settings`` (looked up in ``settings``, default
+    :func:`candidate_settings`) by the choosing part's NDCG@10, refitted on every validation
+    user; ties keep the earlier setting."""
+    tuning = tuning or TuningConfig()
+    known = settings or candidate_settings()
+    unknown = [name for name in tuning.settings if name not in known]
+    if unknown:
+        raise ValueError(f"unknown ranker settings {unknown}; choose among {list(known)}")
+    settings = {name: known[name] for name in tuning.settings}
+    choose_share = tuning.choose_share
     examples = ranker_examples(model, val, choose_share, seed)
     if not examples.held_users:  # too few validation users to hold any back: the first setting
         return boost(examples, next(iter(settings.values())))
