@@ -21,7 +21,7 @@ import signal
 import sys
 import time
 from collections.abc import Awaitable, Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
@@ -301,6 +301,8 @@ def run(args: argparse.Namespace) -> int:
     config = from_arguments(args)
     if args.worker_of is not None:
         workers.become_worker(args.worker_of)  # exits at once if that parent is gone
+        if config.events is not None:  # one writer per segment directory: a worker's own
+            config = replace(config, events=config.events / f"worker-{args.worker_index}")
     logs.configure(config.log_json)
     if args.worker_of is not None:
         workers.label_logs(args.worker_index)

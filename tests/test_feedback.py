@@ -306,3 +306,21 @@ def test_an_unwritable_events_dir_degrades_to_drops_and_recommend_still_answers(
         assert value(samples, "musicrec_gateway_requests_total", method="Recommend",
                      code="OK") == 20  # fmt: skip
     assert "event log: writing" in (tmp_path / "gateway.log").read_text()
+
+
+def test_each_worker_writes_its_own_segment_directory(stack, tmp_path):
+    """With ``--workers 2`` the workers never share a segment file: worker i writes
+    ``DIR/worker-<i>/``, and training reads them all."""
+    from training.data.events import read_played
+
+    config = stack.gateway_config(events=tmp_path / "events", events_flush_s=0.2, workers=2)
+    with GatewayProcess(config, log_file=tmp_path / "gateway.log"):
+        for i in range(6):  # a channel each: the kernel spreads connections over the workers
+            with RecommenderClient(f"127.0.0.1:{config.port}") as client:
+                rec = client.recommend(stack.users[i], k=3)
+                client.feedback(rec.recommendation_id, [FeedbackEvent("played", rec.artists[0].id)])
+    events = tmp_path / "events"
+    assert {p.name for p in events.iterdir()} <= {"worker-0", "worker-1"}
+    assert not list(events.glob("events-*.sqlite"))
+    frame, _ = read_played(events)  # committed at each worker's graceful stop
+    assert len(frame) == 6

@@ -1,7 +1,8 @@
 """Plays from the gateway's event log (``--events DIR``), read beside the base data.
 
 The log is SQLite segments (``gateway/event_log.py`` writes them; this module reads the same
-files without importing the gateway). Each PLAYED feedback event becomes a play of the artist
+files, in the directory and its ``worker-<i>/`` subdirectories, without importing the
+gateway). Each PLAYED feedback event becomes a play of the artist
 by the listener the gateway logged, ``play_count`` plays (1 when unset):
 
 * ``user:<id>``: that user of the base data (their plays add up), or a new user ``<id>`` when
@@ -41,7 +42,8 @@ def read_played(directory: Path) -> tuple[pd.DataFrame, int]:
     directory = Path(directory)
     if not directory.is_dir():
         raise FileNotFoundError(f"event log not found: {directory} is not a directory")
-    files = sorted(p for p in directory.glob(SEGMENT_GLOB) if _SEGMENT.search(p.name))
+    # with --workers N each worker writes its own worker-<i>/ below the directory
+    files = sorted(p for p in directory.rglob(SEGMENT_GLOB) if _SEGMENT.search(p.name))
     rows: list[tuple] = []
     for path in files:
         conn = sqlite3.connect(path)  # read-write: recovers a killed writer's WAL
