@@ -291,3 +291,48 @@ def test_musicrec_train_events_learns_the_logged_plays(tmp_path):
     known = {(u, a) for u, a in logged if run.plays[users[u], artists[a]] > 0}
     assert len(known) >= 0.5 * len(logged)  # the rest went to the split's test plays
     assert run.config.data.events == str(tmp_path / "events")
+
+
+def test_the_client_checks_feedback_before_sending():
+    from client import FeedbackEvent, Recommendation
+    from client._client import feedback_request
+    from musicrec.v1 import recommender_pb2 as pb
+
+    with pytest.raises(ValueError, match="action must be one of played"):
+        FeedbackEvent("liked", "a1")
+    with pytest.raises(ValueError, match="either artist_id or name"):
+        FeedbackEvent("played")
+    with pytest.raises(ValueError, match="play_count must be > 0"):
+        FeedbackEvent("played", "a1", play_count=0)
+    with pytest.raises(ValueError, match="recommendation_id is empty"):
+        feedback_request("", [FeedbackEvent("played", "a1")])
+    with pytest.raises(ValueError, match="1..500 events"):
+        feedback_request("ab", [FeedbackEvent("played", "a1")] * 501)
+    request = feedback_request("ab", [FeedbackEvent("skipped", name="Björk")])
+    assert request.events[0].action == pb.FEEDBACK_ACTION_SKIPPED
+    assert not request.events[0].HasField("play_count")
+    answer = pb.RecommendResponse(recommendation_id="ab", model_version=3)
+    assert Recommendation.from_proto(answer).recommendation_id == "ab"
+
+
+def test_the_gateway_checks_each_feedback_field():
+    from gateway.service import parse_feedback
+    from musicrec.v1 import recommender_pb2 as pb
+
+    def refused(request: pb.FeedbackRequest) -> str:
+        with pytest.raises(InvalidArgument) as exc:
+            parse_feedback(request)
+        return str(exc.value)
+
+    played = pb.FEEDBACK_ACTION_PLAYED
+    assert "recommendation_id must be set" in refused(pb.FeedbackRequest())
+    assert "give 1..500 events" in refused(pb.FeedbackRequest(recommendation_id="a"))
+    nan = pb.FeedbackEvent(id="x", action=played, play_count=float("nan"))
+    assert "events[0].play_count" in refused(pb.FeedbackRequest(recommendation_id="a",
+                                                                 events=[nan]))  # fmt: skip
+    blank = pb.FeedbackEvent(name=" ", action=played)
+    assert "events[0].name must not be empty" in refused(
+        pb.FeedbackRequest(recommendation_id="a", events=[blank]))  # fmt: skip
+    two = pb.FeedbackEvent(id="x", action=played, play_count=2)
+    rec_id, events = parse_feedback(pb.FeedbackRequest(recommendation_id="a", events=[two]))
+    assert (rec_id, events) == ("a", [Event("played", "x", play_count=2.0)])
