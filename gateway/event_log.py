@@ -61,6 +61,22 @@ def segments(directory: Path) -> list[Path]:
     return sorted(p for p in Path(directory).glob(SEGMENT_GLOB) if _SEGMENT.search(p.name))
 
 
+def _create(path: Path) -> None:
+    """A new segment with its tables, in WAL mode (kept in the file), made under a temporary
+    name and renamed: a reader never sees a segment without its tables."""
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.unlink(missing_ok=True)
+    conn = sqlite3.connect(tmp)
+    try:
+        for statement in SCHEMA:
+            conn.execute(statement)
+        conn.commit()
+        conn.execute("PRAGMA journal_mode=WAL")
+    finally:
+        conn.close()  # the WAL is checkpointed and removed: one file to rename
+    tmp.replace(path)
+
+
 class Segments:
     """The open segment and the rotation (used by the writer thread only)."""
 
@@ -90,16 +106,13 @@ class Segments:
         self.directory.mkdir(parents=True, exist_ok=True)
         existing = segments(self.directory)
         last = int(_SEGMENT.search(existing[-1].name).group(1)) if existing else 0
-        conn = sqlite3.connect(self.directory / f"events-{last + 1:08d}.sqlite",
-                               check_same_thread=False)  # fmt: skip
+        path = self.directory / f"events-{last + 1:08d}.sqlite"
+        _create(path)
+        conn = sqlite3.connect(path, check_same_thread=False)
         try:
-            conn.execute("PRAGMA journal_mode=WAL")
             conn.execute("PRAGMA synchronous=NORMAL")
             if self.max_page_count:
                 conn.execute(f"PRAGMA max_page_count={int(self.max_page_count)}")
-            for statement in SCHEMA:
-                conn.execute(statement)
-            conn.commit()
         except BaseException:
             conn.close()
             raise

@@ -336,3 +336,31 @@ def test_the_gateway_checks_each_feedback_field():
     two = pb.FeedbackEvent(id="x", action=played, play_count=2)
     rec_id, events = parse_feedback(pb.FeedbackRequest(recommendation_id="a", events=[two]))
     assert (rec_id, events) == ("a", [Event("played", "x", play_count=2.0)])
+
+
+def test_an_interleaved_answer_keeps_its_id_teams_and_versions():
+    """The servicer keeps what a result carries for the interleaving: its id (which seeded the
+    draft), each position's team and version; Feedback then credits those."""
+    import asyncio
+    from types import SimpleNamespace
+
+    from core.vocabulary import ScoredArtist
+    from gateway.config import GatewayConfig
+    from gateway.recommender import Listener, Query
+    from gateway.service import RecommenderServicer
+
+    metrics = GatewayMetrics()
+    servicer = RecommenderServicer(SimpleNamespace(metrics=metrics), GatewayConfig())
+    result = SimpleNamespace(
+        artists=[ScoredArtist(0, "a", "A", 1.0), ScoredArtist(1, "b", "B", 0.5)], version=1,
+        mode="ranked", recommendation_id="f" * 32, teams=["A", "B"], versions=[1, 2],
+    )  # fmt: skip
+    rec_id = asyncio.run(servicer._served(Query(Listener(user_id="u")), result, False))
+    assert rec_id == "f" * 32
+    credits = servicer.feedback.feedback(rec_id, [Event("played", "b")])
+    assert [(c.version, c.team, c.rank) for c in credits] == [(2, "B", 2)]
+    assert sample(metrics, "musicrec_gateway_feedback_events_total", version="2",
+                  action="played") == 1  # fmt: skip
+    plain = SimpleNamespace(artists=result.artists, version=1, mode="ranked")
+    other = asyncio.run(servicer._served(Query(Listener(user_id="u")), plain, False))
+    assert len(other) == 32 and servicer.feedback.store.get(other).teams == ("", "")

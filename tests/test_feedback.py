@@ -324,3 +324,24 @@ def test_each_worker_writes_its_own_segment_directory(stack, tmp_path):
     assert not list(events.glob("events-*.sqlite"))
     frame, _ = read_played(events)  # committed at each worker's graceful stop
     assert len(frame) == 6
+
+
+def test_the_locust_user_sends_feedback_for_a_share_of_answers(stack, tmp_path):
+    import csv
+    import subprocess
+    import sys
+
+    root = Path(__file__).resolve().parent.parent
+    done = subprocess.run(
+        [str(Path(sys.executable).with_name("locust")), "-f", "loadtests/locustfile.py",
+         "--headless", "--host", stack.gateway.address, "-u", "4", "-r", "4", "-t", "8s",
+         "--repository", str(stack.root / "model_repository"), "--feedback-percent", "50",
+         "--csv", str(tmp_path / "locust"), "--only-summary"],
+        capture_output=True, text=True, timeout=90, cwd=root,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr[-3000:]
+    with open(tmp_path / "locust_stats.csv") as f:
+        rows = {row["Name"]: row for row in csv.DictReader(f)}
+    assert int(rows["Aggregated"]["Failure Count"]) == 0
+    recommends, feedbacks = (int(rows[n]["Request Count"]) for n in ("Recommend", "Feedback"))
+    assert 0.25 * recommends < feedbacks < 0.75 * recommends
