@@ -23,6 +23,7 @@ import numpy as np
 
 from core.console import console
 from core.paths import HETREC_DIR
+from core.tag_profile import ArtistTags
 from training.data import load_hetrec
 from training.evaluation import evaluate_known_users, evaluate_new_users
 from training.models import DNNConfig, DNNRecommender
@@ -32,7 +33,7 @@ from training.split import SplitConfig, split_interactions
 from training.two_stage import TwoStageRecommender
 
 RESULTS = Path(__file__).parent / "results" / "ranker_tuning.json"
-ROWS = ("tuned", "base", "ease")
+ROWS = ("tuned", "base", "base_without_tags", "ease")
 
 
 def run_seed(data, seed: int) -> dict:
@@ -40,17 +41,20 @@ def run_seed(data, seed: int) -> dict:
     t0 = time.perf_counter()
     split = split_interactions(data.matrix, SplitConfig(seed=seed))
     model = DNNRecommender(DNNConfig())
-    fit_model(model, split, progress=True)
+    fit_model(model, split, progress=True, tags=data.tags)
+    tags = data.tags and ArtistTags.fit(data.tags, split.train_full)  # the served table
 
     def judge(ranker) -> dict[str, float]:
-        ranked = RankedRecommender(model, ranker, model.two_stage_, als=model.als_)
+        ranked = RankedRecommender(model, ranker, model.two_stage_, als=model.als_, tags=tags)
         ranked.fit(split.train_full)
         return {"known": evaluate_known_users(ranked, split, 10)["ndcg@10"],
                 "new": evaluate_new_users(ranked, split, 10)["ndcg@10"]}  # fmt: skip
 
     out = {"tuning": model.ranker_.validation["tuning"], "tuned": judge(model.ranker_)}
-    inner = TwoStageRecommender(model, model.two_stage_).fit(split.train)
+    inner = TwoStageRecommender(model, model.two_stage_, tags=data.tags).fit(split.train)
     out["base"] = judge(fit_ranker(inner, split.val, RankerConfig()))
+    plain = TwoStageRecommender(model, model.two_stage_, als=inner.als_).fit(split.train)
+    out["base_without_tags"] = judge(fit_ranker(plain, split.val, RankerConfig()))
     ease = baseline_metrics("ease", split)
     out["ease"] = {"known": ease["known_users"]["ndcg@10"], "new": ease["new_users"]["ndcg@10"]}
     out["seconds"] = time.perf_counter() - t0

@@ -12,7 +12,8 @@ Stage 1 picks a few hundred candidate artists cheaply, from four sources:
 * **EASE**: a pruned top-N table of EASE's item weights (:mod:`core.ease_table`), scored
   ``binary(plays) @ table``; the large-catalogue approximation is described there.
 
-The capped candidates also get their ALS score (:mod:`core.als_factors`), a feature only.
+The capped candidates also get their ALS score (:mod:`core.als_factors`), a feature only, and,
+in versions whose data had tags, their tag similarity to the listener (:mod:`core.tag_profile`).
 
 The union, without what the listener plays, is capped at ``max_candidates`` by a cheap score
 (each source's score scaled by its maximum, summed). Stage 2 scores only those: the learned
@@ -32,6 +33,7 @@ import scipy.sparse as sp
 from core.als_factors import AlsFactors
 from core.ease_table import ease_neighbour_table
 from core.similarity import as_csr, l2_normalize_rows, log_weights, user_vectors, weighted_rows
+from core.tag_profile import ArtistTags
 
 # Stage-1 scores, in this order; ALS scores only the capped candidates (not a source).
 FEATURES = ("neighbourhood", "item_knn", "popularity", "ease", "als")
@@ -79,6 +81,7 @@ class Candidates:
     artists: np.ndarray  # int64 artist columns, (C,)
     features: np.ndarray  # float32 (C, len(FEATURES))
     listener: np.ndarray = field(default_factory=lambda: np.zeros(len(LISTENER), np.float32))
+    tags: np.ndarray | None = None  # float32 (C, 2): tag_sim, tagged; None without a tag table
 
 
 @dataclass(frozen=True)
@@ -209,12 +212,14 @@ def _top_per_row(m: sp.csr_matrix, n: int) -> sp.csr_matrix:
 
 class CandidateIndex:
     """What stage 1 needs of one model version: the known users' vectors, the item-item and
-    EASE tables, ALS's artist factors and artist popularity (listeners per artist). Without an
-    EASE table or ALS factors (versions exported before them) those scores are 0."""
+    EASE tables, ALS's artist factors, artist popularity (listeners per artist) and, when the
+    data had tags, the artist tag table. Without an EASE table or ALS factors (versions
+    exported before them) those scores are 0; without a tag table candidates carry no tags."""
 
     def __init__(self, known_plays: sp.csr_matrix, item_table: sp.csr_matrix,
                  config: CandidateConfig, ease_table: sp.csr_matrix | None = None,
-                 als: AlsFactors | None = None) -> None:  # fmt: skip
+                 als: AlsFactors | None = None,
+                 tags: ArtistTags | None = None) -> None:  # fmt: skip
         known_plays = sp.csr_matrix(known_plays)
         square = (known_plays.shape[1],) * 2
         if ease_table is None:
@@ -231,6 +236,10 @@ class CandidateIndex:
         if self.als.n_artists != known_plays.shape[1]:
             raise ValueError(f"ALS factors for {self.als.n_artists} artists, not "
                              f"{known_plays.shape[1]}")  # fmt: skip
+        if tags is not None and tags.n_artists != known_plays.shape[1]:
+            raise ValueError(f"tag table for {tags.n_artists} artists, not "
+                             f"{known_plays.shape[1]}")  # fmt: skip
+        self.tags = tags
         listeners = np.diff(known_plays.tocsc().indptr)
         self.log_listeners = np.log1p(listeners).astype(np.float32)
         self.popular = np.argsort(-listeners, kind="stable")[: config.popular].astype(np.int64)
@@ -274,8 +283,9 @@ class CandidateIndex:
         als = self.als.scores(self.als.user_factor(history), pool[best])
         listener = np.array([np.log1p(len(played)), sims.sum(), sims.max(initial=0.0),
                              len(users)], np.float32)  # fmt: skip
+        tags = self.tags.features(history, pool[best]) if self.tags is not None else None
         return Candidates(pool[best], np.column_stack([features[best], als]).astype(np.float32),
-                          listener)  # fmt: skip
+                          listener, tags)  # fmt: skip
 
 
 def _without(pool: np.ndarray, exclude: np.ndarray) -> np.ndarray:

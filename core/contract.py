@@ -36,6 +36,7 @@ MANIFEST, VOCAB_DIR, PLAYS, ONNX_FILE, PYTHON_MODEL_FILE = (
 ITEM_NEIGHBOURS = "item_neighbours.npz"  # stage-1 item-item table, in ARTIFACT_MODEL's versions
 EASE_NEIGHBOURS = "ease_neighbours.npz"  # stage-1 pruned EASE table, in ARTIFACT_MODEL's versions
 ALS_FACTORS = "als_factors.npz"  # ALS artist factors (a ranker feature), in ARTIFACT_MODEL's
+ARTIST_TAGS = "artist_tags.npz"  # artist tag table (core.tag_profile), where the ranker uses tags
 VERSION_FILES = (ONNX_FILE, PYTHON_MODEL_FILE, MANIFEST, PLAYS, f"{VOCAB_DIR}/users.json",
                  f"{VOCAB_DIR}/artists.json")  # fmt: skip
 
@@ -136,7 +137,9 @@ RANKER = ModelSpec(
     CANDIDATE_RANKER,
     inputs=(
         *CANDIDATES.inputs,
-        TensorSpec("features", "TYPE_FP32", (-1, len(GATEWAY_FEATURES))),  # core.ranker_features
+        # core.ranker_features: GATEWAY_FEATURES, then TAG_FEATURES where a version's ranker
+        # names them (its manifest's ranker.features): the width is per version
+        TensorSpec("features", "TYPE_FP32", (-1, -1)),
     ),  # fmt: skip
     outputs=(TensorSpec("scores", "TYPE_FP32", (-1,)),),
     max_batch_size=64,

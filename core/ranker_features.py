@@ -6,6 +6,10 @@ to Triton's ``candidate_ranker``, which prepends :data:`NETWORK_FEATURES` (the D
 of each candidate and its z-score over the listener's candidates) before its trees; the trees
 see :data:`RANKER_FEATURES` in that order. Ranks and z-scores are taken over the candidates,
 so they mean the same offline and when served.
+
+A run whose data had tags adds :data:`TAG_FEATURES` after those (:func:`ranker_features`):
+its candidates carry their tag columns (``core.tag_profile``), and the run's ranker names the
+features it was trained on (``ranker.json``'s ``features``), which the gateway sends.
 """
 
 from __future__ import annotations
@@ -23,6 +27,12 @@ GATEWAY_FEATURES = (
     *LISTENER, "known",
 )  # fmt: skip
 RANKER_FEATURES = (*NETWORK_FEATURES, *GATEWAY_FEATURES)
+TAG_FEATURES = ("tag_sim", "tag_z", "tag_rank", "tagged")  # only where the data has tags
+
+
+def ranker_features(tags: bool) -> tuple[str, ...]:
+    """The ranker's features of a run with (or without) tags, in column order."""
+    return (*RANKER_FEATURES, *TAG_FEATURES) if tags else RANKER_FEATURES
 
 
 _SCORED_COLUMNS = [FEATURES.index(s) for s in (*SCORED, "popularity")]
@@ -30,7 +40,8 @@ _SOURCE_COLUMNS = [FEATURES.index(s) for s in SOURCES]
 
 
 def candidate_features(candidates: Candidates, known: bool) -> np.ndarray:
-    """``(C, len(GATEWAY_FEATURES))`` float32 for one listener's candidates.
+    """``(C, len(GATEWAY_FEATURES))`` float32 for one listener's candidates, and the
+    :data:`TAG_FEATURES` after them when the candidates carry tags.
 
     Every scored source (and popularity) is one row of a ``(5, C)`` array, so each derived
     feature is one NumPy call over all of them (the gateway computes this per request); each
@@ -38,7 +49,9 @@ def candidate_features(candidates: Candidates, known: bool) -> np.ndarray:
     :func:`ranks` of that column alone, bit for bit."""
     raw = np.asarray(candidates.features, np.float64)
     n = raw.shape[0]
-    out = np.empty((n, len(GATEWAY_FEATURES)), np.float32)
+    tags = candidates.tags
+    out = np.empty((n, len(GATEWAY_FEATURES) + (0 if tags is None else len(TAG_FEATURES))),
+                   np.float32)  # fmt: skip
     if n == 0:
         return out
     rows = np.ascontiguousarray(raw[:, _SCORED_COLUMNS].T)  # (5, C): 4 sources, popularity
@@ -50,8 +63,16 @@ def candidate_features(candidates: Candidates, known: bool) -> np.ndarray:
     out[:, 16], out[:, 17], out[:, 18] = rows[4], z[4], r[4]
     out[:, 19] = np.count_nonzero(raw[:, _SOURCE_COLUMNS], axis=1)
     out[:, 20 : 20 + len(LISTENER)] = np.asarray(candidates.listener, np.float64)
-    out[:, -1] = float(known)
+    out[:, len(GATEWAY_FEATURES) - 1] = float(known)
+    if tags is not None:
+        out[:, len(GATEWAY_FEATURES) :] = tag_columns(tags)
     return out
+
+
+def tag_columns(tags: np.ndarray) -> np.ndarray:
+    """``(C, 4)`` :data:`TAG_FEATURES` from the candidates' ``(C, 2)`` tag_sim and tagged."""
+    sim = np.asarray(tags[:, 0], np.float64)[None, :]
+    return np.column_stack([sim[0], zscore_rows(sim)[0], rank_rows(sim)[0], tags[:, 1]])
 
 
 def zscore_rows(rows: np.ndarray) -> np.ndarray:

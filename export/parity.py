@@ -11,7 +11,7 @@ import onnxruntime as ort
 
 from core.contract import ARTIST_INPUT, CANDIDATES, CATALOGUE, PAIR, RANKER, USER_INPUT
 from core.errors import MusicrecError
-from core.ranker_features import GATEWAY_FEATURES, network_features
+from core.ranker_features import GATEWAY_FEATURES, NETWORK_FEATURES, network_features
 from training.models.network import CatalogueScorer
 from training.ranker import LearnedRanker
 
@@ -153,7 +153,8 @@ def check_candidate_ranker(
     scorer = CatalogueScorer.from_model(keras_model)
     feed, rng = _candidate_feed(scorer, groups, group_size, candidates, seed)
     users, weights, chosen, mask = (feed[k] for k in ("users", "weights", "candidates", "mask"))
-    features = rng.normal(size=(groups, candidates, len(GATEWAY_FEATURES))).astype(np.float32)
+    width = len(ranker.features) - len(NETWORK_FEATURES) if ranker else len(GATEWAY_FEATURES)
+    features = rng.normal(size=(groups, candidates, width)).astype(np.float32)
     (scores,) = session(onnx_model).run(["scores"], {**feed, "features": features})
     dnn = np.take_along_axis(scorer.score_groups(users, weights), chosen, axis=1)
     close, overlap, diffs = [], [], []

@@ -2,7 +2,9 @@
 ONNX graph, so a ``Recommend`` is one Triton request.
 
 Inputs: those of ``candidate_scorer`` (``users``, ``weights``, ``candidates``, ``mask``) and
-``features`` (float32 ``[B, C, F]``, :data:`core.ranker_features.GATEWAY_FEATURES`). Inside:
+``features`` (float32 ``[B, C, F]``: the ranker's features after the network's two,
+:data:`core.ranker_features.GATEWAY_FEATURES` and, in a version whose ranker uses tags,
+:data:`core.ranker_features.TAG_FEATURES`; ``F`` is fixed per version). Inside:
 
 1. the network's group score of every candidate (:func:`export.onnx_models.group_score_nodes`);
 2. its z-score over the request's unmasked candidates (population std, 0 when constant), as
@@ -23,7 +25,7 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
-from core.ranker_features import GATEWAY_FEATURES, RANKER_FEATURES
+from core.ranker_features import NETWORK_FEATURES, RANKER_FEATURES
 from export.onnx_models import OPSET, candidate_inputs, group_score_nodes
 
 TREE_OPSET = 15  # the highest onnxmltools 1.16 converts to; its nodes mean the same at OPSET
@@ -34,18 +36,19 @@ if TYPE_CHECKING:
 
 
 def ranker_trees(ranker: LearnedRanker) -> onnx.ModelProto:
-    """The booster as an ONNX tree ensemble: input ``input`` float ``[N, len(RANKER_FEATURES)]``,
+    """The booster as an ONNX tree ensemble: input ``input`` float ``[N, len(ranker.features)]``,
     output ``variable`` float ``[N, 1]``. Dropped features (ablations) are zeroed first."""
     import onnxmltools
     from onnxmltools.convert.common.data_types import FloatTensorType
 
+    width = len(ranker.features)
     proto = onnxmltools.convert_lightgbm(
-        ranker.booster, initial_types=[("input", FloatTensorType([None, len(RANKER_FEATURES)]))],
+        ranker.booster, initial_types=[("input", FloatTensorType([None, width]))],
         target_opset=TREE_OPSET, zipmap=False,
     )  # fmt: skip
     if ranker.config.drop:
-        keep = np.ones(len(RANKER_FEATURES), np.float32)
-        keep[[RANKER_FEATURES.index(f) for f in ranker.config.drop]] = 0.0
+        keep = np.ones(width, np.float32)
+        keep[[ranker.features.index(f) for f in ranker.config.drop]] = 0.0
         graph = proto.graph
         original = graph.input[0].name
         for node in graph.node:
@@ -80,14 +83,16 @@ def _zscore_nodes() -> tuple[list, list]:
     return nodes, init
 
 
-def candidate_ranker(weights: NetworkWeights, trees: onnx.ModelProto | None) -> onnx.ModelProto:
-    """Build ``candidate_ranker`` from the network's weights and the ranker's ONNX trees."""
+def candidate_ranker(weights: NetworkWeights, trees: onnx.ModelProto | None,
+                     features: tuple[str, ...] = RANKER_FEATURES) -> onnx.ModelProto:  # fmt: skip
+    """Build ``candidate_ranker`` from the network's weights and the ranker's ONNX trees over
+    ``features`` (the ranker's, the network's two first)."""
     nodes, init = group_score_nodes(weights)
     z_nodes, z_init = _zscore_nodes()
     nodes += z_nodes
     init += [
         *z_init,
-        numpy_helper.from_array(np.array([-1, len(RANKER_FEATURES)], np.int64), "rows_shape"),
+        numpy_helper.from_array(np.array([-1, len(features)], np.int64), "rows_shape"),
     ]
     opsets = [helper.make_opsetid("", OPSET)]
     nodes += [
@@ -107,7 +112,7 @@ def candidate_ranker(weights: NetworkWeights, trees: onnx.ModelProto | None) -> 
     inputs = [
         *candidate_inputs(),
         helper.make_tensor_value_info("features", TensorProto.FLOAT,
-                                      ["B", "C", len(GATEWAY_FEATURES)]),
+                                      ["B", "C", len(features) - len(NETWORK_FEATURES)]),
     ]  # fmt: skip
     graph = helper.make_graph(
         nodes, "candidate_ranker", inputs,

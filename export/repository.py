@@ -15,6 +15,8 @@ Layout (one export = the same version number in every model)::
     model_repository/catalogue_scorer/<v>/item_neighbours.npz   stage-1 item-item table
     model_repository/catalogue_scorer/<v>/ease_neighbours.npz   stage-1 pruned EASE table
     model_repository/catalogue_scorer/<v>/als_factors.npz       ALS artist factors (ranker feature)
+    model_repository/catalogue_scorer/<v>/artist_tags.npz       artist tag table, only where the
+                                                                ranker uses tag features
     model_repository/pair_scorer/<v>/model.savedmodel/   the same network for TF Serving users
 
 Everything is built and parity-checked in a staging directory beside the repository and renamed
@@ -38,6 +40,7 @@ from core.candidates import TwoStageSettings
 from core.contract import (
     ALS_FACTORS,
     ARTIFACT_MODEL,
+    ARTIST_TAGS,
     CANDIDATE_RANKER,
     CANDIDATE_SCORER,
     CATALOGUE_SCORER,
@@ -46,6 +49,8 @@ from core.contract import (
     PAIR_SCORER,
 )
 from core.files import repository_lock
+from core.ranker_features import RANKER_FEATURES
+from core.tag_profile import ArtistTags
 from export.onnx_models import candidate_scorer, catalogue_scorer, pair_scorer
 from export.parity import (
     ParityReport,
@@ -76,6 +81,11 @@ class Trained:
     def weights(self) -> NetworkWeights:
         return NetworkWeights.from_model(self.model)
 
+    @property
+    def features(self) -> tuple[str, ...]:
+        """The ranker's features (the base ones without a ranker)."""
+        return self.ranker.features if self.ranker is not None else RANKER_FEATURES
+
 
 Builder = Callable[[Trained], onnx.ModelProto]
 Gate = Callable[[Trained, onnx.ModelProto], ParityReport]
@@ -86,7 +96,8 @@ BUILDERS: dict[str, tuple[Builder, Gate]] = {
                        lambda t, p: check_catalogue_scorer(t.model, p)),
     CANDIDATE_SCORER: (lambda t: candidate_scorer(t.weights),
                        lambda t, p: check_candidate_scorer(t.model, p)),
-    CANDIDATE_RANKER: (lambda t: candidate_ranker(t.weights, t.ranker and ranker_trees(t.ranker)),
+    CANDIDATE_RANKER: (lambda t: candidate_ranker(t.weights, t.ranker and ranker_trees(t.ranker),
+                                                  t.features),
                        lambda t, p: check_candidate_ranker(t.model, p, t.ranker)),
 }  # fmt: skip
 if set(BUILDERS) != set(MODELS):  # pragma: no cover - a model spec without its builder
@@ -109,6 +120,7 @@ def export_run(run_dir: Path | str, repository: Path | str) -> ExportResult:
     return export_network(
         keras_model, repository, vocab_dir=run.path / "vocab", plays=run.plays,
         provenance=provenance, two_stage=run.two_stage, ranker=run.ranker, als=run.als,
+        tags=run.tags,
     )  # fmt: skip
 
 
@@ -122,12 +134,18 @@ def export_network(
     two_stage: TwoStageSettings | None = None,
     ranker: LearnedRanker | None = None,
     als: AlsFactors | None = None,
+    tags: ArtistTags | None = None,
 ) -> ExportResult:
     """Export a trained network with its vocabulary, known users' plays, stage-1 tables,
     two-stage settings (default: the DNN alone ranks the candidates), learned ranker (default:
     none, the network ranks) and the ALS factors its features need (default: none, scores 0)
     as the next version of every model, after the parity gates; the repository is untouched
-    on any failure."""
+    on any failure. A ranker trained with tag features needs ``tags``, its tag table (shipped
+    as ``artist_tags.npz``, sealed in the manifest like the other tables)."""
+    uses_tags = ranker is not None and ranker.uses_tags
+    if uses_tags and tags is None:
+        raise ExportError("the ranker uses tag features but the run has no tag table")
+    tags = tags if uses_tags else None  # a table no feature reads is not shipped
     repository = Path(repository)
     repository.mkdir(parents=True, exist_ok=True)
     trained = Trained(keras_model, ranker)
@@ -148,6 +166,8 @@ def export_network(
         artifacts = staging / ARTIFACT_MODEL / str(version)
         sp.save_npz(artifacts / EASE_NEIGHBOURS, ease, compressed=False)
         als.save(artifacts / ALS_FACTORS)
+        if tags is not None:
+            tags.save(artifacts / ARTIST_TAGS)
         keras_model.export(staging / PAIR_SCORER / str(version) / "model.savedmodel",
                            format="tf_saved_model", verbose=False)  # fmt: skip
 

@@ -23,6 +23,7 @@ from core.candidates import CandidateIndex, TwoStageSettings
 from core.contract import (
     ALS_FACTORS,
     ARTIFACT_MODEL,
+    ARTIST_TAGS,
     EASE_NEIGHBOURS,
     ITEM_NEIGHBOURS,
     MANIFEST,
@@ -31,13 +32,16 @@ from core.contract import (
     VOCAB_DIR,
 )
 from core.files import sha256_of
+from core.ranker_features import RANKER_FEATURES, TAG_FEATURES, ranker_features
 from core.similarity import ArrayBackend, SimilarityIndex
+from core.tag_profile import ArtistTags
 from core.vocabulary import ArtistLookup, Vocabulary
 from gateway.errors import InvalidArgument
 
 log = logging.getLogger(__name__)
 
-LOADED_FILES = (PLAYS, ITEM_NEIGHBOURS, EASE_NEIGHBOURS, ALS_FACTORS)  # and VOCAB_DIR's files
+# and VOCAB_DIR's files; ARTIST_TAGS only in versions whose ranker uses tag features
+LOADED_FILES = (PLAYS, ITEM_NEIGHBOURS, EASE_NEIGHBOURS, ALS_FACTORS, ARTIST_TAGS)
 
 
 class ArtifactError(RuntimeError):
@@ -74,6 +78,24 @@ def verify_loaded_files(directory: Path, manifest: dict, version: int,
         if sha256_of(directory / rel) != recorded[rel]:
             raise ArtifactError(f"version {version}: checksum mismatch in {rel} (its sha256 "
                                 "differs from the manifest's): not loaded")  # fmt: skip
+
+
+def _tag_table(directory: Path, manifest: dict, version: int) -> ArtistTags | None:
+    """The version's tag table where its ranker names tag features (``None`` where it names
+    none); :class:`ArtifactError` when its features are not ones the gateway computes, or the
+    table is missing."""
+    ranker = manifest.get("ranker") or {}
+    names = tuple(ranker.get("features", RANKER_FEATURES))
+    uses_tags = TAG_FEATURES[0] in names
+    if names != ranker_features(uses_tags):
+        raise ArtifactError(f"version {version}: its ranker's features {list(names)} are not "
+                            "ones this gateway computes")  # fmt: skip
+    if not uses_tags:
+        return None
+    if not (directory / ARTIST_TAGS).is_file():
+        raise ArtifactError(f"version {version}: its ranker uses tag features but "
+                            f"{ARTIST_TAGS} is missing")  # fmt: skip
+    return ArtistTags.load(directory / ARTIST_TAGS)
 
 
 class ArtistRef(NamedTuple):
@@ -127,8 +149,9 @@ class ModelVersion:
             table = sp.load_npz(directory / ITEM_NEIGHBOURS).tocsr()
             ease = sp.load_npz(directory / EASE_NEIGHBOURS).tocsr()
             als = AlsFactors.load(directory / ALS_FACTORS)
+            tags = _tag_table(directory, manifest, version)
             two_stage = TwoStageSettings.from_dict(manifest.get("two_stage"))
-            candidates = CandidateIndex(plays, table, two_stage.candidates, ease, als)
+            candidates = CandidateIndex(plays, table, two_stage.candidates, ease, als, tags)
         except (OSError, ValueError, KeyError, TypeError) as exc:
             raise ArtifactError(f"version {version} in {directory}: {exc}") from exc
         if plays.shape != (vocab.n_users, vocab.n_artists):
@@ -154,6 +177,11 @@ class ModelVersion:
     @property
     def n_artists(self) -> int:
         return self.vocab.n_artists
+
+    @property
+    def features(self) -> tuple[str, ...]:
+        """The ranker's features this version's candidates give (its manifest's names)."""
+        return ranker_features(self.candidates.tags is not None)
 
     def user(self, user_id: str) -> int | None:
         """Row of a known user who has plays, else None."""

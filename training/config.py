@@ -35,11 +35,13 @@ class TuningConfig:
     """What the validation users choose between (``training/ranker_tuning.py``): the names of
     the ranker settings tried (``candidate_settings``) and the share of validation users held
     out of each one's fit to judge it. The demo tries the base alone (its validation figure
-    is still recorded); ``train`` and the benchmarks try them all."""
+    is still recorded); ``train`` and the benchmarks try them all. A setting that drops
+    features a run lacks (``without_tag_features`` on data without tags) is skipped, and the
+    record says so."""
 
     settings: tuple[str, ...] = (
         "base", "lambdarank", "leaves_31", "min_rows_per_leaf_50", "learning_rate_0.05",
-        "without_network_features",
+        "without_network_features", "without_tag_features",
     )  # fmt: skip
     choose_share: float = 0.25
 

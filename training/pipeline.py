@@ -9,6 +9,7 @@ from pathlib import Path
 
 from core.als_factors import AlsFactors
 from core.console import step
+from core.tag_profile import ArtistTags, TagAssignments
 from training.config import DataConfig, TrainConfig, TuningConfig
 from training.data import Interactions, filter_min_counts, load_dataset
 from training.data.events import merge_events
@@ -38,6 +39,7 @@ class TrainResult:
     ranker: LearnedRanker | None = None  # the learned ranking stage, trained on val labels
     als: AlsFactors | None = None  # ALS artist factors on train_full, a ranker feature
     served_metrics: dict[str, object] | None = None  # the served default (``ranked``)'s
+    tags: ArtistTags | None = None  # the tag table on train_full, when the ranker uses tags
 
 
 def prepare_data(cfg: DataConfig, *, progress: bool = False) -> tuple[Interactions, dict]:
@@ -62,25 +64,30 @@ def make_model(cfg: TrainConfig, *, progress: bool = False) -> Recommender:
 
 
 def fit_model(model: Recommender, split: Split, *, progress: bool = False,
-              tuning: TuningConfig | None = None) -> float:  # fmt: skip
+              tuning: TuningConfig | None = None,
+              tags: TagAssignments | None = None) -> float:  # fmt: skip
     """Fit ``model`` on the split; returns seconds taken. The DNN early-stops on ``val``; then,
     with stage 1 fitted on ``train`` alone, its two-stage blend is tuned (``model.two_stage_``)
     and the learned ranker's settings chosen and trained (``model.ranker_``) on ``val``'s labels
-    (``training/ranker_tuning.py``). ``progress``: a
+    (``training/ranker_tuning.py``). With ``tags`` the ranker's candidates carry tag features
+    (the table fitted on ``train``'s pairs; for serving on ``train_full``'s,
+    ``model.tag_table_``). ``progress``: a
     spinner and a duration line for each step after the network's epochs."""
     t0 = time.perf_counter()
     if isinstance(model, DNNRecommender):
         model.fit(split.train, split.val)
-        model.ranker_ = model.als_ = None
+        model.ranker_ = model.als_ = model.tag_table_ = None
         if split.val.nnz:
             with step("stage 1 on the training plays", progress):
-                inner = TwoStageRecommender(model).fit(split.train)
+                inner = TwoStageRecommender(model, tags=tags).fit(split.train)
             with step("two-stage blend tuned on the validation plays", progress):
                 model.two_stage_ = tune_on(inner, split.val)
             with step("learned ranker's settings chosen and trained on validation users", progress):
                 model.ranker_ = tune_ranker(inner, split.val, tuning)
             with step("ALS factors on training and validation plays", progress):
                 model.als_ = fit_als_factors(split.train_full)  # beside the refitted tables
+            if model.ranker_.uses_tags:
+                model.tag_table_ = ArtistTags.fit(tags, split.train_full)
         model.use_known_plays(split.train_full)  # what the run saves and serving matches against
     else:
         with step(f"fitting {getattr(model, 'name', type(model).__name__)}", progress):
@@ -112,11 +119,12 @@ def train_and_evaluate(
     split = split_interactions(data.matrix, cfg.split)
     log.info("split: %s", split.summary())
     model = make_model(cfg, progress=progress)
-    seconds = fit_model(model, split, progress=progress, tuning=cfg.tuning)
+    seconds = fit_model(model, split, progress=progress, tuning=cfg.tuning, tags=data.tags)
     served = None
     if getattr(model, "ranker_", None) is not None:  # what the gateway's default mode serves
         with step("the served default (ranked) refitted and evaluated", progress):
-            ranked = RankedRecommender(model, model.ranker_, model.two_stage_, als=model.als_)
+            ranked = RankedRecommender(model, model.ranker_, model.two_stage_, als=model.als_,
+                                       tags=model.tag_table_)  # fmt: skip
             ranked.fit(split.train_full)
             served = {"mode": "ranked", "known_users": evaluate_known_users(ranked, split, cfg.k),
                       "new_users": evaluate_new_users(ranked, split, cfg.k)}  # fmt: skip
@@ -135,4 +143,5 @@ def train_and_evaluate(
         ranker=getattr(model, "ranker_", None),
         als=getattr(model, "als_", None),
         served_metrics=served,
+        tags=getattr(model, "tag_table_", None),
     )

@@ -9,8 +9,10 @@ own), so one model ranks both; the ``known`` feature tells them apart. For servi
 evaluation the sources are refitted on all training plays (``train_full``) and the same trees
 rank their candidates (:class:`RankedRecommender`).
 
-Features are :data:`core.ranker_features.RANKER_FEATURES`; the trees are exported to ONNX
-(``onnxmltools``) and run inside Triton's ``candidate_ranker`` after the network.
+Features are :data:`core.ranker_features.RANKER_FEATURES`, and :data:`TAG_FEATURES` after them
+when the data had tags (the candidates carry them); each ranker names its own
+(``ranker.json``'s ``features``). The trees are exported to ONNX (``onnxmltools``) and run
+inside Triton's ``candidate_ranker`` after the network.
 """
 
 from __future__ import annotations
@@ -24,7 +26,13 @@ import lightgbm as lgb
 import numpy as np
 import scipy.sparse as sp
 
-from core.ranker_features import RANKER_FEATURES, candidate_features, network_features
+from core.ranker_features import (
+    RANKER_FEATURES,
+    TAG_FEATURES,
+    candidate_features,
+    network_features,
+    ranker_features,
+)
 from training.two_stage import TwoStageRecommender, _Stage1
 
 
@@ -59,19 +67,27 @@ class LearnedRanker:
     booster: lgb.Booster
     config: RankerConfig = field(default_factory=RankerConfig)
     validation: dict[str, Any] = field(default_factory=dict)
+    features: tuple[str, ...] = RANKER_FEATURES  # its columns, in order (the version's contract)
+
+    @property
+    def uses_tags(self) -> bool:
+        return TAG_FEATURES[0] in self.features
 
     def predict(self, x: np.ndarray) -> np.ndarray:
-        """Scores of feature rows ``(n, len(RANKER_FEATURES))`` (float32 in, float64 out)."""
+        """Scores of feature rows ``(n, len(self.features))`` (float32 in, float64 out)."""
         x = np.array(x, np.float32)
+        if x.ndim == 2 and x.shape[1] != len(self.features):
+            raise ValueError(f"{x.shape[1]} feature columns for a ranker of "
+                             f"{len(self.features)}")  # fmt: skip
         for name in self.config.drop:
-            x[:, RANKER_FEATURES.index(name)] = 0.0
+            x[:, self.features.index(name)] = 0.0
         if len(x) == 0:
             return np.zeros(0)
         return self.booster.predict(x, num_threads=1)
 
     def to_dict(self) -> dict[str, Any]:
         return {"config": self.config.as_dict(), "validation": self.validation,
-                "features": list(RANKER_FEATURES), "trees": self.booster.num_trees()}  # fmt: skip
+                "features": list(self.features), "trees": self.booster.num_trees()}  # fmt: skip
 
     def save(self, path) -> None:
         self.booster.save_model(str(path))
@@ -82,11 +98,14 @@ class LearnedRanker:
         meta = json.loads((path.parent / (path.stem + ".json")).read_text())
         raw = meta["config"]
         config = RankerConfig(**{**raw, "drop": tuple(raw.get("drop", ()))})
-        return cls(lgb.Booster(model_file=str(path)), config, meta.get("validation", {}))
+        features = tuple(meta.get("features", RANKER_FEATURES))
+        return cls(lgb.Booster(model_file=str(path)), config, meta.get("validation", {}),
+                   features)  # fmt: skip
 
 
 def list_features(stage1: _Stage1, known: bool) -> list[np.ndarray]:
-    """Each listener's ``(C, len(RANKER_FEATURES))`` rows."""
+    """Each listener's ``(C, F)`` rows: :data:`RANKER_FEATURES`, then :data:`TAG_FEATURES`
+    when the candidates carry tags."""
     return [np.hstack([network_features(dnn), candidate_features(c, known)])
             for c, dnn in zip(stage1.candidates, stage1.dnn, strict=True)]  # fmt: skip
 
@@ -103,9 +122,9 @@ def _examples(stage1: _Stage1, known: bool, targets: sp.csr_matrix):
     return xs, ys, sizes
 
 
-def _dataset(parts) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def _dataset(parts, width: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     xs, ys, sizes = parts
-    x = np.vstack(xs) if xs else np.zeros((0, len(RANKER_FEATURES)), np.float32)
+    x = np.vstack(xs) if xs else np.zeros((0, width), np.float32)
     return x, np.concatenate(ys) if ys else np.zeros(0), np.asarray(sizes, np.int64)
 
 
@@ -119,13 +138,14 @@ class RankerExamples:
     fit_users: int
     held_users: int
     feature_seconds: float
+    features: tuple[str, ...] = RANKER_FEATURES  # the columns' names
 
     def everything(self) -> RankerExamples:
         """The same rows with the held-back users fitted on too (the refit after a choice)."""
         both = tuple(np.concatenate([a, b]) for a, b in zip(self.fit, self.held, strict=True))
         empty = (both[0][:0], both[1][:0], both[2][:0])
         return RankerExamples(both, empty, self.fit_users + self.held_users, 0,
-                              self.feature_seconds)  # fmt: skip
+                              self.feature_seconds, self.features)  # fmt: skip
 
 
 def ranker_examples(model: TwoStageRecommender, val: sp.csr_matrix, eval_share: float = 0.0,
@@ -138,6 +158,7 @@ def ranker_examples(model: TwoStageRecommender, val: sp.csr_matrix, eval_share: 
     held = np.zeros(len(users), bool)
     held[rng.permutation(len(users))[: int(round(eval_share * len(users)))]] = True
     t0 = time.perf_counter()
+    features = ranker_features(getattr(model, "tag_table_", None) is not None)
     sets = {}
     for name, part in (("fit", users[~held]), ("eval", users[held])):
         targets = val[part]
@@ -148,18 +169,20 @@ def ranker_examples(model: TwoStageRecommender, val: sp.csr_matrix, eval_share: 
         as_new = _examples(model._stage1(rows, idx, sims,
                                          model.network.scorer_.score_groups(idx, sims)),
                            False, targets)  # fmt: skip
-        sets[name] = _dataset(tuple(a + b for a, b in zip(known, as_new, strict=True)))
+        sets[name] = _dataset(tuple(a + b for a, b in zip(known, as_new, strict=True)),
+                              len(features))  # fmt: skip
     return RankerExamples(sets["fit"], sets["eval"], int((~held).sum()), int(held.sum()),
-                          time.perf_counter() - t0)  # fmt: skip
+                          time.perf_counter() - t0, features)  # fmt: skip
 
 
-def _without(parts: tuple[np.ndarray, ...], drop: tuple[str, ...]) -> tuple[np.ndarray, ...]:
+def _without(parts: tuple[np.ndarray, ...], drop: tuple[str, ...],
+             features: tuple[str, ...]) -> tuple[np.ndarray, ...]:  # fmt: skip
     """``parts`` with the dropped features' columns zeroed (a copy when any is dropped)."""
     if not drop:
         return parts
     x = parts[0].copy()
     for name in drop:
-        x[:, RANKER_FEATURES.index(name)] = 0.0
+        x[:, features.index(name)] = 0.0
     return (x, *parts[1:])
 
 
@@ -173,9 +196,10 @@ def boost(examples: RankerExamples, config: RankerConfig) -> LearnedRanker:
         "lambdarank_truncation_level": 20, "seed": config.seed, "deterministic": True,
         "force_row_wise": True, "num_threads": 2, "verbose": -1,
     }  # fmt: skip
-    (xf, yf, gf) = _without(examples.fit, config.drop)
-    (xe, ye, ge) = _without(examples.held, config.drop)
-    train_set = lgb.Dataset(xf, yf, group=gf, feature_name=list(RANKER_FEATURES))
+    features = examples.features
+    (xf, yf, gf) = _without(examples.fit, config.drop, features)
+    (xe, ye, ge) = _without(examples.held, config.drop, features)
+    train_set = lgb.Dataset(xf, yf, group=gf, feature_name=list(features))
     valid_sets = [lgb.Dataset(xe, ye, group=ge, reference=train_set)] if len(ge) else []
     callbacks = [lgb.early_stopping(config.early_stopping, verbose=False)] \
         if valid_sets and config.early_stopping else []  # fmt: skip
@@ -190,10 +214,10 @@ def boost(examples: RankerExamples, config: RankerConfig) -> LearnedRanker:
         "positives": int(yf.sum() + ye.sum()), "eval_ndcg@10": _best_score(booster),
         "trees": booster.num_trees(), "feature_seconds": examples.feature_seconds,
         "train_seconds": time.perf_counter() - t1,
-        "gain": dict(zip(RANKER_FEATURES, booster.feature_importance("gain").round(1).tolist(),
+        "gain": dict(zip(features, booster.feature_importance("gain").round(1).tolist(),
                          strict=True)),
     }  # fmt: skip
-    return LearnedRanker(booster, config, validation)
+    return LearnedRanker(booster, config, validation, features)
 
 
 def fit_ranker(model: TwoStageRecommender, val: sp.csr_matrix,
@@ -214,8 +238,12 @@ class RankedRecommender(TwoStageRecommender):
     name = "dnn_ranked"
 
     def __init__(self, network, ranker: LearnedRanker, settings=None, item_table=None,
-                 ease_table=None, als=None) -> None:  # fmt: skip
-        super().__init__(network, settings, item_table, ease_table, als)
+                 ease_table=None, als=None, tags=None) -> None:  # fmt: skip
+        """``tags``: the tag table (or assignments) a ranker trained with tags needs."""
+        if ranker.uses_tags and tags is None:
+            raise ValueError("the ranker was trained with tag features: give its tag table")
+        super().__init__(network, settings, item_table, ease_table, als,
+                         tags if ranker.uses_tags else None)  # fmt: skip
         self.ranker = ranker
 
     def params(self) -> dict[str, object]:

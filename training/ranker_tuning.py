@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 import scipy.sparse as sp
 
-from core.ranker_features import NETWORK_FEATURES
+from core.ranker_features import NETWORK_FEATURES, TAG_FEATURES
 from training.config import TuningConfig
 from training.ranker import LearnedRanker, RankerConfig, RankerExamples, boost, ranker_examples
 from training.two_stage import TwoStageRecommender
@@ -25,7 +25,8 @@ from training.two_stage import TwoStageRecommender
 
 def candidate_settings(base: RankerConfig | None = None) -> dict[str, RankerConfig]:
     """The settings tried, by name: the base, one change each, and the base without the
-    network's features (so the network earns its place in the ranker on validation)."""
+    network's features and without the tag features (so each earns its place in the ranker on
+    validation; a run without tags skips the last, :func:`available`)."""
     base = base or RankerConfig()
     vary = dataclasses.replace
     return {
@@ -35,7 +36,13 @@ def candidate_settings(base: RankerConfig | None = None) -> dict[str, RankerConf
         "min_rows_per_leaf_50": vary(base, min_child_samples=50),
         "learning_rate_0.05": vary(base, learning_rate=0.05),
         "without_network_features": vary(base, drop=tuple(NETWORK_FEATURES)),
+        "without_tag_features": vary(base, drop=tuple(TAG_FEATURES)),
     }
+
+
+def available(config: RankerConfig, features: tuple[str, ...]) -> bool:
+    """Whether a setting applies to a run of these features (it drops only features it has)."""
+    return set(config.drop) <= set(features)
 
 
 def _held_ndcg(ranker: LearnedRanker, examples: RankerExamples, k: int = 10) -> float:
@@ -69,9 +76,13 @@ def tune_ranker(model: TwoStageRecommender, val: sp.csr_matrix, tuning: TuningCo
     unknown = [name for name in tuning.settings if name not in known]
     if unknown:
         raise ValueError(f"unknown ranker settings {unknown}; choose among {list(known)}")
-    settings = {name: known[name] for name in tuning.settings}
     choose_share = tuning.choose_share
     examples = ranker_examples(model, val, choose_share, seed)
+    skipped = [n for n in tuning.settings if not available(known[n], examples.features)]
+    settings = {n: known[n] for n in tuning.settings if n not in skipped}
+    if not settings:
+        raise ValueError(f"none of the ranker settings {list(tuning.settings)} applies to a run "
+                         f"of features {list(examples.features)}")  # fmt: skip
     if not examples.held_users:  # too few validation users to hold any back: the first setting
         return boost(examples, next(iter(settings.values())))
     tried = {name: _tried(examples, config) for name, config in settings.items()}
@@ -85,6 +96,7 @@ def tune_ranker(model: TwoStageRecommender, val: sp.csr_matrix, tuning: TuningCo
         "fit_users": examples.fit_users,
         "choose_users": examples.held_users,
         "tried": tried,
+        "skipped": {n: "drops features this run does not have" for n in skipped},
         "chosen": chosen,
         "chosen_ndcg@10": tried[chosen]["ndcg@10"],
     }  # fmt: skip

@@ -47,7 +47,8 @@ class RunRecommender:
                 raise ValueError(f"run {self.run.path} has no learned ranker")
             als = self.run.als  # the run's own factors, as export ships them
             if mode == "ranked":
-                staged = RankedRecommender(self.model, self.run.ranker, settings, als=als)
+                staged = RankedRecommender(self.model, self.run.ranker, settings, als=als,
+                                           tags=self.run.tags)  # fmt: skip
             else:
                 staged = TwoStageRecommender(self.model, settings, als=als)
             self._staged[mode] = staged.fit(self.run.plays)

@@ -12,6 +12,7 @@ Layout (``RUN_LAYOUT_VERSION`` = 1)::
     <run>/two_stage.json     candidate settings and blend weights tuned on validation (dnn/seed)
     <run>/ranker.txt         the learned ranker (LightGBM text), ranker.json its settings (dnn)
     <run>/als_factors.npz    ALS artist factors fitted on plays.npz (a ranker feature; dnn)
+    <run>/artist_tags.npz    the artist tag table on plays.npz (when the ranker uses tags)
 """
 
 from __future__ import annotations
@@ -28,6 +29,8 @@ import scipy.sparse as sp
 
 from core.als_factors import AlsFactors
 from core.candidates import TwoStageSettings
+from core.contract import ARTIST_TAGS
+from core.tag_profile import ArtistTags
 from training.config import TrainConfig
 from training.data import Vocabulary
 from training.models.dnn import NetworkRecommender
@@ -81,6 +84,8 @@ def save_run(run_dir: Path, cfg: TrainConfig, result: TrainResult) -> Path:
             result.ranker.save(tmp / RANKER)
         if result.als is not None:
             result.als.save(tmp / ALS)
+        if result.tags is not None:
+            result.tags.save(tmp / ARTIST_TAGS)
         data_info = {
             "layout_version": RUN_LAYOUT_VERSION,
             "summary": result.data.summary(),
@@ -109,6 +114,7 @@ class Run:
     two_stage: TwoStageSettings | None = None  # absent in runs older than two-stage serving
     ranker: LearnedRanker | None = None  # absent without validation plays, or in older runs
     als: AlsFactors | None = None  # absent in runs older than the learned ranker
+    tags: ArtistTags | None = None  # only where the data had tags and the ranker uses them
 
     def load_model(self) -> keras.Model:
         """The trained network (seed/dnn runs)."""
@@ -137,4 +143,5 @@ def load_run(run_dir: Path | str) -> Run:
         else None,
         ranker=LearnedRanker.load(path / RANKER) if (path / RANKER).is_file() else None,
         als=AlsFactors.load(path / ALS) if (path / ALS).is_file() else None,
+        tags=ArtistTags.load(path / ARTIST_TAGS) if (path / ARTIST_TAGS).is_file() else None,
     )

@@ -25,6 +25,7 @@ from core.candidates import (
     zscore,
 )
 from core.similarity import SimilarityIndex
+from core.tag_profile import ArtistTags, TagAssignments
 from training.metrics import ranking_metrics
 from training.models.als import fit_als_factors
 from training.models.base import Recommender
@@ -53,12 +54,16 @@ class TwoStageRecommender(Recommender):
     def __init__(self, network: NetworkRecommender, settings: TwoStageSettings | None = None,
                  item_table: sp.csr_matrix | None = None,
                  ease_table: sp.csr_matrix | None = None,
-                 als: AlsFactors | None = None) -> None:  # fmt: skip
+                 als: AlsFactors | None = None,
+                 tags: ArtistTags | TagAssignments | None = None) -> None:  # fmt: skip
+        """``tags``: a tag table, or assignments to fit one on the plays :meth:`fit` is given
+        (``None``: the data has no tags, the candidates carry none)."""
         self.network = network
         self.settings = settings or TwoStageSettings()
         self._item_table = item_table
         self._ease_table = ease_table
         self._als = als
+        self._tags = tags
 
     def params(self) -> dict[str, object]:
         return self.settings.to_dict()
@@ -75,7 +80,12 @@ class TwoStageRecommender(Recommender):
             ease = self.settings.candidates.ease_table(self.train_)
         self.ease_table_ = ease
         self.als_ = self._als if self._als is not None else fit_als_factors(self.train_)
-        self.index_ = CandidateIndex(self.train_, table, self.settings.candidates, ease, self.als_)
+        tags = self._tags
+        if isinstance(tags, TagAssignments):  # only the assignments on these plays count
+            tags = ArtistTags.fit(tags, self.train_)
+        self.tag_table_ = tags
+        self.index_ = CandidateIndex(self.train_, table, self.settings.candidates, ease, self.als_,
+                                     tags)  # fmt: skip
         self.similarity_ = SimilarityIndex(self.train_)
         return self
 

@@ -1,5 +1,7 @@
 """``ranked`` (the default): stage 1 (``core.candidates``, done by the recommender) gives a few
-hundred candidate artists and their features (``core.ranker_features``); one
+hundred candidate artists and their features (``core.ranker_features``: in a version whose
+ranker uses tags, the candidates carry their tag columns and the features end with
+``TAG_FEATURES``, exactly the columns its manifest's ranker names, checked at load); one
 ``candidate_ranker`` request scores them in Triton, the network and the learned ranker's trees
 in one graph, and the best are taken here."""
 

@@ -90,5 +90,6 @@ def merge_events(data: Interactions, directory: Path) -> tuple[Interactions, dic
     if report["skipped_unknown_artists"]:
         log.warning("event log: %d played events name artists the base data does not know; "
                     "skipped", report["skipped_unknown_artists"])  # fmt: skip
-    result = Interactions(sp.csr_matrix(merged, dtype=np.float32), vocab, data.source)
+    # new users come after the base ones: the base's tag assignments keep their indices
+    result = Interactions(sp.csr_matrix(merged, dtype=np.float32), vocab, data.source, data.tags)
     return result, report

@@ -11,6 +11,7 @@ import pandas as pd
 import scipy.sparse as sp
 
 from core.contract import MAX_PLAYS
+from core.tag_profile import TagAssignments
 from core.vocabulary import Vocabulary
 
 log = logging.getLogger(__name__)
@@ -18,11 +19,13 @@ log = logging.getLogger(__name__)
 
 @dataclass(frozen=True)
 class Interactions:
-    """A sparse user x artist matrix of play counts plus its vocabulary."""
+    """A sparse user x artist matrix of play counts plus its vocabulary, and the tag
+    assignments when the source has them (``None``: no tags, so no tag features)."""
 
     matrix: sp.csr_matrix
     vocab: Vocabulary
     source: str = ""
+    tags: TagAssignments | None = None
 
     def __post_init__(self) -> None:
         if self.matrix.shape != (self.vocab.n_users, self.vocab.n_artists):
@@ -41,11 +44,15 @@ class Interactions:
         h = hashlib.sha256(self.vocab.fingerprint().encode())
         for arr in (m.indptr, m.indices, m.data):
             h.update(np.ascontiguousarray(arr).tobytes())
+        if self.tags is not None:  # data without tags keeps its earlier fingerprint
+            for arr in (self.tags.users, self.tags.artists, self.tags.tags):
+                h.update(np.ascontiguousarray(arr, np.int64).tobytes())
         return h.hexdigest()[:16]
 
     def summary(self) -> dict[str, float | int | str]:
         """Counts worth printing or storing with a run."""
         n_u, n_a = self.matrix.shape
+        tags = {"tag_assignments": len(self.tags)} if self.tags is not None else {}
         return {
             "source": self.source,
             "users": n_u,
@@ -53,6 +60,7 @@ class Interactions:
             "pairs": self.nnz,
             "plays": float(self.matrix.sum()),
             "density": self.nnz / max(1, n_u * n_a),
+            **tags,
         }
 
 
@@ -116,4 +124,15 @@ def filter_min_counts(
     dropped = (data.matrix.shape[0] - len(keep_u), data.matrix.shape[1] - len(keep_a))
     if dropped != (0, 0):
         log.info("min-count filter dropped %d users and %d artists", *dropped)
-    return Interactions(sp.csr_matrix(m), vocab, data.source)
+    tags = None
+    if data.tags is not None:
+        tags = data.tags.reindexed(_index_map(keep_u, data.matrix.shape[0]),
+                                   _index_map(keep_a, data.matrix.shape[1]))  # fmt: skip
+    return Interactions(sp.csr_matrix(m), vocab, data.source, tags)
+
+
+def _index_map(kept: np.ndarray, n: int) -> np.ndarray:
+    """Old index -> new index among ``kept`` (sorted), ``-1`` for an index dropped."""
+    out = np.full(n, -1, np.int64)
+    out[kept] = np.arange(len(kept))
+    return out

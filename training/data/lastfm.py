@@ -3,21 +3,25 @@
 from __future__ import annotations
 
 import csv
+import dataclasses
 import logging
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 
+from core.tag_profile import TagAssignments
 from training.data.interactions import Interactions, from_frame
 
 log = logging.getLogger(__name__)
 
 
 def load_hetrec(directory: Path | str) -> Interactions:
-    """Load HetRec 2011 Last.fm 2K (``user_artists.dat`` + ``artists.dat``).
+    """Load HetRec 2011 Last.fm 2K (``user_artists.dat`` + ``artists.dat``, and the tag
+    assignments of ``user_taggedartists.dat`` when the directory has it).
 
     Play counts are the ``weight`` column; artists are keyed by HetRec's ``artistID`` and named
-    from ``artists.dat``.
+    from ``artists.dat``. Tag assignments of users or artists without plays are dropped.
     """
     directory = Path(directory)
     plays_path = directory / "user_artists.dat"
@@ -33,7 +37,7 @@ def load_hetrec(directory: Path | str) -> Interactions:
         dtype=str,
         keep_default_na=False,
     )
-    return from_frame(
+    data = from_frame(
         plays,
         user_col="userID",
         artist_col="artistID",
@@ -41,6 +45,23 @@ def load_hetrec(directory: Path | str) -> Interactions:
         artist_names=first_names(names["id"], names["name"], artists_path),
         source=f"hetrec:{directory}",
     )
+    tags_path = directory / "user_taggedartists.dat"
+    if not tags_path.is_file():
+        return data
+    return dataclasses.replace(data, tags=hetrec_tags(tags_path, data))
+
+
+def hetrec_tags(path: Path, data: Interactions) -> TagAssignments:
+    """``user_taggedartists.dat``'s (user, artist, tag) rows as indices of ``data``."""
+    raw = pd.read_csv(path, sep="\t", usecols=["userID", "artistID", "tagID"], dtype=str)
+    users = raw["userID"].map(data.vocab.user_index())
+    artists = raw["artistID"].map(data.vocab.artist_index())
+    known = (users.notna() & artists.notna()).to_numpy()
+    tags = pd.to_numeric(raw["tagID"], errors="coerce").to_numpy()[known]
+    ok = np.isfinite(tags)
+    return TagAssignments(users.to_numpy()[known][ok].astype(np.int64),
+                          artists.to_numpy()[known][ok].astype(np.int64),
+                          tags[ok].astype(np.int64))  # fmt: skip
 
 
 def first_names(ids: pd.Series, names: pd.Series, where: Path) -> dict[str, str]:
