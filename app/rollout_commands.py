@@ -1,5 +1,6 @@
-"""``musicrec deploy --canary P | --shadow P [--watch S]``, ``deploy promote | abort | watch``,
-and the rollout part of ``status`` (``serving/rollout.py``, ``serving/canary_watch.py``).
+"""``musicrec deploy --canary P | --shadow P | --interleave P [--watch S]``, ``deploy promote |
+abort | watch``, and the rollout part of ``status`` (``serving/rollout.py``,
+``serving/canary_watch.py``).
 
 Every argument is checked before anything changes (:func:`validate`): a canary is never
 started to be left unwatched by a ``--watch`` that cannot run. A watch that ends "aborted" or
@@ -31,6 +32,16 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--shadow", type=float, metavar="P",
                    help="copy P%% of requests to the version off the request path; its "
                         "answers are only compared; 0 < P <= 100")  # fmt: skip
+    g.add_argument("--interleave", type=float, metavar="P",
+                   help="load the version beside the serving one and answer P%% of listeners "
+                        "(sticky, as the canary) with a team-draft interleaving of both "
+                        "versions' lists; Feedback credits the team; alone (no --canary or "
+                        "--shadow); 0 < P <= 100")  # fmt: skip
+    g.add_argument("--promote-if-better", action="store_true",
+                   help="with --watch on an interleaving: promote the candidate once the "
+                        "sequential test says better (worse always aborts)")  # fmt: skip
+    g.add_argument("--interleave-alpha", type=float, default=0.05,
+                   help="the interleaving test's level: how often it may be wrong")  # fmt: skip
     g.add_argument("--watch", type=float, metavar="SECONDS",
                    help="after --canary (or with `deploy watch`), watch the gateways' metrics "
                         "this long and abort the canary if it is worse than the serving "
@@ -79,8 +90,8 @@ def add_metrics_argument(p) -> None:
 
 def wanted(args: argparse.Namespace) -> bool:
     """Whether this ``deploy`` is a rollout command (``--canary 0`` is one: it is refused)."""
-    return (str(args.run_dir) in VERBS or args.canary is not None
-            or args.shadow is not None or args.watch is not None)  # fmt: skip
+    return (str(args.run_dir) in VERBS or args.canary is not None or args.shadow is not None
+            or args.interleave is not None or args.watch is not None)  # fmt: skip
 
 
 def _verb(args: argparse.Namespace) -> str | None:
@@ -94,13 +105,15 @@ def validate(args: argparse.Namespace):
 
     verb = _verb(args)
     starting = verb is None
-    if not starting and (args.canary is not None or args.shadow is not None):
-        raise ValueError(f"`deploy {verb}` acts on the running rollout: drop --canary/--shadow")
+    shares = (args.canary, args.shadow, args.interleave)
+    if not starting and any(x is not None for x in shares):
+        raise ValueError(f"`deploy {verb}` acts on the running rollout: drop "
+                         "--canary/--shadow/--interleave")  # fmt: skip
     if starting:
-        rollout.check_percent("--canary", args.canary)
-        rollout.check_percent("--shadow", args.shadow)
-        if args.canary is None and args.shadow is None:
-            raise ValueError("--watch watches a canary: give --canary P (or `deploy watch`)")
+        if all(x is None for x in shares):
+            raise ValueError("--watch watches a canary or an interleaving: give --canary P or "
+                             "--interleave P (or `deploy watch`)")  # fmt: skip
+        rollout.check_shares(*shares)
         if args.run_dir is None and args.version is None:
             raise ValueError("give a run directory or --version")
     if args.settle_s is not None and args.settle_s < 0:
@@ -112,9 +125,20 @@ def validate(args: argparse.Namespace):
     watching = verb == "watch" or (starting and args.watch is not None)
     if verb in ("promote", "abort") and args.watch is not None:
         raise ValueError(f"--watch does not apply to `deploy {verb}`")
+    if not 0 < args.interleave_alpha < 1:
+        raise ValueError("--interleave-alpha must lie between 0 and 1")
+    if args.promote_if_better and not watching:
+        raise ValueError("--promote-if-better acts on the watch's decision: give --watch S "
+                         "(with --interleave P) or `deploy watch`")  # fmt: skip
+    if args.promote_if_better and starting and args.interleave is None:
+        raise ValueError("--promote-if-better needs an interleaving (--interleave P): a "
+                         "canary is promoted by hand after a healthy verdict")  # fmt: skip
+    if args.quality_gate and starting and args.interleave is not None:
+        raise ValueError("--quality-gate compares a canary's hit rate; an interleaving is "
+                         "judged by its own test (drop --quality-gate)")  # fmt: skip
     if not watching:
         return None
-    if starting and args.canary is None:
+    if starting and args.canary is None and args.interleave is None:
         raise ValueError("--watch watches a canary; a shadow answers no caller")
     if not (args.gateway_metrics or args.prometheus):
         raise ValueError("--watch needs --gateway-metrics (the gateways' metrics endpoints) "
@@ -127,7 +151,8 @@ def validate(args: argparse.Namespace):
         args.window, min(2.0, args.window / 5), args.max_error_gap, args.p99_ratio,
         args.p99_slack_ms / 1e3, args.min_requests, quality_gate=args.quality_gate,
         quality_alpha=args.quality_alpha, max_hit_rate_drop=args.max_hit_rate_drop,
-        quality_min_impressions=args.min_impressions,
+        quality_min_impressions=args.min_impressions, interleave_alpha=args.interleave_alpha,
+        promote_if_better=args.promote_if_better,
     )  # fmt: skip
 
 
@@ -147,7 +172,8 @@ def run(args: argparse.Namespace, cfg) -> None:
     if verb is None:
         _report(rollout.start(cfg, run_dir=args.run_dir, version=args.version,
                               canary_percent=args.canary, shadow_percent=args.shadow,
-                              force=args.force, metrics=metrics))  # fmt: skip
+                              interleave_percent=args.interleave, force=args.force,
+                              metrics=metrics))  # fmt: skip
     if rules is None:
         return
     duration = args.watch if args.watch is not None else 600.0
@@ -163,6 +189,10 @@ def run(args: argparse.Namespace, cfg) -> None:
     if result.quality:
         console.print(f"quality gate: {result.quality['decision']}: {result.quality['why']}",
                       highlight=False)  # fmt: skip
+    if result.interleaving:
+        console.print(tally_line(result.interleaving), highlight=False)
+    if result.promoted:
+        console.print(f"promote: version {result.promoted} serves", highlight=False)
     if result.verdict != "healthy":
         raise WatchFailed(line)
     console.print(f"[green]{line}[/]", highlight=False)
@@ -173,10 +203,12 @@ def _report(report) -> None:
         console.print(f"[yellow]{report.recovered}[/]")
     for warning in report.warnings:
         console.print(f"[yellow]warning:[/] {warning}", highlight=False)
-    if report.action in ("canary", "shadow"):
+    if report.action in ("canary", "shadow", "interleave"):
         s = report.split
         parts = [f"canary {s.percent:g}% of listeners"] if s.canary is not None else []
         parts += [f"shadow {s.shadow_percent:g}% of requests"] if s.shadow is not None else []
+        parts += [f"interleave {s.interleave_percent:g}% of listeners"
+                  ] if s.interleave is not None else []  # fmt: skip
         console.print(f"{report.action}: version {report.version} loaded beside version "
                       f"{report.serving} ({', '.join(parts)}) after {report.seconds:.1f}s; "
                       f"metric gate {report.gate}")  # fmt: skip
@@ -191,7 +223,8 @@ def _report(report) -> None:
 
 
 def roles(repository) -> dict[int, str]:
-    """``{version: "canary" | "shadow"}`` of the running rollout ({} when none or unreadable)."""
+    """``{version: "canary" | "shadow" | "interleave"}`` of the running rollout ({} when none
+    or unreadable)."""
     from core import traffic_split
 
     try:
@@ -200,7 +233,17 @@ def roles(repository) -> dict[int, str]:
         return {}
     if running is None:
         return {}
-    return {v: "canary" if v == running.canary else "shadow" for v in running.versions}
+    return {v: "canary" if v == running.canary else "shadow" if v == running.shadow
+            else "interleave" for v in running.versions}  # fmt: skip
+
+
+def tally_line(t: dict) -> str:
+    """One line of an interleaving's tally and its sequential test."""
+    share = "-" if t["win_share"] is None else f"{t['win_share']:.3f}"
+    return (f"interleaving: candidate won {t['wins']}, lost {t['losses']}, tied {t['ties']} "
+            f"(share of decisive {share}; {t.get('interleaved', 0):.0f} interleaved answers, "
+            f"{t.get('fallbacks', 0):.0f} serving-only fallbacks); sequential test: "
+            f"{t['decision']} (confidence {t['confidence']:.1%})")  # fmt: skip
 
 
 def _fmt(value, spec: str) -> str:
@@ -222,6 +265,8 @@ def _print_split(cfg) -> None:
              ] if running.canary is not None else []  # fmt: skip
     parts += [f"shadow version {running.shadow}: {running.shadow_percent:g}% of requests"
               ] if running.shadow is not None else []  # fmt: skip
+    parts += [f"interleave version {running.interleave}: {running.interleave_percent:g}% of "
+              "listeners (team draft)"] if running.interleave is not None else []  # fmt: skip
     console.print(f"rollout beside serving version {running.serving}: {'; '.join(parts)}")
     verdict = (rollout.state_of(cfg.repository, running) or {}).get("verdict")
     if verdict:
@@ -258,6 +303,9 @@ def print_status(args: argparse.Namespace, cfg) -> None:
     if not getattr(args, "gateway_metrics", None):
         return
     found = rollout.figures(cfg, args.gateway_metrics)
+    if found.get("interleaving"):
+        console.print(tally_line(found["interleaving"]) + f", over {found['window']}",
+                      highlight=False)  # fmt: skip
     by_role = bool(found["roles"])
     table = Table(title=f"By {'role' if by_role else 'version'}, from the {found['source']}")
     for col in (("gateway", "role") if by_role else ("version",)) + COLUMNS:

@@ -1,18 +1,25 @@
-"""The traffic split of a canary or shadow rollout, beside the serving pin in the repository.
+"""The traffic split of a canary, shadow or interleave rollout, beside the serving pin in the
+repository.
 
-``deploy --canary P`` / ``--shadow P`` writes ``<repository>/.rollout.json`` (atomically, under
-the repository lock) and ``promote`` / ``abort`` remove it. Every gateway already polls the
-repository's versions once a ``poll_interval_s``; it reads this file at the same poll, so all
-gateways (and all their Triton replicas, which share the repository) agree on one split
-without talking to each other. The file names the version that serves, the new version and
-the percentages::
+``deploy --canary P`` / ``--shadow P`` / ``--interleave P`` writes ``<repository>/.rollout.json``
+(atomically, under the repository lock) and ``promote`` / ``abort`` remove it. Every gateway
+already polls the repository's versions once a ``poll_interval_s``; it reads this file at the
+same poll, so all gateways (and all their Triton replicas, which share the repository) agree
+on one split without talking to each other. The file names the version that serves, the new
+version and the percentages::
 
-    {"serving": 3, "canary": 4, "percent": 10.0, "shadow": null, "shadow_percent": 0.0}
+    {"serving": 3, "canary": 4, "percent": 10.0, "shadow": null, "shadow_percent": 0.0,
+     "interleave": null, "interleave_percent": 0.0}
 
-Which listener sees the canary is a stable hash (blake2b, never Python's salted ``hash()``) of
-the canary version and the listener's key: a known user's id, or a history's sorted, distinct
-artists. So one listener sees one version on every gateway, and each canary exposes another
-share of listeners.
+An interleave rollout names its candidate in ``interleave``: ``interleave_percent`` of listeners
+get a team-draft interleaving of the serving and the candidate version's lists
+(``core/interleaving.py``, ``gateway/rollout.py``); it runs alone (no canary, no shadow beside
+it). A file without the interleave keys (an older one) reads as no interleaving.
+
+Which listener sees the canary (or the interleaving) is a stable hash (blake2b, never Python's
+salted ``hash()``) of the canary version and the listener's key: a known user's id, or a
+history's sorted, distinct artists. So one listener sees one version on every gateway, and
+each canary exposes another share of listeners.
 """
 
 from __future__ import annotations
@@ -37,33 +44,49 @@ class RolloutError(MusicrecError):
 @dataclass(frozen=True)
 class Rollout:
     """A new version beside the serving one: as a canary (``percent`` of listeners answered
-    by it), as a shadow (``shadow_percent`` of requests copied to it), or both."""
+    by it), as a shadow (``shadow_percent`` of requests copied to it), or both; or, alone, as
+    an interleaving candidate (``interleave_percent`` of listeners get both versions' lists
+    merged)."""
 
     serving: int
     canary: int | None = None
     percent: float = 0.0
     shadow: int | None = None
     shadow_percent: float = 0.0
+    interleave: int | None = None
+    interleave_percent: float = 0.0
 
     def __post_init__(self) -> None:
-        for name in ("percent", "shadow_percent"):
+        for name in ("percent", "shadow_percent", "interleave_percent"):
             value = getattr(self, name)
             if not 0 <= value <= 100:
                 raise ValueError(f"{name} must be in 0..100, got {value}")
-        if self.canary is None and self.shadow is None:
-            raise ValueError("a rollout needs a canary or a shadow version")
-        if self.serving in (self.canary, self.shadow):
+        if self.canary is None and self.shadow is None and self.interleave is None:
+            raise ValueError("a rollout needs a canary, a shadow or an interleave version")
+        if self.interleave is not None and (self.canary is not None or self.shadow is not None):
+            raise ValueError("an interleave rollout runs alone (no canary or shadow beside it)")
+        if self.serving in (self.canary, self.shadow, self.interleave):
             raise ValueError(f"version {self.serving} already serves")
 
     @property
     def new(self) -> int:
-        """The version being rolled out (canary, else shadow)."""
-        return self.canary if self.canary is not None else self.shadow  # type: ignore[return-value]
+        """The version being rolled out (canary, else shadow, else the interleave candidate)."""
+        for v in (self.canary, self.shadow, self.interleave):
+            if v is not None:
+                return v
+        raise AssertionError("unreachable: __post_init__ needs one")
 
     @property
     def versions(self) -> set[int]:
         """Versions that answer only through the split, never as the gateway's own."""
-        return {v for v in (self.canary, self.shadow) if v is not None}
+        return {v for v in (self.canary, self.shadow, self.interleave) if v is not None}
+
+    @property
+    def kind(self) -> str:
+        """``interleave``, ``canary`` or ``shadow`` (the rollout's main role)."""
+        if self.interleave is not None:
+            return "interleave"
+        return "canary" if self.canary is not None else "shadow"
 
 
 def read(repository: Path) -> Rollout | None:
@@ -121,3 +144,11 @@ def in_canary(rollout: Rollout | None, key: str) -> bool:
     if rollout is None or rollout.canary is None:
         return False
     return bucket(rollout.canary, key) < rollout.percent
+
+
+def in_interleave(rollout: Rollout | None, key: str) -> bool:
+    """Whether the listener with ``key`` gets the interleaved list (the canary's hash, of the
+    candidate version: sticky, and another share of listeners for each candidate)."""
+    if rollout is None or rollout.interleave is None:
+        return False
+    return bucket(rollout.interleave, key) < rollout.interleave_percent

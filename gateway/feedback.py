@@ -19,6 +19,19 @@ action, and the reciprocal rank of each impression's first played artist (a summ
 ``..._sum / impressions`` is the mean reciprocal rank, unplayed lists counting 0). Events that
 cannot be credited are counted by reason in ``musicrec_gateway_feedback_unattributed_total``.
 
+**Interleaving.** An interleaved list (``gateway/rollout.py``: each position placed by the
+serving or the candidate team) gives ONE outcome, decided at the first Feedback call that
+carries a PLAYED event: ``core.interleaving.credit`` over the positions that call plays (the
+team with more played positions wins; as many is a tie), counted in
+``musicrec_gateway_interleave_outcomes_total{candidate_version,outcome}``; later calls on the
+same id change nothing. Why one outcome, at that call, is valid under H0 (identical rankers):
+the draft's coin makes each position's team a fair coin whatever the listener does, and the
+decision moment (the first call with a play) depends on what was played, never on the team
+labels, so candidate and serving wins are exchangeable and the candidate wins half of the
+decisive impressions: the null ``interleaving_test`` tests. Counting every later call again
+would weigh a listener who sends many calls more, and waiting for "all" feedback has no end.
+An interleaved list counts as an impression (and a hit) of the answering serving version.
+
 The store lives in the gateway process: a ``Feedback`` must reach the gateway (with
 ``--workers``, the worker) that answered, which one client channel does.
 """
@@ -31,6 +44,7 @@ from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
+from core.interleaving import credit as interleave_credit
 from core.vocabulary import name_key
 from gateway.errors import InvalidArgument, NotFound
 from gateway.metrics import GatewayMetrics
@@ -60,7 +74,8 @@ def new_recommendation_id() -> str:
 @dataclass(slots=True)
 class Impression:
     """One served list: the answering ``version``, each position's artist id, the version and
-    team that placed it, the listener's key (event log), and whether it was played yet."""
+    team that placed it, the listener's key (event log), and whether it was played yet; an
+    interleaved list also its ``candidate`` version and whether its outcome was counted."""
 
     rec_id: str
     version: int
@@ -71,6 +86,8 @@ class Impression:
     listener: str = ""
     names: tuple[str, ...] = ()
     played: bool = False
+    candidate: int | None = None  # interleaved with this candidate version
+    judged: bool = False  # the interleaving outcome was counted
     _name_keys: dict[str, int] | None = field(default=None, repr=False)
 
     def position(self, artist_id: str | None = None, name: str | None = None) -> int | None:
@@ -109,11 +126,12 @@ class ImpressionStore:
 
     def put(self, rec_id: str, version: int, artists: Sequence[str],
             teams: Sequence[str] | None = None, versions: Sequence[int] | None = None, *,
-            listener: str = "",
-            names: Sequence[str] = ()) -> Impression:  # fmt: skip
+            listener: str = "", names: Sequence[str] = (),
+            candidate: int | None = None) -> Impression:  # fmt: skip
         """Keep a served list: ``artists`` are ids, best first; ``teams`` (interleaving: the
         team that placed each position, ``""`` when not interleaved) and ``versions`` (the
-        version that placed each, default ``version``) have one item per artist."""
+        version that placed each, default ``version``) have one item per artist; ``candidate``:
+        the interleaving's candidate version."""
         n = len(artists)
         teams = tuple(teams) if teams is not None else ("",) * n
         placed = tuple(versions) if versions is not None else (version,) * n
@@ -121,7 +139,7 @@ class ImpressionStore:
             raise ValueError("teams and versions need one item per artist")
         now = self.clock()
         entry = Impression(rec_id, version, tuple(artists), placed, teams, now, listener,
-                           tuple(names))  # fmt: skip
+                           tuple(names), candidate=candidate)  # fmt: skip
         self._expire(now)
         self._entries[rec_id] = entry
         self._entries.move_to_end(rec_id)
@@ -195,11 +213,13 @@ class FeedbackService:
 
     def served(self, rec_id: str, version: int, artists: Sequence[tuple[str, str]], mode: str,
                *, listener: str = "", teams: Sequence[str] | None = None,
-               versions: Sequence[int] | None = None) -> Impression:  # fmt: skip
+               versions: Sequence[int] | None = None,
+               candidate: int | None = None) -> Impression:  # fmt: skip
         """Keep a served list (``artists``: ``(id, name)`` best first), count the impression
-        and log it."""
+        and log it (``candidate``: an interleaved list's candidate version)."""
         entry = self.store.put(rec_id, version, [a for a, _ in artists], teams, versions,
-                               listener=listener, names=[n for _, n in artists])  # fmt: skip
+                               listener=listener, names=[n for _, n in artists],
+                               candidate=candidate)  # fmt: skip
         self.metrics.impression(version, len(self.store))
         self.sink.impression(entry, mode)
         return entry
@@ -218,8 +238,21 @@ class FeedbackService:
             if event.action == PLAYED and not entry.played:
                 entry.played = True
                 self.metrics.first_play(entry.version, credit.rank)
+        self._judge(entry, events, credits)
         self.sink.feedback(entry, events, credits)
         return credits
+
+    def _judge(self, entry: Impression, events: Sequence[Event],
+               credits: Sequence[Credit]) -> None:  # fmt: skip
+        """An interleaved list's one outcome, at its first call with a PLAYED event (see the
+        module)."""
+        if entry.candidate is None or entry.judged:
+            return
+        played = [c.rank - 1 for e, c in zip(events, credits, strict=True) if e.action == PLAYED]
+        if not played:
+            return
+        entry.judged = True
+        self.metrics.interleave_outcome(entry.candidate, interleave_credit(entry.teams, played))
 
     def _credit(self, entry: Impression, i: int, event: Event) -> Credit:
         pos = entry.position(event.artist_id, event.name)

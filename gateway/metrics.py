@@ -197,6 +197,7 @@ class GatewayMetrics:
             multiprocess_mode="livemax",
         )  # fmt: skip
         self._feedback_metrics(r)
+        self._interleave_metrics(r)
         self.serving = 0  # the version the gateway serves (0: none), the label of early errors
         self._stages: dict[str, Any] = {}
 
@@ -247,6 +248,30 @@ class GatewayMetrics:
         self.events_flush_seconds = Histogram("musicrec_gateway_events_flush_seconds",
                                               "Time of one event-log commit", buckets=_BUCKETS,
                                               registry=r)  # fmt: skip
+
+    def _interleave_metrics(self, r: CollectorRegistry) -> None:
+        """Interleaving (``gateway/rollout.py``, ``gateway/feedback.py``); the names are read
+        by the watcher and ``status`` (``serving/gateway_metrics.py``): keep them."""
+        self.interleaved = Counter(
+            "musicrec_gateway_interleaved",
+            "Answers that were a team-draft interleaving of the serving and the candidate "
+            "version's lists", ["candidate_version"], registry=r,
+        )  # fmt: skip
+        self.interleave_outcomes = Counter(
+            "musicrec_gateway_interleave_outcomes",
+            "Interleaved impressions decided at their first Feedback with a PLAYED event, by "
+            "the team that won: candidate, serving or tie", ["candidate_version", "outcome"],
+            registry=r,
+        )  # fmt: skip
+        self.interleave_fallbacks = Counter(
+            "musicrec_gateway_interleave_fallbacks",
+            "Interleaved listeners answered with the serving list alone: the candidate failed "
+            "(by status code), timed out, or its breaker was open (breaker_open)",
+            ["candidate_version", "reason"], registry=r,
+        )  # fmt: skip
+
+    def interleave_outcome(self, candidate: int, outcome: str) -> None:
+        self.interleave_outcomes.labels(_label(candidate), outcome).inc()
 
     def impression(self, version: int, stored: int) -> None:
         """A list served with an id by ``version``; the store holds ``stored`` lists."""
@@ -300,6 +325,11 @@ class GatewayMetrics:
     def attempt_failed(self, version: int, code: str, seconds: float) -> None:
         """A failed attempt of ``version`` that another version answers again: its code and
         time under its version (the RPC's outcome counts under the one that answered)."""
+        self.attempt_counted(version, code, seconds)
+
+    def attempt_counted(self, version: int, code: str, seconds: float) -> None:
+        """An attempt of ``version`` beside the RPC's answer (a failed canary's, an interleave
+        candidate's, OK or not): its code and time under its version."""
         self.requests_by_version.labels("Recommend", code, str(version)).inc()
         self.request_seconds_by_version.labels("Recommend", str(version)).observe(seconds)
 

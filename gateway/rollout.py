@@ -1,5 +1,6 @@
-"""Canary routing and shadow traffic: the recommender service, split by the repository's
-rollout file (``core/traffic_split.py``), which the version tracker reads at every poll.
+"""Canary routing, interleaving and shadow traffic: the recommender service, split by the
+repository's rollout file (``core/traffic_split.py``), which the version tracker reads at every
+poll.
 
 **Canary.** A listener whose stable hash falls in the canary's share is answered by the canary
 version, once that version is ready on every Triton replica and its artifacts are loaded. A
@@ -27,6 +28,19 @@ watcher keeps seeing a dead canary as failing), trips in
 this gateway routes now (0 while the canary is not loaded or its breaker is open), which
 ``deploy abort`` waits on.
 
+**Interleave.** A listener in the ``interleave_percent`` share (the canary's sticky hash, of
+the candidate version) is asked of both versions at once, each for ``k`` artists within the
+RPC's one budget (the candidate gets :data:`INTERLEAVE_SHARE` of the time left, so the answer
+still leaves in time when it is slow), and answered with their team-draft interleaving
+(``core/interleaving.py``), seeded by the answer's recommendation id: an
+:class:`InterleavedResult`, whose id, per-position teams and versions the servicer keeps for
+Feedback. ``k`` from each list always suffices: a team's cursor passes its own picks and the
+other team's (each list gives at most ``k``). A candidate that fails, times out or whose
+breaker is open (the canary's :class:`Breaker`) leaves the serving list alone, counted in
+``musicrec_gateway_interleave_fallbacks_total{candidate_version,reason}``; never a failed
+Recommend. Its attempts count under its version and code by version (the watcher's error
+ratio and p99), interleaved answers in ``musicrec_gateway_interleaved_total``.
+
 **Shadow.** A ``shadow_percent`` share of the requests the serving version answered is sent
 again to the shadow version by a task of its own, after the answer is ready and off its path:
 at most ``shadow_max_in_flight`` (default :data:`SHADOW_MAX_IN_FLIGHT`) at once per gateway,
@@ -50,9 +64,11 @@ from dataclasses import dataclass
 import numpy as np
 
 from core import traffic_split
+from core.interleaving import team_draft
 from core.vocabulary import name_key
 from gateway.artifacts import ModelVersion
 from gateway.errors import DeadlineExceeded, GatewayError
+from gateway.feedback import new_recommendation_id
 from gateway.metrics import GatewayMetrics
 from gateway.modes import ModeScorer
 from gateway.recommender import (
@@ -78,6 +94,19 @@ CANARY_SHARE = 0.5  # of the RPC's time left, a canary attempt's: the serving re
 BREAKER_FAILURES = 5  # canary failures of the stack in a row that open its breaker
 BREAKER_BACKOFF_S, BREAKER_MAX_BACKOFF_S = 2.0, 30.0  # open this long, doubling while failing
 CANARY_LOG_INTERVAL_S = 5.0  # at most one warning about a failing canary per interval
+INTERLEAVE_SHARE = 0.8  # of the RPC's time left, the candidate's: the answer leaves in the rest
+
+
+@dataclass(frozen=True)
+class InterleavedResult(RecommendResult):
+    """A team-draft interleaving of the serving and the candidate version's answers: the
+    servicer keeps its ``recommendation_id`` (the draft's seed), each position's team and
+    version, and the candidate, for Feedback (``gateway/feedback.py``)."""
+
+    recommendation_id: str = ""
+    teams: tuple[str, ...] = ()
+    versions: tuple[int, ...] = ()
+    candidate_version: int | None = None
 
 
 def listener_key(listener: Listener, mv: ModelVersion) -> str:
@@ -216,11 +245,29 @@ class RolloutService(RecommendationService):
         canary, serving = self._routable_canary(), self.tracker.current
         if canary is None or serving is None:
             return None
-        if is_heavy(listener):
-            key = await asyncio.to_thread(listener_key, listener, serving)
-        else:
-            key = listener_key(listener, serving)
+        key = await self._key(listener, serving)
         return canary if traffic_split.in_canary(self.tracker.rollout, key) else None
+
+    def _routable_interleave(self) -> ModelVersion | None:
+        """The interleave candidate this gateway may ask now (loaded, not its own)."""
+        rollout = self.tracker.rollout
+        if rollout is None or rollout.interleave is None or rollout.interleave_percent <= 0:
+            return None
+        candidate = self.tracker.loaded(rollout.interleave)
+        return None if candidate is None or candidate is self.tracker.current else candidate
+
+    async def _key(self, listener: Listener, serving: ModelVersion) -> str:
+        if is_heavy(listener):
+            return await asyncio.to_thread(listener_key, listener, serving)
+        return listener_key(listener, serving)
+
+    async def _interleave_candidate(self, listener: Listener) -> ModelVersion | None:
+        """The candidate if this listener is in the interleaved share."""
+        candidate, serving = self._routable_interleave(), self.tracker.current
+        if candidate is None or serving is None:
+            return None
+        key = await self._key(listener, serving)
+        return candidate if traffic_split.in_interleave(self.tracker.rollout, key) else None
 
     def routed(self) -> dict[tuple[str, str], float]:
         """``(role, version) -> percent`` this gateway routes now (a canary whose breaker is
@@ -233,6 +280,12 @@ class RolloutService(RecommendationService):
             closed = breaker is None or not breaker.is_open(time.monotonic())
             routable = self._routable_canary() is not None and closed
             out[("canary", str(rollout.canary))] = rollout.percent if routable else 0.0
+        if rollout.interleave is not None:
+            breaker = self._breakers.get(rollout.interleave)
+            closed = breaker is None or not breaker.is_open(time.monotonic())
+            routable = self._routable_interleave() is not None and closed
+            percent = rollout.interleave_percent if routable else 0.0
+            out[("interleave", str(rollout.interleave))] = percent
         if rollout.shadow is not None:
             loaded = self.tracker.loaded(rollout.shadow) is not None
             out[("shadow", str(rollout.shadow))] = rollout.shadow_percent if loaded else 0.0
@@ -260,6 +313,9 @@ class RolloutService(RecommendationService):
             self._serving_now -= 1
 
     async def _recommend_routed(self, query: Query, deadline: Deadline) -> RecommendResult:
+        candidate = await self._interleave_candidate(query.listener)
+        if candidate is not None:
+            return await self._interleaved(candidate, query, deadline)
         canary = await self._canary(query.listener)
         if canary is not None:
             answer = await self._try_canary(canary, query, deadline)
@@ -274,9 +330,7 @@ class RolloutService(RecommendationService):
         """The canary's answer, or None for the serving version to answer: the canary failed
         (within :data:`CANARY_SHARE` of the time left, so the retry has the rest) or its
         breaker is open. A caller's deadline that passed fails the RPC, charged to the canary."""
-        breaker = self._breakers.setdefault(canary.version, Breaker())
-        if len(self._breakers) > 1:  # one canary at a time: forget earlier ones
-            self._breakers = {canary.version: breaker}
+        breaker = self._breaker(canary.version)
         if breaker.is_open(time.monotonic()):
             self.metrics.canary_diverted.labels(str(canary.version)).inc()
             self.metrics.requests_by_version.labels("Recommend", "UNAVAILABLE",
@@ -299,6 +353,77 @@ class RolloutService(RecommendationService):
         self.metrics.attempt(0)  # what follows is the serving version's
         return None
 
+    def _breaker(self, version: int) -> Breaker:
+        """``version``'s breaker (one rollout at a time: earlier ones are forgotten)."""
+        breaker = self._breakers.setdefault(version, Breaker())
+        if len(self._breakers) > 1:
+            self._breakers = {version: breaker}
+        return breaker
+
+    # ------------------------------------------------------------------ interleave
+
+    async def _interleaved(self, candidate: ModelVersion, query: Query,
+                           deadline: Deadline) -> RecommendResult:  # fmt: skip
+        """Both versions at once; their team draft, or the serving list alone when the
+        candidate fails (see the module). The serving version's failure fails the RPC."""
+        label = str(candidate.version)
+        breaker = self._breaker(candidate.version)
+        if breaker.is_open(time.monotonic()):
+            self.metrics.interleave_fallbacks.labels(label, "breaker_open").inc()
+            self.metrics.requests_by_version.labels("Recommend", "UNAVAILABLE", label).inc()
+            return await super().recommend(query, deadline)
+        task = asyncio.get_running_loop().create_task(
+            self._candidate_answer(candidate, query, deadline.part(INTERLEAVE_SHARE))
+        )
+        try:
+            served = await super().recommend(query, deadline)
+        except BaseException:
+            task.cancel()
+            raise
+        other = await task
+        if other is None:
+            return served
+        return self._merge(served, other, query.k)
+
+    async def _candidate_answer(self, candidate: ModelVersion, query: Query,
+                                deadline: Deadline) -> RecommendResult | None:  # fmt: skip
+        """The candidate's answer, or None (counted as a fallback and under its version)."""
+        start, version = time.perf_counter(), candidate.version
+        try:
+            answer = await self.answer(candidate, query, deadline, counted=False)
+        except GatewayError as exc:
+            self._candidate_failed(version, exc.code.name, time.perf_counter() - start, exc)
+        except Exception as exc:  # a bug on the candidate's data: the serving list answers
+            self._candidate_failed(version, "UNKNOWN", time.perf_counter() - start, exc)
+            log.exception("interleave candidate version %d failed (%s)", version, exc)
+        else:
+            self._breaker(version).succeeded()
+            self.metrics.attempt_counted(version, "OK", time.perf_counter() - start)
+            return answer
+        return None
+
+    def _candidate_failed(self, version: int, code: str, seconds: float, exc: Exception) -> None:
+        """A fallback, the candidate's attempt under its version and code, and its breaker."""
+        self.metrics.interleave_fallbacks.labels(str(version), code).inc()
+        self.metrics.attempt_counted(version, code, seconds)
+        self._stack_failed(version, code, exc)
+
+    def _merge(self, served: RecommendResult, other: RecommendResult, k: int) -> InterleavedResult:
+        """The team draft of the two answers, seeded by a fresh recommendation id."""
+        rec_id = new_recommendation_id()
+        by_id = {a.id: a for a in other.artists} | {a.id: a for a in served.artists}
+        merged = team_draft([a.id for a in served.artists], [a.id for a in other.artists], k,
+                            rec_id)  # fmt: skip
+        versions = tuple(served.version if t == "serving" else other.version
+                         for t in merged.teams)  # fmt: skip
+        self.metrics.interleaved.labels(str(other.version)).inc()
+        return InterleavedResult(
+            [by_id[a] for a in merged.items], served.version, served.similar_users,
+            served.fallback, served.unknown_artists, served.mode, served.all_played,
+            recommendation_id=rec_id, teams=merged.teams, versions=versions,
+            candidate_version=other.version,
+        )  # fmt: skip
+
     def _canary_failed(self, version: int, code: str, seconds: float, exc: Exception) -> None:
         """Count the canary's failed attempt: as a retry, and under its own version and code
         (and its time) by version, beside the serving version's answer to the same RPC, so
@@ -312,7 +437,7 @@ class RolloutService(RecommendationService):
         :data:`CANARY_LOG_INTERVAL_S`, and counts towards the canary's breaker."""
         if code not in CANARY_ERRORS:
             return
-        self._canary_log.warning("canary version %d failed (%s: %s); answering with the "
+        self._canary_log.warning("rollout version %d failed (%s: %s); answering with the "
                                  "serving version", version, code, exc)  # fmt: skip
         breaker = self._breakers.setdefault(version, Breaker())
         if breaker.failed(time.monotonic()):

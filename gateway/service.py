@@ -233,8 +233,9 @@ class RecommenderServicer(pb_grpc.RecommenderServicer):
     async def _served(self, query: Query, result: RecommendResult, long: bool) -> str:
         """Keep the answer for Feedback under its id (the listener's key only when an event
         log records it; a long history's hashed off the loop). A result that carries
-        ``recommendation_id``, ``teams`` or ``versions`` (an interleaved answer: its id seeds
-        the draft, each position has its team and version) is kept with them."""
+        ``recommendation_id``, ``teams`` or ``versions`` (an interleaved answer,
+        ``gateway/rollout.py``: its id seeds the draft, each position has its team and
+        version; ``candidate_version`` names the candidate) is kept with them."""
         rec_id = getattr(result, "recommendation_id", "") or new_recommendation_id()
         listener = ""
         if self.feedback.logs_listeners:
@@ -244,7 +245,8 @@ class RecommenderServicer(pb_grpc.RecommenderServicer):
                 listener = listener_log_key(query.listener)
         self.feedback.served(rec_id, result.version, [(a.id, a.name) for a in result.artists],
                              result.mode, listener=listener, teams=getattr(result, "teams", None),
-                             versions=getattr(result, "versions", None))  # fmt: skip
+                             versions=getattr(result, "versions", None),
+                             candidate=getattr(result, "candidate_version", None))  # fmt: skip
         return rec_id
 
     async def Feedback(  # gRPC method name

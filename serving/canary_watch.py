@@ -1,4 +1,5 @@
-"""The canary watcher: ``deploy --canary P --watch S`` and ``deploy watch``.
+"""The canary watcher: ``deploy --canary P --watch S``, ``deploy --interleave P --watch S``
+and ``deploy watch``.
 
 It polls every gateway's metrics (``serving/gateway_metrics.py``) every ``interval_s``, counts
 how many answered, and adds up each gateway's increments since its previous answer over the
@@ -32,6 +33,15 @@ watch stops) is at or above ``-max_hit_rate_drop``, so a drop that large would h
 rejected. Otherwise, with no breach, "inconclusive" (gateways, traffic or feedback missing, the
 rollout ended meanwhile): thin feedback is never "healthy". It is recorded beside the split for
 ``promote`` and ``status``.
+
+An interleave rollout is watched by the same loop, its candidate in the canary's place (the
+error-ratio and p99 rules read the candidate's own attempts). At every poll
+:func:`interleaved` runs ``core/sequential_test.py``'s always-valid ``interleaving_test`` at
+``interleave_alpha`` on the candidate's wins, losses and ties since the watch began
+(:attr:`CounterWindow.total`, summed over gateways, restarts counted from 0): "worse" aborts
+(the serving version keeps everyone); "better" ends the watch "healthy" (recorded, so
+``promote`` passes) and, with ``promote_if_better``, promotes; "not yet" when the watch ends is
+"inconclusive".
 """
 
 from __future__ import annotations
@@ -48,11 +58,17 @@ from dataclasses import asdict, dataclass, field
 from scipy import stats
 
 from core import traffic_split
-from core.sequential_test import ProportionsResult, ProportionsRules, proportions_test
+from core.sequential_test import (
+    InterleavingResult,
+    ProportionsResult,
+    ProportionsRules,
+    interleaving_test,
+    proportions_test,
+)
 from serving import gateway_metrics as gm
 from serving.deploy import DeployConfig, DeployError
 from serving.gateway_metrics import VersionFigures
-from serving.rollout import abort, record_verdict, running
+from serving.rollout import abort, promote, record_verdict, running
 
 log = logging.getLogger(__name__)
 VERDICTS = ("healthy", "aborted", "inconclusive")
@@ -74,6 +90,8 @@ class WatchRules:
     max_hit_rate_drop: float = 0.05  # "healthy" needs the drop shown below this (points)
     quality_min_impressions: int = 100  # lists served per side before any hit-rate decision
     quality_min_hits: int = 20  # hits in all before any hit-rate decision
+    interleave_alpha: float = 0.05  # the interleaving test's level (interleave rollouts)
+    promote_if_better: bool = False  # promote an interleave candidate the test calls better
 
     @property
     def quality(self) -> ProportionsRules:
@@ -87,8 +105,8 @@ class WatchRules:
             raise ValueError("window and interval must be positive, min_requests >= 1")
         if not (self.max_error_gap >= 0 and self.p99_ratio > 0 and self.p99_slack_s >= 0):
             raise ValueError("the error gap and p99 slack must be >= 0, the p99 ratio above 0")
-        if not 0 < self.latency_alpha < 1:
-            raise ValueError("latency_alpha must lie between 0 and 1")
+        if not (0 < self.latency_alpha < 1 and 0 < self.interleave_alpha < 1):
+            raise ValueError("latency_alpha and interleave_alpha must lie between 0 and 1")
         self.quality  # noqa: B018 -- ValueError on bad hit-rate rules
 
 
@@ -104,6 +122,8 @@ class WatchResult:
     canary_requests: float = 0.0  # canary attempts seen over the whole watch
     resets: int = 0  # gateway restarts seen (a counter went down)
     quality: dict = field(default_factory=dict)  # the hit-rate test over the watch (gate on)
+    interleaving: dict = field(default_factory=dict)  # the interleaving test (interleave)
+    promoted: int | None = None  # the version promote_if_better promoted
 
     def record(self) -> dict:
         """What ``promote`` and ``status`` read back."""
@@ -155,6 +175,27 @@ def quality(canary: VersionFigures, serving: VersionFigures, rules: WatchRules,
         return min(max(0, round(f.hits)), n), n
 
     return proportions_test(side(canary), side(serving), rules.quality)
+
+
+def interleaved(candidate: VersionFigures, rules: WatchRules,
+                previous: InterleavingResult | None = None) -> InterleavingResult:  # fmt: skip
+    """The interleaving test on the candidate's outcomes since the watch began."""
+    return interleaving_test(max(0, round(candidate.wins)), max(0, round(candidate.losses)),
+                             max(0, round(candidate.ties)), alpha=rules.interleave_alpha,
+                             previous=previous)  # fmt: skip
+
+
+def interleaving_record(r: InterleavingResult, candidate: VersionFigures) -> dict:
+    """The interleaving test's state in plain numbers (the verdict record, ``on_poll``)."""
+    return {"decision": r.decision, "confidence": r.confidence, "p_value": r.p_value,
+            "wins": r.wins, "losses": r.losses, "ties": r.ties, "win_share": r.win_share,
+            "interleaved": candidate.interleaved,
+            "fallbacks": sum(candidate.interleave_fallbacks.values())}  # fmt: skip
+
+
+def _decided(r: InterleavingResult) -> str:
+    return (f"interleaving: candidate {r.decision} at {r.confidence:.1%} confidence ({r.wins} "
+            f"won, {r.losses} lost, {r.ties} tied)")  # fmt: skip
 
 
 def judge(canary: VersionFigures, serving: VersionFigures, rules: WatchRules, *,
@@ -254,11 +295,13 @@ def watch(cfg: DeployConfig, metrics: str | None, rules: WatchRules | None = Non
     rules = rules or WatchRules()
     stop = stop or threading.Event()
     rollout = running(cfg.repository)
-    if rollout.canary is None:
+    if rollout.kind == "shadow":
         raise DeployError("the rollout has no canary to watch (a shadow answers no caller)")
-    canary_v, serving_v = str(rollout.canary), str(rollout.serving)
+    canary_v, serving_v = str(rollout.new), str(rollout.serving)
+    judging = rollout.kind == "interleave"
     window = CounterWindow(rules.window_s)
     answered = expected = 0
+    test: InterleavingResult | None = None
 
     def totals() -> tuple[VersionFigures, VersionFigures]:
         return (window.total.get(canary_v, VersionFigures()),
@@ -267,13 +310,33 @@ def watch(cfg: DeployConfig, metrics: str | None, rules: WatchRules | None = Non
     def gate() -> dict:
         return _quality_record(quality(*totals(), rules)) if rules.quality_gate else {}
 
+    def tested() -> dict:
+        return interleaving_record(test, totals()[0]) if test is not None else {}
+
     def result(verdict: str, reason: str) -> WatchResult:
         c, s = window.figures(canary_v), window.figures(serving_v)
         total = totals()[0].requests
         done = WatchResult(verdict, reason, time.monotonic() - begin, c.summary(), s.summary(),
-                           answered, expected, total, window.resets, gate())  # fmt: skip
+                           answered, expected, total, window.resets, gate(),
+                           tested())  # fmt: skip
         record_verdict(cfg.repository, rollout, done.record())
         return done
+
+    def better() -> WatchResult:
+        done = result("healthy", _decided(test))
+        if not rules.promote_if_better:
+            return done
+        try:
+            promote(cfg)
+        except DeployError as exc:  # ended meanwhile, or the swap failed: it says why
+            return WatchResult(
+                **{
+                    **asdict(done),
+                    "verdict": "inconclusive",
+                    "reason": f"{done.reason}; promote failed: {exc}",
+                }
+            )
+        return WatchResult(**{**asdict(done), "promoted": rollout.new})
 
     while True:
         now = time.monotonic()
@@ -288,17 +351,26 @@ def watch(cfg: DeployConfig, metrics: str | None, rules: WatchRules | None = Non
         answers = poll()
         answered, expected = window.add(now, answers), len(answers)
         c, s = window.figures(canary_v), window.figures(serving_v)
+        if judging:
+            test = interleaved(totals()[0], rules, test)
         if on_poll:
             on_poll({"t": now - begin, "canary": c.summary(), "serving": s.summary(),
-                     "gateways": answered, "expected": expected, "quality": gate()})  # fmt: skip
+                     "gateways": answered, "expected": expected, "quality": gate(),
+                     "interleaving": tested()})  # fmt: skip
         reason = judge(c, s, rules, total=totals())
+        if not reason and test is not None and test.decision == "worse":
+            reason = _decided(test)
         if reason:
             log.warning("aborting canary version %s: %s", canary_v, reason)
             with contextlib.suppress(DeployError):  # someone else may have ended it first
                 abort(cfg, f"automatic: {reason}", metrics=metrics)
             return result("aborted", reason)
+        if test is not None and test.decision == "better":
+            return better()
         if now - begin >= duration_s:
             missing = conclude(c, answered, expected, rules, total=totals())
+            if not missing and test is not None:
+                missing = _decided(test)
             if missing:
                 return result("inconclusive", missing)
             return result("healthy", f"no breach in {duration_s:g} s")

@@ -42,6 +42,12 @@ FEEDBACK = {
     "musicrec_gateway_first_play_reciprocal_rank_sum_total": "rr_sum",
 }
 FEEDBACK_EVENTS = "musicrec_gateway_feedback_events_total"  # {version, action}
+# Interleaving (gateway/rollout.py, gateway/feedback.py), labelled by candidate_version: the
+# interleaved answers, the impressions' outcomes and the candidate's fallbacks.
+INTERLEAVED = "musicrec_gateway_interleaved_total"
+INTERLEAVE_OUTCOMES = "musicrec_gateway_interleave_outcomes_total"  # {outcome}
+INTERLEAVE_FALLBACKS = "musicrec_gateway_interleave_fallbacks_total"  # {reason}
+OUTCOME_FIELDS = {"candidate": "wins", "serving": "losses", "tie": "ties"}
 
 
 @dataclass
@@ -61,6 +67,13 @@ class VersionFigures:
     hits: float = 0.0  # of those, lists with at least one played artist
     rr_sum: float = 0.0  # sum over lists of 1 / rank of the first played artist (0: none)
     feedback: dict[str, float] = field(default_factory=dict)  # action -> events
+    # as an interleave candidate: answers interleaved, impressions it won, lost, tied, and
+    # listeners answered with the serving list alone (reason -> count)
+    interleaved: float = 0.0
+    wins: float = 0.0
+    losses: float = 0.0
+    ties: float = 0.0
+    interleave_fallbacks: dict[str, float] = field(default_factory=dict)
 
     @property
     def error_ratio(self) -> float | None:
@@ -91,9 +104,12 @@ class VersionFigures:
         """Whether any counter is lower than in ``before``: the gateway restarted since."""
         pairs = [(self.requests, before.requests), (self.errors, before.errors),
                  (self.retried, before.retried), (self.overlap[1], before.overlap[1]),
-                 (self.impressions, before.impressions), (self.hits, before.hits)]  # fmt: skip
+                 (self.impressions, before.impressions), (self.hits, before.hits),
+                 (self.interleaved, before.interleaved), (self.wins, before.wins),
+                 (self.losses, before.losses), (self.ties, before.ties)]  # fmt: skip
         for mine, theirs in ((self.buckets, before.buckets), (self.shadow, before.shadow),
-                             (self.feedback, before.feedback)):  # fmt: skip
+                             (self.feedback, before.feedback),
+                             (self.interleave_fallbacks, before.interleave_fallbacks)):  # fmt: skip
             pairs += [(mine.get(k, 0.0), v) for k, v in theirs.items()]
         return any(now < then for now, then in pairs)
 
@@ -110,6 +126,8 @@ class VersionFigures:
             "overlap_at_10": mean(self.overlap), "spearman": mean(self.spearman),
             "kendall": mean(self.kendall), "impressions": self.impressions, "hits": self.hits,
             "hit_rate": self.hit_rate, "mrr": self.mrr, "feedback": dict(self.feedback),
+            "interleaved": self.interleaved, "wins": self.wins, "losses": self.losses,
+            "ties": self.ties, "interleave_fallbacks": dict(self.interleave_fallbacks),
         }  # fmt: skip
 
 
@@ -174,7 +192,11 @@ def parse_metrics(text: str, into: dict[str, VersionFigures]) -> None:
 def add_sample(into: dict[str, VersionFigures], name: str, labels: dict[str, str],
                value: float) -> None:  # fmt: skip
     """Add one sample (Prometheus text, or a PromQL result) to its version's figures; samples
-    without a version label, or that this module does not read, are skipped."""
+    without a version label, or that this module does not read, are skipped. The
+    interleaving's samples count under their ``candidate_version``."""
+    if "candidate_version" in labels:
+        _add_interleave(into, name, labels, value)
+        return
     version = labels.get("version")
     if version is None:
         return
@@ -194,6 +216,18 @@ def add_sample(into: dict[str, VersionFigures], name: str, labels: dict[str, str
         _add(f.feedback, labels.get("action", ""), value)
     elif name.startswith("musicrec_gateway_shadow_"):
         _add_shadow(f, name, labels, value)
+
+
+def _add_interleave(into: dict[str, VersionFigures], name: str, labels: dict[str, str],
+                    value: float) -> None:  # fmt: skip
+    f = into.setdefault(labels["candidate_version"], VersionFigures())
+    if name == INTERLEAVED:
+        f.interleaved += value
+    elif name == INTERLEAVE_OUTCOMES and labels.get("outcome") in OUTCOME_FIELDS:
+        attr = OUTCOME_FIELDS[labels["outcome"]]
+        setattr(f, attr, getattr(f, attr) + value)
+    elif name == INTERLEAVE_FALLBACKS:
+        _add(f.interleave_fallbacks, labels.get("reason", ""), value)
 
 
 def _add_shadow(f: VersionFigures, name: str, labels: dict[str, str], value: float) -> None:

@@ -1,6 +1,8 @@
-"""Canary and shadow rollouts: the commands ``start``, ``promote``, ``abort`` and ``figures``.
+"""Canary, shadow and interleave rollouts: the commands ``start``, ``promote``, ``abort`` and
+``figures``.
 
-* ``start`` (``deploy --canary P`` / ``--shadow P``, P in (0, 100]): validates the version as
+* ``start`` (``deploy --canary P`` / ``--shadow P`` / ``--interleave P``, P in (0, 100];
+  an interleave alone): validates the version as
   ``deploy`` does, takes a baseline of every gateway's counters (when their metrics endpoints
   are given), publishes the split in the repository (``core/traffic_split.py``: every gateway
   reads it at its version poll), then pins both versions (``version_policy: specific``) and
@@ -38,6 +40,7 @@ from tritonclient.utils import InferenceServerException
 from core import traffic_split
 from core.contract import CATALOGUE_SCORER, SERVED_MODELS
 from core.files import repository_lock, write_atomically
+from core.sequential_test import interleaving_test
 from export.triton_config import serving_policy, write_configs
 from gateway.config import GatewayConfig
 from serving import deploy_records as records
@@ -59,7 +62,7 @@ from serving.validation import metric_gate, validate_version
 log = logging.getLogger(__name__)
 STATE_FILE = ".rollout-state.json"  # beside traffic_split.ROLLOUT_FILE: baseline, verdict
 SETTLE_TIMEOUT_S = 30.0  # abort with metrics: the longest wait for every gateway to stop
-ROLES = ("serving", "canary", "shadow")
+ROLES = ("serving", "canary", "shadow", "interleave")
 
 
 def default_settle_s() -> float:
@@ -84,7 +87,7 @@ def running(repository: Path) -> traffic_split.Rollout:
     """The rollout that runs; DeployError when none does (RolloutError: unreadable)."""
     rollout = traffic_split.read(repository)
     if rollout is None:
-        raise DeployError("no canary or shadow rollout runs")
+        raise DeployError("no canary or shadow rollout runs, nor an interleave")
     return rollout
 
 
@@ -147,16 +150,36 @@ def baseline(metrics: str | None) -> dict | None:
 # ---------------------------------------------------------------- the commands
 
 
+def check_shares(canary: float | None, shadow: float | None, interleave: float | None) -> None:
+    """Refuse shares out of (0, 100], none at all, or an interleave beside another role."""
+    if canary is None and shadow is None and interleave is None:
+        raise DeployError("give --canary P, --shadow P or --interleave P (percent, above 0)")
+    if interleave is not None and (canary is not None or shadow is not None):
+        raise DeployError("--interleave runs alone: drop --canary/--shadow (an interleaved "
+                          "listener already gets both versions)")  # fmt: skip
+    check_percent("--canary", canary)
+    check_percent("--shadow", shadow)
+    check_percent("--interleave", interleave)
+
+
+def _split(serving: int, version: int, canary: float | None, shadow: float | None,
+           interleave: float | None) -> traffic_split.Rollout:  # fmt: skip
+    if interleave:
+        return traffic_split.Rollout(serving, interleave=version, interleave_percent=interleave)
+    return traffic_split.Rollout(serving, version if canary else None, canary or 0.0,
+                                 version if shadow else None, shadow or 0.0)  # fmt: skip
+
+
 def start(cfg: DeployConfig, *, run_dir: Path | None = None, version: int | None = None,
           canary_percent: float | None = None, shadow_percent: float | None = None,
-          force: bool = False, metrics: str | None = None) -> RolloutReport:  # fmt: skip
+          interleave_percent: float | None = None, force: bool = False,
+          metrics: str | None = None) -> RolloutReport:  # fmt: skip
     """Load ``version`` (or export ``run_dir``) beside the serving version and publish the
     split: ``canary_percent`` of listeners answered by it, ``shadow_percent`` of requests
-    copied to it. ``metrics``: the gateways' metrics endpoints, for this rollout's baseline."""
-    if canary_percent is None and shadow_percent is None:
-        raise DeployError("give --canary P or --shadow P (percent, above 0)")
-    check_percent("--canary", canary_percent)
-    check_percent("--shadow", shadow_percent)
+    copied to it, or (alone) ``interleave_percent`` of listeners answered by both versions'
+    lists interleaved. ``metrics``: the gateways' metrics endpoints, for this rollout's
+    baseline."""
+    check_shares(canary_percent, shadow_percent, interleave_percent)
     if run_dir is None and version is None:
         raise DeployError("give a run directory or --version")
     begin = time.monotonic()
@@ -179,10 +202,7 @@ def start(cfg: DeployConfig, *, run_dir: Path | None = None, version: int | None
         manifest = validate_version(repo, version)
         gate = metric_gate(manifest, manifest_or_none(repo, serving), cfg.max_metric_drop,
                            force)  # fmt: skip
-        rollout = traffic_split.Rollout(serving, version if canary_percent else None,
-                                        canary_percent or 0.0,
-                                        version if shadow_percent else None,
-                                        shadow_percent or 0.0)  # fmt: skip
+        rollout = _split(serving, version, canary_percent, shadow_percent, interleave_percent)
         state = {"rollout": asdict(rollout), "started_at": records.now(), "metrics": metrics,
                  "baseline": baseline(metrics), "verdict": None}  # fmt: skip
         _write_state(repo, state)
@@ -195,10 +215,11 @@ def start(cfg: DeployConfig, *, run_dir: Path | None = None, version: int | None
             failed = restore(cfg, fleet, serving, version, cause)
             _clear(repo)
             raise failed from None
-        action = "canary" if rollout.canary is not None else "shadow"
+        action = rollout.kind
         records.record(repo, {"action": action, "version": version, "previous": serving,
                               "at": records.now(), "gate": gate, "percent": canary_percent or 0.0,
-                              "shadow_percent": shadow_percent or 0.0})  # fmt: skip
+                              "shadow_percent": shadow_percent or 0.0,
+                              "interleave_percent": interleave_percent or 0.0})  # fmt: skip
     return RolloutReport(action, version, serving, time.monotonic() - begin, gate, rollout,
                          recovered)  # fmt: skip
 
@@ -210,7 +231,8 @@ def refuse_unjudged(repository: Path, rollout: traffic_split.Rollout) -> None:
         return
     said = (f"the last verdict was {verdict['verdict']!r} ({verdict.get('reason', '')})"
             if verdict else "no watcher verdict is recorded for it")  # fmt: skip
-    what = "canary" if rollout.canary is not None else "shadow (no watcher judges a shadow)"
+    what = {"canary": "canary", "interleave": "interleaving",
+            "shadow": "shadow (no watcher judges a shadow)"}[rollout.kind]  # fmt: skip
     raise DeployError(f"promote refused: the {what} of version {rollout.new} has no healthy "
                       f"verdict; {said}. Run `musicrec deploy watch --watch S "
                       "--gateway-metrics TARGET` first, or promote with --force")  # fmt: skip
@@ -257,7 +279,8 @@ def serving_of_pin(cfg: DeployConfig) -> tuple[int, int | None]:
     with contextlib.suppress(records.RecordError):
         history = records.read_history(cfg.repository)
     for entry in reversed(history):
-        if entry.get("action") in ("canary", "shadow") and entry.get("previous") in pinned:
+        rolled = entry.get("action") in ("canary", "shadow", "interleave")
+        if rolled and entry.get("previous") in pinned:
             return entry["previous"], entry.get("version")
     order: list[int] = []
     with contextlib.suppress(records.RecordError):
@@ -305,7 +328,8 @@ def abort(cfg: DeployConfig, reason: str = "by hand", *, metrics: str | None = N
         try:
             rollout = running(repo)
             serving, new = rollout.serving, rollout.new
-            idle = traffic_split.Rollout(serving, rollout.canary, 0.0, rollout.shadow, 0.0)
+            idle = traffic_split.Rollout(serving, rollout.canary, 0.0, rollout.shadow, 0.0,
+                                         rollout.interleave, 0.0)  # fmt: skip
         except traffic_split.RolloutError as exc:
             serving, new = serving_of_pin(cfg)
             warnings.append(f"{exc}; kept version {serving}, the serving pin's")
@@ -336,6 +360,7 @@ def roles_of(rollout: traffic_split.Rollout | None) -> dict[str, str]:
         return {}
     out = {str(rollout.serving): "serving"}
     out |= {str(rollout.canary): "canary"} if rollout.canary is not None else {}
+    out |= {str(rollout.interleave): "interleave"} if rollout.interleave is not None else {}
     return out | ({str(rollout.shadow): "shadow"} if rollout.shadow is not None else {})
 
 
@@ -366,6 +391,16 @@ def _version_order(label: str) -> tuple[bool, int]:
     return (not label.isdigit(), int(label) if label.isdigit() else 0)
 
 
+def tally(candidate: gm.VersionFigures | None, alpha: float = 0.05) -> dict:
+    """An interleaving's running tally (the candidate's wins, losses, ties, answers
+    interleaved and fallbacks, summed over gateways) and the sequential test on it."""
+    f = candidate or gm.VersionFigures()
+    r = interleaving_test(round(f.wins), round(f.losses), round(f.ties), alpha=alpha)
+    return {"interleaved": f.interleaved, "wins": r.wins, "losses": r.losses, "ties": r.ties,
+            "fallbacks": sum(f.interleave_fallbacks.values()), "win_share": r.win_share,
+            "decision": r.decision, "confidence": r.confidence, "p_value": r.p_value}  # fmt: skip
+
+
 def figures(cfg: DeployConfig, metrics: str) -> dict:
     """The rollout (if any), its recorded verdict, and the gateways' figures for ``status``:
     ``versions`` (in total), ``roles`` (in total) and ``gateways`` (per gateway, per role)."""
@@ -389,6 +424,8 @@ def figures(cfg: DeployConfig, metrics: str) -> dict:
                       f"answered; {window})",
             "rollout": rollout, "error": error, "window": window,
             "verdict": (state or {}).get("verdict"),
+            "interleaving": tally(total.get(str(rollout.interleave)))
+            if rollout and rollout.interleave is not None else None,
             "versions": {v: total[v].summary() for v in sorted(total, key=_version_order)},
             "roles": _by_role(total, roles),
             "gateways": {a: _by_role(f, roles) for a, f in per_gateway.items()}}  # fmt: skip
