@@ -133,6 +133,9 @@ def validate(args: argparse.Namespace):
     if args.promote_if_better and starting and args.interleave is None:
         raise ValueError("--promote-if-better needs an interleaving (--interleave P): a "
                          "canary is promoted by hand after a healthy verdict")  # fmt: skip
+    if args.prometheus and starting and args.interleave is not None:
+        raise ValueError("--prometheus does not read the interleaving counters yet: watch an "
+                         "interleaving with --gateway-metrics")  # fmt: skip
     if args.quality_gate and starting and args.interleave is not None:
         raise ValueError("--quality-gate compares a canary's hit rate; an interleaving is "
                          "judged by its own test (drop --quality-gate)")  # fmt: skip

@@ -299,6 +299,9 @@ def watch(cfg: DeployConfig, metrics: str | None, rules: WatchRules | None = Non
         raise DeployError("the rollout has no canary to watch (a shadow answers no caller)")
     canary_v, serving_v = str(rollout.new), str(rollout.serving)
     judging = rollout.kind == "interleave"
+    if judging and source is not None:
+        raise DeployError("an interleaving is watched through --gateway-metrics: the PromQL "
+                          "source does not read its counters yet")  # fmt: skip
     window = CounterWindow(rules.window_s)
     answered = expected = 0
     test: InterleavingResult | None = None
