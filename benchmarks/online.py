@@ -1,7 +1,7 @@
 """Rollouts judged by what listeners do (issue 25 item 5): a replay of HetRec listeners on a
 real Triton and gateway, with Feedback.
 
-    .venv/bin/python -m benchmarks.online            # ~16 min on 2 busy cores, 11 training
+    .venv/bin/python -m benchmarks.online            # ~14 min on 2 busy cores (8 of them training)
     .venv/bin/python -m benchmarks.online --quick    # fewer listeners a pass, shorter watches
     .venv/bin/python -m benchmarks.online --cache runs/online   # keep the trained versions
 
@@ -22,8 +22,9 @@ Scenarios (``online_replay/scenarios.py``):
 * ``quality_gate``: the ``network`` version as a 50% canary, ``watch`` with
   ``WatchRules(quality_gate=True)`` polling every half second: seconds from ``deploy
   --canary`` to the abort, client failures, every poll (``docs/img/quality_gate.png``); then
-  the ``equal`` version as a canary (60 s watch), which must not be aborted. ``ab_worse``: the gate's always-valid test
-  after every impression of the same replay (a 50/50 split of listeners).
+  the ``equal`` version as a canary (60 s watch), which must not be aborted. ``ab_worse``:
+  the gate's always-valid test after every impression of the same replay (a 50/50 split of
+  listeners).
 * ``events_sigkill``: a second gateway with ``--events DIR`` (the default 1 s flush) under
   Recommend + Feedback, SIGKILLed: acknowledged events missing from its SQLite segments,
   against what one flush interval holds at the measured rate.

@@ -37,7 +37,6 @@ def _confidence(ax, gate: dict) -> None:
     ax.axhline(1 - gate["alpha"], color="grey", ls=":", label=f"1 - alpha = {1 - gate['alpha']:g}")
     ax.set_ylabel("always-valid confidence")
     ax.set_ylim(0, 1.05)
-    ax.set_xlabel("seconds since deploy --canary")
 
 
 def draw(gate: dict, path: Path = IMAGE) -> Path:
@@ -56,8 +55,8 @@ def draw(gate: dict, path: Path = IMAGE) -> Path:
     loaded = gate["canary_loaded_s"]
     rates.set_xlim(loaded - 1.5, (aborted or gate["timeline"][-1]["t"]) + 1.5)
     top = rates.get_ylim()[1]
-    rates.annotate(f"Triton loaded the canary in {loaded:.1f} s; the watch begins ", (loaded, top),
-                   ha="right", va="top", fontsize=8, color="grey")  # fmt: skip
+    conf.set_xlabel(f"seconds since deploy --canary (dashed: Triton has loaded the canary, "
+                    f"{loaded:.1f} s, and the watch begins)")  # fmt: skip
     if aborted is not None:
         rates.annotate(f" aborted at {aborted:.1f} s", (aborted, top), ha="left", va="top",
                        fontsize=9, color="tab:red")  # fmt: skip

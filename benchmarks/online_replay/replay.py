@@ -60,6 +60,7 @@ class Impression:
     version: int  # the version that answered (Recommend's model_version)
     played_ranks: tuple[int, ...]  # 1-based ranks of the played artists
     credits: tuple[tuple[int, str], ...] = ()  # (version, team) credited per play
+    teams: tuple[str, ...] = ()  # the team that placed each position ("": not interleaved)
 
     @property
     def hit(self) -> bool:
@@ -110,7 +111,8 @@ async def one(client: AsyncRecommenderClient, listener: Listener) -> Impression:
     played = [c for c in credits if c.artist_id in listener.held_out]
     return Impression(time.monotonic(), listener.key, rec.model_version,
                       tuple(c.rank for c in played),
-                      tuple((c.model_version, c.team) for c in played))  # fmt: skip
+                      tuple((c.model_version, c.team) for c in played),
+                      tuple(c.team for c in sorted(credits, key=lambda c: c.rank)))  # fmt: skip
 
 
 class Replay:

@@ -20,7 +20,14 @@ from pathlib import Path
 from benchmarks.online_replay.replay import K, Listener, Replay, feedback_events
 from benchmarks.process_cpu import sample_group
 from client import FeedbackEvent, RecommenderClient, RecommenderError
-from core.sequential_test import ProportionsResult, ProportionsRules, proportions_test
+from core.interleaving import credit
+from core.sequential_test import (
+    InterleavingResult,
+    ProportionsResult,
+    ProportionsRules,
+    interleaving_test,
+    proportions_test,
+)
 from gateway.config import GatewayConfig
 from gateway.event_log import segments
 from serving import canary_watch, gateway_metrics, rollout
@@ -90,6 +97,25 @@ def sequential_ab(impressions, canary: int, serving: int, rules: ProportionsRule
         last = proportions_test((hits[canary], seen[canary]), (hits[serving], seen[serving]),
                                 rules, previous=last)  # fmt: skip
         if last.decision == "worse":
+            return n + 1, last
+    return None, last
+
+
+def interleaved_sequence(impressions, alpha: float = 0.05,
+                         ) -> tuple[int | None, InterleavingResult | None]:  # fmt: skip
+    """``interleaving_test`` after every interleaved impression of a replay, each credited by
+    ``core.interleaving.credit`` from the teams the Feedback attributions name: (interleaved
+    impressions until "better" or "worse", or None; the last result). What an interleaving
+    scenario reads beside the gateway's own outcome counters."""
+    outcomes = {"candidate": 0, "serving": 0, "tie": 0}
+    last = None
+    for n, imp in enumerate(i for i in impressions if any(i.teams)):
+        outcome = credit(imp.teams, [r - 1 for r in imp.played_ranks])
+        if outcome in outcomes:
+            outcomes[outcome] += 1
+        last = interleaving_test(outcomes["candidate"], outcomes["serving"], outcomes["tie"],
+                                 alpha=alpha, previous=last)  # fmt: skip
+        if last.decision in ("better", "worse"):
             return n + 1, last
     return None, last
 
