@@ -28,8 +28,12 @@ Scenarios (``online_replay/scenarios.py``):
 * ``events_sigkill``: a second gateway with ``--events DIR`` (the default 1 s flush) under
   Recommend + Feedback, SIGKILLed: acknowledged events missing from its SQLite segments,
   against what one flush interval holds at the measured rate.
-* ``interleave_*``: null while ``deploy --interleave`` is not on the request path (the reason
-  is recorded).
+* ``interleave_worse`` / ``interleave_equal``: ``deploy --interleave 100`` of the network
+  version (until decided, at most 5,000 interleaved impressions) and of the equal one (10,000)
+  against the served default: ``interleaving_test`` after every interleaved impression,
+  credited by ``core.interleaving.credit`` from the teams the Feedback attributions name, and
+  the gateway's own outcome counters beside it. ``--only-interleave`` runs these alone into
+  an existing ``--out``.
 
 Writes benchmarks/results/online.json and docs/img/quality_gate.png.
 """
@@ -61,8 +65,10 @@ from training.run import load_run
 RESULTS = Path(__file__).parent / "results" / "online.json"
 CANARY_PERCENT = 50.0
 RULES = canary_watch.WatchRules(window_s=30, interval_s=0.5, min_requests=30, quality_gate=True)
-NOT_YET = ("deploy --interleave is not on main yet (another change wires it into the "
-           "gateway); rerun this benchmark once it is")  # fmt: skip
+INTERLEAVE_ONLY = (
+    "a second run (--only-interleave) on the same trained versions (--cache), "
+    "once deploy --interleave was on main; the other keys are the full run's"
+)
 
 
 def _arguments(argv: list[str] | None) -> argparse.Namespace:
@@ -74,6 +80,11 @@ def _arguments(argv: list[str] | None) -> argparse.Namespace:
     )
     parser.add_argument(
         "--cache", type=Path, default=None, help="keep (and reuse) the trained versions here"
+    )
+    parser.add_argument(
+        "--only-interleave",
+        action="store_true",
+        help="run the interleaving scenarios alone, into the existing --out",
     )
     parser.add_argument("-o", "--out", type=Path, default=RESULTS)
     return parser.parse_args(argv)
@@ -168,11 +179,42 @@ def run(args: argparse.Namespace, root: Path) -> dict:
             target, v, people, 30 if args.quick else 60
         )
         console.print(f"quality gate: {result['quality_gate']['verdict']}")
+        result.update(_interleaving(target, v, people))
         result["events_sigkill"] = scenarios.sigkill_events(stack.gateway.config, people, root)
     result["versions"] = {name: {"version": v[name], **offline[name].__dict__,
                                  "what": versions.WHAT[name]} for name in v}  # fmt: skip
     result["train_s"] = trained_s
     return result
+
+
+def _interleaving(target: scenarios.Target, v: dict[str, int], people: list[Listener]) -> dict:
+    """The served default against the worse version (until decided, at most 5,000 interleaved
+    impressions) and against the equal one (10,000)."""
+    worse = scenarios.interleave(target, v["network"], people, 5000, stop_on_decision=True)
+    equal = scenarios.interleave(target, v["equal"], people, 10_000)
+    return {"interleave_worse": worse, "interleave_equal": equal}
+
+
+def interleave_only(args: argparse.Namespace, root: Path) -> dict:
+    """Train (or read the cache), export, start the stack and run the interleaving alone."""
+    run_dir, split, offline = versions.train(args.cache or root / "cache")
+    repo = root / "model_repository"
+    v = versions.export_all(run_dir, args.cache or root / "cache", repo, offline)
+    for name in SERVED_MODELS:
+        write_configs(repo / name, name, serving=[v["default"]])
+    people = listeners(split, load_run(run_dir).vocab)
+    gateway = GatewayConfig(port=free_port(), metrics_port=free_port(), backend="cpu",
+                            poll_interval_s=0.2)  # fmt: skip
+    cfg = StackConfig(repo, free_port(), free_port(), free_port(), gateway=gateway,
+                      log_dir=root / "logs")  # fmt: skip
+    with serving_stack(cfg) as stack:
+        ops = DeployConfig(repo, stack.triton.grpc_url, stack.gateway.address, keep=10,
+                           admin_key=stack.triton.admin_key)  # fmt: skip
+        target = scenarios.Target(ops, stack.gateway.address, f"127.0.0.1:{gateway.metrics_port}",
+                                  stack.gateway.process.pid)  # fmt: skip
+        with Replay(target.address, people, scenarios.CONCURRENCY) as warm:
+            warm.wait_for(300)  # warm-up: nothing measured
+        return _interleaving(target, v, people)
 
 
 def _summary(r: dict, runtime_s: float) -> dict:
@@ -181,10 +223,9 @@ def _summary(r: dict, runtime_s: float) -> dict:
     return {
         "device": "CPU (2 cores shared by the replay, the gateway and Triton)",
         "catalogue": "HetRec 2011 Last.fm (split seed 0), k=10",
-        "interleave_worse": {"decided_after_impressions": None, "decision": None,
-                             "reason": NOT_YET},
+        "interleave_worse": r["interleave_worse"],
         "ab_worse": r["ab_worse"],
-        "interleave_equal": {"decision": None, "impressions": None, "reason": NOT_YET},
+        "interleave_equal": r["interleave_equal"],
         "quality_gate": gate,
         "online_vs_offline_order": r["order"]["same_order"],
         "feedback_rpc_p50_ms": fb["p50_ms"],
@@ -209,11 +250,12 @@ def _table(s: dict) -> Table:
     for col in ("key", "value", "target"):
         table.add_column(col)
     for key, value, target in (
-        ("interleave_worse.decided_after_impressions", None, "<= 5,000"),
-        ("interleave_worse.decision", None, "worse"),
+        ("interleave_worse.decided_after_impressions",
+         s["interleave_worse"]["decided_after_impressions"], "<= 5,000"),
+        ("interleave_worse.decision", s["interleave_worse"]["decision"], "worse"),
         ("ab_worse.decided_after_impressions", s["ab_worse"]["decided_after_impressions"],
          "reported"),
-        ("interleave_equal.decision", None, "not yet"),
+        ("interleave_equal.decision", s["interleave_equal"]["decision"], "not yet"),
         ("quality_gate.worse_canary_aborted_s", gate["worse_canary_aborted_s"], "<= 120"),
         ("quality_gate.verdict", gate["verdict"], "aborted"),
         ("quality_gate.client_failed", gate["client_failed"], "0"),
@@ -228,17 +270,28 @@ def _table(s: dict) -> Table:
 
 
 def _met(s: dict) -> bool:
-    gate = s["quality_gate"]
-    aborted = gate["worse_canary_aborted_s"]
+    gate, worse = s["quality_gate"], s["interleave_worse"]
+    aborted, decided = gate["worse_canary_aborted_s"], worse["decided_after_impressions"]
     return (aborted is not None and aborted <= 120 and gate["client_failed"] == 0
             and gate["equal_canary_verdict"] != "aborted" and s["online_vs_offline_order"]
-            and s["events_lost_after_sigkill"] <= s["events_flush_bound"])  # fmt: skip
+            and s["events_lost_after_sigkill"] <= s["events_flush_bound"]
+            and worse["decision"] == "worse" and decided is not None and decided <= 5000
+            and s["interleave_equal"]["decision"] not in ("better", "worse"))  # fmt: skip
 
 
 def main(argv: list[str] | None = None) -> int:
     args = _arguments(argv)
     os.environ.setdefault("MUSICREC_ORT_THREADS", "1")  # as benchmarks/rollout.py: 2 versions
     start = time.monotonic()
+    if args.only_interleave:
+        with tempfile.TemporaryDirectory() as tmp:
+            found = interleave_only(args, Path(tmp))
+        summary = {**json.loads(args.out.read_text()), **found}
+        summary["interleave_runtime_s"] = time.monotonic() - start
+        summary["interleave_from"] = INTERLEAVE_ONLY
+        args.out.write_text(json.dumps(summary, indent=2))
+        console.print(_table(summary))
+        return 0 if _met(summary) else 1
     with tempfile.TemporaryDirectory() as tmp:
         raw = run(args, Path(tmp))
     summary = _summary(raw, time.monotonic() - start)

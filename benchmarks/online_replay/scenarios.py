@@ -259,3 +259,39 @@ def sigkill_events(base: GatewayConfig, people: list[Listener], root: Path,
     return {"acknowledged": len(acked), "lost": len(lost), "events_per_s": rate,
             "flush_s": flush_s, "bound": math.ceil(rate * (flush_s + WRITE_MARGIN_S)),
             "oldest_lost_before_kill_s": oldest}  # fmt: skip
+
+
+def interleave(target: Target, candidate: int, people: list[Listener], impressions: int,
+               percent: float = 100.0, stop_on_decision: bool = False) -> dict:  # fmt: skip
+    """``deploy --interleave percent`` of ``candidate`` under the replay until ``impressions``
+    interleaved lists (or a decision, with ``stop_on_decision``): the test after every
+    interleaved impression (:func:`interleaved_sequence`) and the gateway's own tally."""
+    rollout.start(target.ops, version=candidate, interleave_percent=percent, force=True,
+                  metrics=target.metrics)  # fmt: skip
+    before = gateway_metrics.scrape(target.metrics)[0].get(str(candidate))
+    with Replay(target.address, people, CONCURRENCY) as r:
+        deadline = time.monotonic() + 300
+        while time.monotonic() < deadline:
+            stream = [i for i in r.tally.impressions if any(i.teams)]
+            if len(stream) >= impressions:
+                break
+            if stop_on_decision and interleaved_sequence(stream)[0] is not None:
+                break
+            time.sleep(1.0)
+    time.sleep(0.5)
+    after = gateway_metrics.scrape(target.metrics)[0][str(candidate)]
+    gw = after.minus(before) if before else after
+    with contextlib.suppress(DeployError):
+        rollout.abort(target.ops, "benchmark: scenario over", metrics=target.metrics)
+    stream = [i for i in r.tally.impressions if any(i.teams)][:impressions]
+    decided, last = interleaved_sequence(stream)
+    final = last if decided is None else interleaved_sequence(stream[:decided])[1]
+    return {"candidate_version": candidate, "percent": percent,
+            "interleaved_impressions": len(stream), "decided_after_impressions": decided,
+            "decision": final.decision if final else "not yet",
+            "confidence": final.confidence if final else None,
+            "wins": final.wins if final else 0, "losses": final.losses if final else 0,
+            "ties": final.ties if final else 0,
+            "gateway": {"interleaved": gw.interleaved, "wins": gw.wins, "losses": gw.losses,
+                        "ties": gw.ties},
+            "client_failed": len(r.tally.failures)}  # fmt: skip
