@@ -84,11 +84,21 @@ def _smoke(repository: Path, name: str, version: int) -> None:
     if declared != sorted(spec.input_names):
         raise DeployError(f"version {version} of {name}: inputs {declared} break the contract")
     try:
-        results = session.run(spec.output_names, spec.example_feed())
+        results = session.run(spec.output_names, _sized_feed(session, spec.example_feed()))
     except Exception as exc:
         raise DeployError(f"version {version} of {name}: smoke inference failed: {exc}") from None
     if not all(np.all(np.isfinite(r)) for r in results if r.dtype.kind == "f"):
         raise DeployError(f"version {version} of {name}: smoke inference gave non-finite scores")
+
+
+def _sized_feed(session: ort.InferenceSession, feed: dict[str, np.ndarray]) -> dict:
+    """The spec's example feed with each input's last axis set to the width the model
+    declares (``candidate_ranker``'s features are 25 columns, or 29 with tags)."""
+    for tensor in session.get_inputs():
+        width, value = (tensor.shape or [None])[-1], feed[tensor.name]
+        if isinstance(width, int) and value.ndim and value.shape[-1] != width:
+            feed[tensor.name] = np.zeros((*value.shape[:-1], width), value.dtype)
+    return feed
 
 
 def _gateway_loads(repository: Path, version: int) -> None:

@@ -262,6 +262,16 @@ def test_the_tag_table_ships_sealed_and_the_gateway_computes_the_offline_feature
 
 
 @pytest.mark.slow
+def test_deploy_validates_a_version_whose_ranker_reads_tags(tag_repo):
+    """Deploy's smoke inference fed the 25 base columns, so it refused every version with tags
+    (29 columns): every HetRec run, which has tags by default."""
+    from serving.validation import validate_version
+
+    manifest = validate_version(tag_repo, 1)
+    assert manifest["version"] == 1
+
+
+@pytest.mark.slow
 def test_a_tampered_or_missing_tag_table_is_not_loaded(tag_repo, tmp_path):
     from core.similarity import CPU
     from gateway.artifacts import ArtifactError, ModelVersion
