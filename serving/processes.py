@@ -4,12 +4,12 @@ their whole group: one base, :class:`ChildProcess`, for every server this projec
 from __future__ import annotations
 
 import contextlib
-import ctypes
 import os
 import random
 import signal
 import socket
 import subprocess
+import sys
 import time
 from pathlib import Path
 from typing import Self
@@ -52,20 +52,32 @@ def free_port() -> int:
     raise OSError("no free port found outside the ephemeral range")
 
 
-def _die_with_parent() -> None:  # pragma: no cover - runs in the child before exec
-    """Linux: have the kernel SIGTERM the child if the Python that started it dies."""
-    with contextlib.suppress(OSError, AttributeError):
-        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+# Run in a fresh interpreter between fork and the server's exec, so nothing runs in the forked
+# copy of this process: ``preexec_fn`` would make subprocess fork() and run Python there, which
+# crashes the child (SIGSEGV, before exec) when other threads are inside gRPC at the fork: 41 of
+# 300 starts beside a grpc.aio client (tests/test_processes.py). Without it, subprocess uses
+# vfork/exec, which is safe with threads. Exits 70 if the parent died before the prctl.
+_DIE_WITH_PARENT = (
+    "import ctypes, os, signal, sys\n"
+    "ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG\n"
+    "sys.exit(70) if os.getppid() != int(sys.argv[1]) else os.execvp(sys.argv[2], sys.argv[2:])"
+)
+
+
+def die_with_parent(cmd: list[str]) -> list[str]:
+    """``cmd`` wrapped so that (Linux) the kernel SIGTERMs it when the Python that started it
+    dies: a short ``python -c`` that sets ``PR_SET_PDEATHSIG`` and execs ``cmd`` (same pid)."""
+    return [sys.executable, "-I", "-S", "-c", _DIE_WITH_PARENT, str(os.getpid()), *cmd]
 
 
 def spawn(cmd: list[str], env: dict[str, str], log_file: Path | None) -> subprocess.Popen[bytes]:
-    """Start ``cmd`` in its own process group, output appended to ``log_file``."""
+    """Start ``cmd`` in its own process group, output appended to ``log_file``; it dies with
+    this process (:func:`die_with_parent`)."""
     log = open(log_file, "ab") if log_file else subprocess.DEVNULL  # noqa: SIM115
     try:
         return subprocess.Popen(
-            cmd, env=env, stdout=log, stderr=subprocess.STDOUT,
+            die_with_parent(cmd), env=env, stdout=log, stderr=subprocess.STDOUT,
             start_new_session=True,  # one process group: helpers are stopped with the server
-            preexec_fn=_die_with_parent,
         )  # fmt: skip
     finally:
         if log is not subprocess.DEVNULL:
@@ -130,6 +142,18 @@ class ChildProcess:
     def is_ready(self) -> bool:
         raise NotImplementedError
 
+    def log_tail(self, lines: int = 5, max_bytes: int = 8192) -> str:
+        """The last ``lines`` lines of the child's log ('' without one): why it died."""
+        if not self.log_file:
+            return ""
+        try:
+            with open(self.log_file, "rb") as f:
+                f.seek(max(0, f.seek(0, os.SEEK_END) - max_bytes))
+                text = f.read().decode(errors="replace")
+        except OSError:
+            return ""
+        return " | ".join(line.strip() for line in text.splitlines()[-lines:] if line.strip())
+
     def after_exit(self) -> None:
         """Release what a dead server leaves behind (called once its whole group is gone)."""
 
@@ -151,7 +175,9 @@ class ChildProcess:
         while time.monotonic() < deadline:
             if self.process is not None and self.process.poll() is not None:
                 where = self.log_file or "its log (set log_file)"
-                raise self.error(f"{self.name} exited with {self.process.returncode}; see {where}")
+                tail = self.log_tail()
+                raise self.error(f"{self.name} exited with {self.process.returncode}; see {where}"
+                                 + (f"; it ends: {tail}" if tail else ""))  # fmt: skip
             if self.is_ready():
                 return
             time.sleep(0.2)

@@ -109,8 +109,10 @@ class Supervisor:
                     failures += 1
                 else:
                     failures = 1
-                log.error("%s exited (%s); restarting in %.0f s", self.child.name, code,
-                          self.delay(failures))  # fmt: skip
+                tail = self.child.log_tail()
+                log.error("%s exited (%s); restarting in %.0f s%s", self.child.name, code,
+                          self.delay(failures),
+                          f"; its log ends: {tail}" if tail else "")  # fmt: skip
             stop_group(proc)  # its helpers too
             self.child.process = None
             self.child.after_exit()  # e.g. Triton's shared-memory regions
