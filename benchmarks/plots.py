@@ -277,8 +277,9 @@ def plot_quality(results: Path, out: Path) -> Path | None:
                 yerr=stds if has_std else None, capsize=3 if has_std else 0,
             )  # fmt: skip
             if metric == metrics[0]:
-                for x, m in zip(xs, means, strict=True):
-                    ax.text(x, m, f"{m:.3f}", ha="center", va="bottom", fontsize=7, rotation=90)
+                for x, m, sd in zip(xs, means, stds, strict=True):  # above the error bar
+                    ax.text(x, m + sd + 0.004, f"{m:.3f}", ha="center", va="bottom", fontsize=7,
+                            rotation=90)  # fmt: skip
         ax.set_xticks(range(len(names)), names, rotation=35, ha="right", fontsize=8)
         ax.set_title(title, fontsize=10)
         ax.grid(True, axis="y", alpha=0.3)

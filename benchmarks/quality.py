@@ -4,6 +4,7 @@ benchmarks/results/quality.json.
     .venv/bin/python -m benchmarks.quality                      # 5 seeds, every model
     .venv/bin/python -m benchmarks.quality --seeds 0 -m ease dnn
     .venv/bin/python -m benchmarks.quality --ablations          # + ranker ablations per seed
+    .venv/bin/python -m benchmarks.quality --ablations 0 1      # + ablations on seeds 0 and 1
 
 Known users are evaluated on a per-user holdout; new listeners (``new_user``) are held-out
 users recommended from their history alone (training/split.py has the protocol). Each seed is
@@ -21,6 +22,7 @@ listener kinds, the served default's NDCG@10 over the best baseline's on that se
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import platform
 import sys
@@ -28,17 +30,19 @@ import time
 from pathlib import Path
 
 import numpy as np
+from rich.table import Table
 
 from core.console import console, metrics_table
 from core.paths import HETREC_DIR
-from core.ranker_features import NETWORK_FEATURES, RANKER_FEATURES
+from core.ranker_features import NETWORK_FEATURES, RANKER_FEATURES, TAG_FEATURES
+from core.tag_profile import TagAssignments
 from training.config import DataConfig, TrainConfig
 from training.data import load_hetrec
 from training.evaluation import evaluate_known_users, evaluate_new_users
 from training.models import MODEL_NAMES
 from training.models.dnn import NetworkRecommender
 from training.pipeline import fit_model, make_model
-from training.ranker import RankedRecommender, RankerConfig, fit_ranker
+from training.ranker import RankedRecommender, fit_ranker
 from training.split import Split, SplitConfig, split_interactions
 from training.two_stage import TwoStageRecommender, candidate_recall
 
@@ -54,7 +58,9 @@ ABLATIONS = {
     "no_neighbourhood": tuple(f for f in RANKER_FEATURES if f.startswith("neighbourhood")),
     "no_ranks_z_shares": tuple(f for f in RANKER_FEATURES
                                if f.endswith(("_z", "_rank", "_share")) and f != "dnn_z"),
+    "no_als": tuple(f for f in RANKER_FEATURES if f.startswith("als")),
     "no_listener": ("log_history", "similarity_mass", "top_similarity", "neighbours", "known"),
+    "no_tags": TAG_FEATURES,  # only where the data has tags
 }  # fmt: skip
 
 
@@ -66,10 +72,10 @@ def run_seed(models: list[str], data, seed: int, ablations: bool) -> dict:
     for name in models:
         cfg = TrainConfig(model=name, data=base.data, split=base.split)
         model = make_model(cfg, progress=True)
-        seconds = fit_model(model, split)
+        seconds = fit_model(model, split, tags=data.tags)
         _record(out, name, model, split, cfg.k, seconds)
         if name == "dnn":
-            out |= _staged_rows(out, model, split, cfg.k, ablations)
+            out |= _staged_rows(out, model, split, cfg.k, ablations, data.tags)
         if isinstance(model, NetworkRecommender):
             out.setdefault("throughput", {})[name] = {
                 "rows": model.train_rows_, "epochs": model.epochs_,
@@ -90,15 +96,16 @@ def _record(out: dict, name: str, model, split: Split, k: int, seconds: float | 
 
 
 def _staged_rows(out: dict, model: NetworkRecommender, split: Split, k: int,
-                 ablations: bool) -> dict:  # fmt: skip
+                 ablations: bool, tags: TagAssignments | None) -> dict:  # fmt: skip
     """The DNN behind stage 1: the blend (``dnn_two_stage``) and the learned ranker
     (``dnn_ranked``, the served default), both tuned on validation; stage 1's recall of the
     held-out artists; the ranker's validation figures and, optionally, its ablations."""
     settings = model.two_stage_
-    two = TwoStageRecommender(model, settings, als=model.als_).fit(split.train_full)
+    table = model.tag_table_  # fitted on train_full's plays, as served
+    two = TwoStageRecommender(model, settings, als=model.als_, tags=table).fit(split.train_full)
     _record(out, "dnn_two_stage", two, split, k, None)
-    ranked = RankedRecommender(model, model.ranker_, settings, two.item_table_,
-                               two.ease_table_, model.als_).fit(split.train_full)  # fmt: skip
+    ranked = RankedRecommender(model, model.ranker_, settings, two.item_table_, two.ease_table_,
+                               model.als_, table).fit(split.train_full)  # fmt: skip
     _record(out, SERVED, ranked, split, k, None)
     users = np.flatnonzero(np.diff(split.test.indptr) > 0)
     recall = {
@@ -109,12 +116,22 @@ def _staged_rows(out: dict, model: NetworkRecommender, split: Split, k: int,
     extra = {"candidate_recall": recall, "ranker": model.ranker_.to_dict(),
              "two_stage": settings.to_dict()}  # fmt: skip
     if ablations:
-        inner = TwoStageRecommender(model, settings).fit(split.train)
+        inner = TwoStageRecommender(model, settings, tags=tags).fit(split.train)
         extra["ablation"] = {}
-        for name, drop in ABLATIONS.items():
-            ranker = fit_ranker(inner, split.val, RankerConfig(drop=drop))
+        for name, group in ABLATIONS.items():
+            drop = tuple(f for f in group if f in model.ranker_.features)
+            if not drop:
+                continue  # e.g. no tags in this data
+            served = model.ranker_.config  # the chosen setting, less one more group
+            ranker = fit_ranker(
+                inner,
+                split.val,
+                dataclasses.replace(
+                    served, drop=(*served.drop, *drop), eval_share=0.0, early_stopping=0
+                ),
+            )
             variant = RankedRecommender(model, ranker, settings, two.item_table_, two.ease_table_,
-                                        model.als_)  # fmt: skip
+                                        model.als_, table)  # fmt: skip
             variant.fit(split.train_full)
             row = {"known": evaluate_known_users(variant, split, k)[f"ndcg@{k}"],
                    "new": evaluate_new_users(variant, split, k)[f"ndcg@{k}"]}  # fmt: skip
@@ -149,11 +166,16 @@ def summarise(per_seed: dict[int, dict]) -> dict:
         out["served_vs_best_baseline_min"] = float(min(r["ratio"] for r in ratios.values()))
         out["candidate_recall"] = float(np.mean([per_seed[s]["candidate_recall"]["known"]
                                                  ["candidate_recall"] for s in seeds]))  # fmt: skip
-    ablations = [per_seed[s].get("ablation") for s in seeds if per_seed[s].get("ablation")]
-    if ablations:
+    ablated = [s for s in seeds if per_seed[s].get("ablation")]
+    if ablated:  # each row beside the served ranker's figure on the same seeds ("nothing")
+        rows = {"nothing": {kind: [ndcg(s, kind, SERVED) for s in ablated]
+                            for kind in ("known", "new")}}  # fmt: skip
+        for name in per_seed[ablated[0]]["ablation"]:
+            rows[name] = {kind: [per_seed[s]["ablation"][name][kind] for s in ablated]
+                          for kind in ("known", "new")}  # fmt: skip
         out["ablation"] = {
-            name: {kind: _spread([a[name][kind] for a in ablations]) for kind in ("known", "new")}
-            for name in ablations[0]
+            "seeds": ablated,
+            **{name: {kind: _spread(v) for kind, v in row.items()} for name, row in rows.items()},
         }
     return out
 
@@ -184,13 +206,21 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("-m", "--models", nargs="+", choices=MODEL_NAMES, default=list(MODEL_NAMES))
     parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2, 3, 4])
-    parser.add_argument("--ablations", action="store_true", help="ranker ablations per seed")
+    parser.add_argument(
+        "--ablations",
+        nargs="*",
+        type=int,
+        default=None,
+        metavar="SEED",
+        help="ranker ablations on these seeds (every seed when none named)",
+    )
     parser.add_argument("--data", type=Path, default=HETREC_DIR)
     parser.add_argument("-o", "--out", type=Path, default=RESULTS)
     args = parser.parse_args(argv)
     t0 = time.perf_counter()
     data = load_hetrec(args.data)
-    per_seed = {seed: run_seed(args.models, data, seed, args.ablations) for seed in args.seeds}
+    ablate = set(args.seeds if args.ablations == [] else args.ablations or ())
+    per_seed = {seed: run_seed(args.models, data, seed, seed in ablate) for seed in args.seeds}
     split_cfg = SplitConfig()
     result = {
         "dataset": {"name": "hetrec2011-lastfm-2k", **data.summary(), "source": str(args.data)},
@@ -221,6 +251,17 @@ def _print(result: dict) -> None:
                 "candidate_recall"):  # fmt: skip
         if key in result:
             console.print(f"{key}: {result[key]:.4f}")
+    if "ablation" in result:
+        table = Table(title=f"ranker ablations, NDCG@10 over seeds {result['ablation']['seeds']}")
+        for col in ("ranker without", "known", "new"):
+            table.add_column(col, justify="left" if col == "ranker without" else "right")
+        for name, row in result["ablation"].items():
+            if name != "seeds":
+                table.add_row(
+                    name.removeprefix("no_"),
+                    *(f"{row[k]['mean']:.4f} ± {row[k]['std']:.4f}" for k in ("known", "new")),
+                )
+        console.print(table)
     console.print(f"wrote quality.json in {result['total_seconds']:.0f}s")
 
 
