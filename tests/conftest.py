@@ -78,3 +78,32 @@ def run_dir(tmp_path_factory):
     assert musicrec(["train", "--data", str(csv), "--run-dir", str(root / "run"),
                      "--max-epochs", "2"]) == 0  # fmt: skip
     return root / "run"
+
+
+@pytest.fixture(scope="module")
+def three_version_stack(run_dir, tmp_path_factory):
+    """Triton + gateway (metrics on) serving version 1, versions 2 and 3 exported beside it:
+    ``(running stack, DeployConfig, gateway metrics address)``, one per test module."""
+    from core.contract import SERVED_MODELS
+    from export.repository import export_run
+    from export.triton_config import write_configs
+    from gateway.config import GatewayConfig
+    from serving.deploy import DeployConfig
+    from serving.processes import free_port
+    from serving.stack import StackConfig, serving_stack
+
+    root = tmp_path_factory.mktemp("three_versions")
+    repo = root / "model_repository"
+    for _ in range(3):
+        export_run(run_dir, repo)
+    for name in SERVED_MODELS:
+        write_configs(repo / name, name, serving=[1])
+    metrics_port = free_port()
+    cfg = StackConfig(repo, free_port(), free_port(), free_port(),
+                      gateway=GatewayConfig(port=free_port(), metrics_port=metrics_port,
+                                            backend="cpu", poll_interval_s=0.2),
+                      log_dir=root / "logs")  # fmt: skip
+    with serving_stack(cfg) as running:
+        ops = DeployConfig(repo, running.triton.grpc_url, running.gateway.address,
+                           admin_key=running.triton.admin_key)  # fmt: skip
+        yield running, ops, f"127.0.0.1:{metrics_port}"

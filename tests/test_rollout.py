@@ -17,16 +17,13 @@ from core import traffic_split
 from core.contract import SERVED_MODELS
 from core.files import file_digests
 from export.repository import export_run
-from export.triton_config import serving_policy, write_configs
-from gateway.config import GatewayConfig
+from export.triton_config import serving_policy
 from gateway.rollout import agreement
 from loadtests.async_load import AsyncLoad
 from serving import canary_watch, rollout
 from serving.canary_watch import WatchRules, judge
-from serving.deploy import DeployConfig, DeployError
+from serving.deploy import DeployError
 from serving.gateway_metrics import VersionFigures, parse_metrics, quantile, slower_than
-from serving.processes import free_port
-from serving.stack import StackConfig, serving_stack
 from training.run import load_run
 
 # ---------------------------------------------------------------- without processes
@@ -141,23 +138,9 @@ slow = pytest.mark.slow
 
 
 @pytest.fixture(scope="module")
-def stack(run_dir, tmp_path_factory):
-    """Triton + gateway (metrics on) serving version 1; versions 2 and 3 exported."""
-    root = tmp_path_factory.mktemp("rollout")
-    repo = root / "model_repository"
-    for _ in range(3):
-        export_run(run_dir, repo)
-    for name in SERVED_MODELS:
-        write_configs(repo / name, name, serving=[1])
-    metrics_port = free_port()
-    cfg = StackConfig(repo, free_port(), free_port(), free_port(),
-                      gateway=GatewayConfig(port=free_port(), metrics_port=metrics_port,
-                                            backend="cpu", poll_interval_s=0.2),
-                      log_dir=root / "logs")  # fmt: skip
-    with serving_stack(cfg) as running:
-        ops = DeployConfig(repo, running.triton.grpc_url, running.gateway.address,
-                           admin_key=running.triton.admin_key)  # fmt: skip
-        yield running, ops, f"127.0.0.1:{metrics_port}"
+def stack(three_version_stack):
+    """Triton + gateway serving version 1; versions 2 and 3 exported (``tests/conftest.py``)."""
+    return three_version_stack
 
 
 @pytest.fixture(scope="module")
