@@ -174,3 +174,37 @@ def test_the_blend_grids_top_k_equals_a_whole_row_sort_ties_included():
         whole = np.where(np.isfinite(np.take_along_axis(scores, order, 1)),
                          np.take_along_axis(artists, order, 1), -1)  # fmt: skip
         assert np.array_equal(top_k_ordered(scores, artists, 10), whole)
+
+
+def test_the_threaded_blend_grid_picks_the_first_best_of_a_plain_per_listener_loop():
+    """The grid is scored on threads over all listeners at once; its choice must be what
+    ranking each listener alone with ``Blend.score`` and taking the first best gives."""
+    import itertools
+
+    from core.candidates import Candidates
+    from training.metrics import ranking_metrics
+    from training.two_stage import DNN_GRID, FEATURE_GRID, _Stage1, _tune
+
+    rng = np.random.default_rng(3)
+    lists = [rng.choice(400, size=int(rng.integers(15, 60)), replace=False) for _ in range(120)]
+    stage1 = _Stage1([Candidates(a, rng.random((len(a), len(FEATURES))).astype(np.float32))
+                      for a in lists],
+                     [rng.normal(size=len(a)).astype(np.float32) for a in lists])  # fmt: skip
+    rows = [rng.choice(a, size=3, replace=False) for a in lists]
+    targets = sp.csr_matrix((np.ones(360), np.concatenate(rows), np.arange(0, 361, 3)),
+                            shape=(120, 400))  # fmt: skip
+    best, best_ndcg = None, -1.0
+    for w in itertools.product(DNN_GRID, *FEATURE_GRID.values()):
+        if not any(w):
+            continue
+        blend = Blend(w[0], **dict(zip(FEATURE_GRID, w[1:], strict=True)))
+        top = np.full((120, 10), -1)
+        for i, (c, dnn) in enumerate(zip(stage1.candidates, stage1.dnn, strict=True)):
+            order = rank_candidates(c.artists, blend.score(dnn, c.features), 10)
+            top[i, : len(order)] = c.artists[order]
+        ndcg = ranking_metrics(top, targets)["ndcg@10"]
+        if ndcg > best_ndcg + 1e-9:
+            best, best_ndcg = blend, ndcg
+    for threads in (1, 2):
+        chosen, seen = _tune(stage1, targets, 10, threads=threads)
+        assert chosen == best and seen["ndcg_blend"] == pytest.approx(best_ndcg, abs=1e-6)

@@ -8,6 +8,8 @@ same candidates, the same network scores and the same blend, so the two rank ali
 from __future__ import annotations
 
 import itertools
+import os
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Self
 
@@ -152,7 +154,7 @@ def top_k_ordered(scores: np.ndarray, artists: np.ndarray, k: int, spare: int = 
     m = min(width, k + spare)
     if m >= width:
         return _top_k_sorted(scores, artists, k)
-    part = np.argpartition(-scores, m - 1, axis=1)[:, :m]
+    part = np.argpartition(scores, width - m, axis=1)[:, width - m :]  # no negated copy
     ps, pa = np.take_along_axis(scores, part, 1), np.take_along_axis(artists, part, 1)
     order = np.lexsort((pa, -ps), axis=1)[:, :k]
     kth, top = np.take_along_axis(ps, order, 1), np.take_along_axis(pa, order, 1)
@@ -163,8 +165,11 @@ def top_k_ordered(scores: np.ndarray, artists: np.ndarray, k: int, spare: int = 
     return top
 
 
-def _tune(stage1: _Stage1, targets: sp.csr_matrix, k: int) -> tuple[Blend, dict[str, float]]:
-    """The grid's best blend by NDCG@``k`` on ``targets``; returns it and the figures seen."""
+def _tune(stage1: _Stage1, targets: sp.csr_matrix, k: int,
+          threads: int | None = None) -> tuple[Blend, dict[str, float]]:  # fmt: skip
+    """The grid's best blend by NDCG@``k`` on ``targets`` (the first of ties, in grid order);
+    returns it and the figures seen. The grid's points are scored on ``threads`` threads
+    (default: the cores this process may use; numpy's partition releases the GIL)."""
     width = max((len(c.artists) for c in stage1.candidates), default=1)
     n = len(stage1.candidates)
     z = np.zeros((n, width, 1 + len(FEATURES)))
@@ -172,18 +177,23 @@ def _tune(stage1: _Stage1, targets: sp.csr_matrix, k: int) -> tuple[Blend, dict[
     for i, (c, dnn) in enumerate(zip(stage1.candidates, stage1.dnn, strict=True)):
         z[i, : len(c.artists)] = zscore(np.column_stack([dnn, c.features]))
         artists[i, : len(c.artists)] = c.artists
-    best, best_ndcg, dnn_only = Blend(), -1.0, None
-    for weights in itertools.product(DNN_GRID, *FEATURE_GRID.values()):
-        if not any(weights):
-            continue
-        blend = Blend(weights[0], **dict(zip(FEATURE_GRID, weights[1:], strict=True)))
-        scores = np.where(artists >= 0, z @ blend.weights, -np.inf)
-        ndcg = ranking_metrics(top_k_ordered(scores, artists, k), targets)[f"ndcg@{k}"]
-        if blend == Blend():
-            dnn_only = ndcg
-        if ndcg > best_ndcg + 1e-9:
-            best, best_ndcg = blend, ndcg
-    return best, {"ndcg_blend": best_ndcg, "ndcg_dnn_only": dnn_only or 0.0, "users": n}
+    columns, padding = np.ascontiguousarray(z.reshape(n * width, -1).T), artists < 0
+    grid = [Blend(w[0], **dict(zip(FEATURE_GRID, w[1:], strict=True)))
+            for w in itertools.product(DNN_GRID, *FEATURE_GRID.values()) if any(w)]  # fmt: skip
+
+    def ndcg(blend: Blend) -> float:
+        scores = (blend.weights @ columns).reshape(n, width)
+        scores[padding] = -np.inf
+        return ranking_metrics(top_k_ordered(scores, artists, k), targets)[f"ndcg@{k}"]
+
+    with ThreadPoolExecutor(threads or len(os.sched_getaffinity(0))) as pool:
+        figures = list(pool.map(ndcg, grid))
+    best, best_ndcg = Blend(), -1.0
+    for blend, figure in zip(grid, figures, strict=True):
+        if figure > best_ndcg + 1e-9:
+            best, best_ndcg = blend, figure
+    dnn_only = figures[grid.index(Blend())] if Blend() in grid else 0.0
+    return best, {"ndcg_blend": best_ndcg, "ndcg_dnn_only": dnn_only, "users": n}
 
 
 def tune_two_stage(
