@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 
 from app.training_commands import train_and_save
-from core.console import console
+from core.console import console, step
 from core.contract import SERVED_MODELS
 from core.paths import DEFAULT_GENERATED_CSV, DEFAULT_REPOSITORY, DEFAULT_RUNS_DIR
 from serving import admin_key
@@ -86,7 +86,8 @@ def _demo(args: argparse.Namespace) -> None:
     from serving.stack import StackConfig, serving_stack
 
     run_dir = args.run or _train_demo_run(str(args.data))
-    exported = export_run(run_dir, args.repository)
+    with step("exported to the Triton model repository, parity checked"):
+        exported = export_run(run_dir, args.repository)
     for name in SERVED_MODELS:  # the demo serves what it just exported, even if deploy pinned
         write_configs(args.repository / name, name, serving=[exported.version])
     console.print(f"exported as version {exported.version} of {args.repository} (parity max "

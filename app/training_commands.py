@@ -12,7 +12,7 @@ from pathlib import Path
 from rich.table import Table
 
 from app.data_commands import ensure_generated
-from core.console import console, metrics_table
+from core.console import console, metrics_table, step
 from core.paths import DEFAULT_GENERATED_CSV, DEFAULT_RUNS_DIR
 from training.config import DataConfig, TrainConfig
 from training.models import MODEL_NAMES, DNNConfig
@@ -77,7 +77,7 @@ def _result_rows(cfg: TrainConfig, result) -> dict[str, dict[str, float]]:
     rows[cfg.model] = {**result.metrics, "train_seconds": result.train_seconds}
     rows[f"{cfg.model} (new users)"] = result.new_user_metrics
     if cfg.model != "ease":
-        with console.status("fitting EASE, the baseline to beat"):
+        with step("EASE, the baseline to beat, fitted and evaluated"):
             ease = baseline_metrics("ease", result.split, cfg.k)
         rows["ease"], rows["ease (new users)"] = ease["known_users"], ease["new_users"]
     return rows

@@ -59,6 +59,8 @@ ABLATIONS = {
     "no_ranks_z_shares": tuple(f for f in RANKER_FEATURES
                                if f.endswith(("_z", "_rank", "_share")) and f != "dnn_z"),
     "no_als": tuple(f for f in RANKER_FEATURES if f.startswith("als")),
+    "no_popularity": ("log_listeners", "popularity_z", "popularity_rank"),
+    "no_sources": ("sources",),
     "no_listener": ("log_history", "similarity_mass", "top_similarity", "neighbours", "known"),
     "no_tags": TAG_FEATURES,  # only where the data has tags
 }  # fmt: skip

@@ -59,3 +59,13 @@ def test_the_served_default_beats_ease_on_hetrec(fitted):
     ease_known, ease_new = _ndcg(EASE().fit(split.train_full), split)
     assert served_known > ease_known, (served_known, ease_known)
     assert served_new > ease_new, (served_new, ease_new)
+
+
+def test_the_ablations_leave_out_every_feature_group_the_ranker_has():
+    """The ablation table must cover every source and feature group: a feature no ablation
+    leaves out would never have to earn its place."""
+    from benchmarks.quality import ABLATIONS
+    from core.ranker_features import ranker_features
+
+    covered = {f for group in ABLATIONS.values() for f in group}
+    assert set(ranker_features(tags=True)) <= covered
