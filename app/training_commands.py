@@ -30,6 +30,7 @@ def _train_config(args: argparse.Namespace) -> TrainConfig:
             args.min_user_artists,
             args.min_artist_users,
             events=str(args.events) if args.events else None,
+            playlist_tags=args.playlist_tags,
         ),  # fmt: skip
         split=SplitConfig(seed=args.seed if args.seed is not None else 0),
         dnn=dataclasses.replace(DNNConfig(), **overrides),
@@ -149,6 +150,9 @@ def register(sub: argparse._SubParsersAction, fmt: type[argparse.HelpFormatter])
         metavar="DIR",
         help="also learn the plays in a gateway's event log (its --events DIR)",
     )
+    t.add_argument("--playlist-tags", action="store_true",
+                   help="Spotify format: the words of playlist names become artist tags "
+                        "(tag features, kept only if validation users choose them)")  # fmt: skip
     t.add_argument("--min-user-artists", type=int, default=1)
     t.add_argument("--min-artist-users", type=int, default=1)
     t.add_argument("--max-epochs", type=int, help="dnn: epoch limit (early stopping applies)")

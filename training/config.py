@@ -24,6 +24,10 @@ class DataConfig:
     # The gateway's event log (``--events DIR``): its PLAYED events are added as plays
     # (training/data/events.py) before the filters and the split; None: the base data alone
     events: str | None = None
+    # The Spotify format's playlist names as artist tags (training/data/playlist_tags.py);
+    # off by default: the generated data's names are random, and the real file's value is
+    # unmeasured here (its 500-row sample is too small to train on)
+    playlist_tags: bool = False
 
     def __post_init__(self) -> None:
         if self.min_user_artists < 1 or self.min_artist_users < 1:

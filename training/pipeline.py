@@ -45,7 +45,7 @@ class TrainResult:
 def prepare_data(cfg: DataConfig, *, progress: bool = False) -> tuple[Interactions, dict]:
     """Load the configured source (and the event log's plays, with ``cfg.events``) and apply
     the minimum-count filters."""
-    data, report = load_dataset(cfg.source, progress=progress)
+    data, report = load_dataset(cfg.source, progress=progress, playlist_tags=cfg.playlist_tags)
     if cfg.events is not None:
         data, report["events"] = merge_events(data, Path(cfg.events))
     data = filter_min_counts(

@@ -26,8 +26,11 @@ def detect_kind(path: Path) -> str:
     )
 
 
-def load_dataset(spec: str, *, progress: bool = False) -> tuple[Interactions, dict[str, object]]:
-    """Load ``[kind:]path`` (kind one of :data:`KINDS`, guessed when absent).
+def load_dataset(
+    spec: str, *, progress: bool = False, playlist_tags: bool = False
+) -> tuple[Interactions, dict[str, object]]:
+    """Load ``[kind:]path`` (kind one of :data:`KINDS`, guessed when absent); with
+    ``playlist_tags`` (the Spotify format only) playlist names' words become artist tags.
 
     Returns the interactions and a load report (rows skipped and why; empty for clean formats).
     """
@@ -40,8 +43,10 @@ def load_dataset(spec: str, *, progress: bool = False) -> tuple[Interactions, di
         raise FileNotFoundError(f"data not found: {path}")
     kind = kind or detect_kind(path)
     if kind == "spotify":
-        data, report = load_spotify_playlists(path, progress=progress)
+        data, report = load_spotify_playlists(path, progress=progress, playlist_tags=playlist_tags)
         return data, report.as_dict()
+    if playlist_tags:
+        raise ValueError(f"playlist tags need the Spotify Playlists format; {path} is {kind}")
     loader = load_hetrec if kind == "hetrec" else load_audioscrobbler
     return loader(path), {}
 

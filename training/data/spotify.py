@@ -24,6 +24,7 @@ import scipy.sparse as sp
 from tqdm import tqdm
 
 from training.data.interactions import Interactions, Vocabulary
+from training.data.playlist_tags import playlist_tag_assignments
 
 log = logging.getLogger(__name__)
 
@@ -203,28 +204,33 @@ class _Coder:
 
 
 def load_spotify_playlists(
-    path: Path | str, *, chunk_rows: int = 1_000_000, progress: bool = False
-) -> tuple[Interactions, LoadReport]:
+    path: Path | str, *, chunk_rows: int = 1_000_000, progress: bool = False,
+    playlist_tags: bool = False,
+) -> tuple[Interactions, LoadReport]:  # fmt: skip
     """Load the Spotify Playlists CSV into a user x artist matrix of track counts.
 
     Each kept row adds one play to (user_id, artistname). Artists are keyed by name (the file
-    has no artist ids). Returns the interactions and a :class:`LoadReport`.
+    has no artist ids). With ``playlist_tags`` the words of each row's playlist name become the
+    artist's tags by that user (``training/data/playlist_tags.py``). Returns the interactions
+    and a :class:`LoadReport`.
     """
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"Spotify Playlists CSV not found: {path}")
     report = LoadReport()
-    users, artists = _Coder(), _Coder()
+    users, artists, playlists = _Coder(), _Coder(), _Coder()
     u_parts: list[np.ndarray] = []
     a_parts: list[np.ndarray] = []
+    p_parts: list[np.ndarray] = []
     buf_u: list[str] = []
     buf_a: list[str] = []
+    buf_p: list[str] = []
 
     def flush() -> None:
         u_parts.append(users.encode(buf_u))
         a_parts.append(artists.encode(buf_a))
-        buf_u.clear()
-        buf_a.clear()
+        p_parts.append(playlists.encode(buf_p))
+        buf_u.clear(), buf_a.clear(), buf_p.clear()
 
     size = path.stat().st_size
     with (
@@ -232,9 +238,11 @@ def load_spotify_playlists(
         tqdm(total=size, unit="B", unit_scale=True, disable=not progress, desc=path.name) as bar,
     ):
         records = iter_records(bounded_lines(fh, report), report)
-        for n, (user, artist, _track, _playlist) in enumerate(records, 1):
+        for n, (user, artist, _track, playlist) in enumerate(records, 1):
             buf_u.append(user)
             buf_a.append(artist)
+            if playlist_tags:
+                buf_p.append(playlist)
             if n % chunk_rows == 0:
                 flush()
                 bar.update(fh.buffer.tell() - bar.n)
@@ -256,4 +264,7 @@ def load_spotify_playlists(
                     "user or artist and %d with bytes that are not UTF-8", path.name,
                     report.malformed, report.long_lines, report.empty_fields,
                     report.invalid_utf8)  # fmt: skip
-    return Interactions(matrix, vocab, f"spotify:{path}"), report
+    tags = None
+    if playlist_tags:
+        tags = playlist_tag_assignments(rows, cols, np.concatenate(p_parts), list(playlists.codes))
+    return Interactions(matrix, vocab, f"spotify:{path}", tags), report
