@@ -72,3 +72,15 @@ def test_a_run_with_playlist_tags_trains_its_ranker_on_tag_features_from_trainin
     assert (model.tag_table_.table != expected.table).nnz == 0
     everything = ArtistTags.fit(result.data.tags, result.data.matrix)  # test plays' words too
     assert (everything.table != expected.table).nnz > 0
+
+
+def test_distinct_triples_agree_whether_one_int64_key_fits_or_not():
+    from training.data.playlist_tags import _distinct
+
+    rng = np.random.default_rng(1)
+    u, a, t = (rng.integers(0, 6, 300) for _ in range(3))
+    keyed = _distinct(u, a, t, 6)
+    wide = _distinct(u, a, t, 2**61)  # the key space overflows: the column-wise unique
+    expected = sorted(set(zip(u.tolist(), a.tolist(), t.tolist(), strict=False)))
+    for got in (keyed, wide):
+        assert list(zip(*(x.tolist() for x in got), strict=False)) == expected

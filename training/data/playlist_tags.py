@@ -35,12 +35,28 @@ def playlist_tag_assignments(users: np.ndarray, artists: np.ndarray, playlists: 
     lengths = np.array([len(ws) for ws in words], np.int64)
     offsets = np.concatenate([[0], np.cumsum(lengths)])
     flat = np.array([code[w] for ws in words for w in ws], np.int64)
-    pairs = np.unique(np.stack([np.asarray(users, np.int64), np.asarray(artists, np.int64),
-                                np.asarray(playlists, np.int64)]), axis=1)  # fmt: skip
-    u, a, p = pairs
+    u, a, p = _distinct(users, artists, playlists, len(names))
     per_row = lengths[p]
     starts = np.repeat(offsets[p], per_row)
     within = np.arange(per_row.sum()) - np.repeat(np.cumsum(per_row) - per_row, per_row)
-    triples = np.unique(np.stack([np.repeat(u, per_row), np.repeat(a, per_row),
-                                  flat[starts + within]]), axis=1)  # fmt: skip
-    return TagAssignments(triples[0], triples[1], triples[2])
+    u, a, w = _distinct(np.repeat(u, per_row), np.repeat(a, per_row), flat[starts + within],
+                        len(vocabulary))  # fmt: skip
+    return TagAssignments(u, a, w)
+
+
+def _distinct(users: np.ndarray, artists: np.ndarray, third: np.ndarray,
+              n_third: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:  # fmt: skip
+    """The distinct ``(user, artist, third)`` triples, sorted, as three int64 arrays: one
+    int64 key per triple (a 1-D ``np.unique``, ten times faster than ``axis=1``) when the key
+    space fits, else the column-wise unique."""
+    users, artists, third = (np.asarray(x, np.int64) for x in (users, artists, third))
+    if not len(users):
+        return users, artists, third
+    n_artists, n_third = int(artists.max()) + 1, max(n_third, 1)
+    if (int(users.max()) + 1) * n_artists * n_third < 2**62:
+        keys = np.unique((users * n_artists + artists) * n_third + third)
+        pair, third = np.divmod(keys, n_third)
+        users, artists = np.divmod(pair, n_artists)
+        return users, artists, third
+    triples = np.unique(np.stack([users, artists, third]), axis=1)
+    return triples[0], triples[1], triples[2]
