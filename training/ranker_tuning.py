@@ -45,7 +45,7 @@ def available(config: RankerConfig, features: tuple[str, ...]) -> bool:
     return set(config.drop) <= set(features)
 
 
-def _held_ndcg(ranker: LearnedRanker, examples: RankerExamples, k: int = 10) -> float:
+def held_ndcg(ranker: LearnedRanker, examples: RankerExamples, k: int = 10) -> float:
     """Mean NDCG@k of ``ranker`` over the held-back users' candidate lists (all its trees)."""
     x, y, sizes = examples.held
     scores = ranker.predict(x)
@@ -62,7 +62,7 @@ def _held_ndcg(ranker: LearnedRanker, examples: RankerExamples, k: int = 10) -> 
 def _tried(examples: RankerExamples, config: RankerConfig) -> dict[str, Any]:
     """One candidate fitted on the training part, judged (and early-stopped) by the choosers."""
     judged = boost(examples, dataclasses.replace(config, early_stopping=0))
-    return {"ndcg@10": _held_ndcg(judged, examples), "trees": judged.booster.num_trees()}
+    return {"ndcg@10": held_ndcg(judged, examples), "trees": judged.booster.num_trees()}
 
 
 def tune_ranker(model: TwoStageRecommender, val: sp.csr_matrix, tuning: TuningConfig | None = None,
