@@ -23,6 +23,7 @@ import dataclasses
 import json
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -43,8 +44,11 @@ from training.two_stage import TwoStageRecommender
 
 RESULTS = Path(__file__).parent / "results" / "ranker_headroom.json"
 LABEL_SHARES = (0.25, 0.5, 1.0)
-STAGE1 = {"default_500": CandidateConfig(), "max_800": CandidateConfig(max_candidates=800),
-          "max_800_neighbours_20": CandidateConfig(max_candidates=800, neighbours=20)}  # fmt: skip
+_COSINE = CandidateConfig(item_similarity="cosine")  # the default when results/ was written
+STAGE1 = {"default_500": _COSINE,
+          "max_800": dataclasses.replace(_COSINE, max_candidates=800),
+          "max_800_neighbours_20": dataclasses.replace(_COSINE, max_candidates=800,
+                                                       neighbours=20)}  # fmt: skip
 CHOOSE_SHARE, CHOOSE_SEED = 0.25, 0  # as the ranker's tuning holds users back
 
 
@@ -75,21 +79,15 @@ def held_users(val: sp.csr_matrix) -> np.ndarray:
     return users[held]
 
 
-def stage1_sizes(network, data, split) -> dict[str, float]:
-    """Held-back users' whole-catalogue validation NDCG@10 per stage-1 setting."""
+def stage1_sizes(network, data, split,
+                 configs: dict[str, CandidateConfig] = STAGE1) -> dict[str, float]:  # fmt: skip
+    """Held-back users' whole-catalogue validation NDCG@10 per stage-1 setting (each with its
+    own item table; EASE's table and ALS's factors fitted once)."""
     val, users, out, first = sp.csr_matrix(split.val), held_users(split.val), {}, None
-    for name, candidates in STAGE1.items():
+    for name, candidates in configs.items():
         settings = TwoStageSettings(candidates)
-        tables = (
-            {}
-            if first is None
-            else {
-                "item_table": first.item_table_,
-                "ease_table": first.ease_table_,
-                "als": first.als_,
-            }
-        )
-        inner = TwoStageRecommender(network, settings, tags=data.tags, **tables).fit(split.train)
+        shared = {} if first is None else {"ease_table": first.ease_table_, "als": first.als_}
+        inner = TwoStageRecommender(network, settings, tags=data.tags, **shared).fit(split.train)
         first = first or inner
         ranker = boost(ranker_examples(inner, val, CHOOSE_SHARE, CHOOSE_SEED), RankerConfig())
         ranked = RankedRecommender(network, ranker, settings, item_table=inner.item_table_,
@@ -124,26 +122,35 @@ def headroom_table(per_seed: dict[str, dict]) -> Table:
     return table
 
 
-def main(argv: list[str] | None = None) -> int:
+def validation_seeds(doc: str, results: Path, run_seed: Callable[[object, int], dict],
+                     table: Callable[[dict], Table], argv: list[str] | None = None,
+                     summary: Callable[[dict], dict] | None = None) -> int:  # fmt: skip
+    """The main of a validation-only HetRec probe: ``run_seed(data, seed)`` per ``--seeds``,
+    ``table(per_seed)`` printed, and the JSON (with ``summary(per_seed)``'s keys) written."""
     parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+        description=doc, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
-    parser.add_argument("--out", type=Path, default=RESULTS)
+    parser.add_argument("--out", type=Path, default=results)
     args = parser.parse_args(argv)
     data = load_hetrec(HETREC_DIR)
     t0, per_seed = time.perf_counter(), {}
     for seed in args.seeds:
         per_seed[str(seed)] = run_seed(data, seed)
         console.print(f"seed {seed}: {per_seed[str(seed)]}")
-    console.print(headroom_table(per_seed))
+    console.print(table(per_seed))
+    extra = summary(per_seed) if summary else {}
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps({
         "dataset": "hetrec", "seeds": args.seeds, "judged_on": "validation plays only",
-        "choose_share": CHOOSE_SHARE, "choose_seed": CHOOSE_SEED, "per_seed": per_seed,
+        "choose_share": CHOOSE_SHARE, "choose_seed": CHOOSE_SEED, **extra, "per_seed": per_seed,
         "total_seconds": time.perf_counter() - t0}, indent=2))  # fmt: skip
     console.print(f"wrote {args.out}")
     return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    return validation_seeds(__doc__, RESULTS, run_seed, headroom_table, argv)
 
 
 if __name__ == "__main__":

@@ -6,8 +6,8 @@ Stage 1 picks a few hundred candidate artists cheaply, from four sources:
   ``sum_j similarity_j * v_j[artist]`` (``v``: the users' ``log1p``, L2-normalised vectors,
   the user-kNN score);
 * **item neighbours**: the nearest artists of each artist the listener plays, from a sparse
-  top-N item-item cosine table computed at export (:func:`item_neighbour_table`), scored
-  ``log1p(plays) @ table`` (the item-kNN score);
+  top-N item-item table computed at export (:mod:`core.item_tables`: cosine by default, or
+  RP3beta's random-walk weights), scored ``log1p(plays) @ table`` (the item-kNN score);
 * **popularity**: the most-listened artists, always considered;
 * **EASE**: a pruned top-N table of EASE's item weights (:mod:`core.ease_table`), scored
   ``binary(plays) @ table``; the large-catalogue approximation is described there.
@@ -32,13 +32,14 @@ import scipy.sparse as sp
 
 from core.als_factors import AlsFactors
 from core.ease_table import ease_neighbour_table
-from core.similarity import as_csr, l2_normalize_rows, log_weights, user_vectors, weighted_rows
+from core.item_tables import item_neighbour_table, rp3beta_neighbour_table
+from core.similarity import as_csr, user_vectors, weighted_rows
 from core.tag_profile import ArtistTags
 
 # Stage-1 scores, in this order; ALS scores only the capped candidates (not a source).
 FEATURES = ("neighbourhood", "item_knn", "popularity", "ease", "als")
+ITEM_SIMILARITIES = ("cosine", "rp3beta")  # the item-item table's weights (core.item_tables)
 LISTENER = ("log_history", "similarity_mass", "top_similarity", "neighbours")  # per listener
-_PRODUCT_BUDGET = 20_000_000  # co-occurrence entries computed at once (bounds memory)
 
 
 @dataclass(frozen=True)
@@ -47,6 +48,8 @@ class CandidateConfig:
 
     neighbours: int = 10  # similar known users whose artists become candidates
     item_neighbours: int = 50  # neighbours per artist in the item-item table
+    item_similarity: str = "cosine"  # that table's weights: "cosine" or "rp3beta"
+    rp3_beta: float = 0.5  # RP3beta's popularity penalty (listeners ** -beta)
     table_user_artists: int = 200  # a user's most-played artists that count in that table
     popular: int = 100  # most-listened artists always considered
     max_candidates: int = 500  # the cap, by the cheap score
@@ -61,13 +64,21 @@ class CandidateConfig:
                 raise ValueError(f"{f.name} must be >= 1")
         if not self.popularity_weight >= 0:
             raise ValueError("popularity_weight must be >= 0")
+        if self.item_similarity not in ITEM_SIMILARITIES:
+            raise ValueError(f"item_similarity must be one of {ITEM_SIMILARITIES}, not "
+                             f"{self.item_similarity!r}")  # fmt: skip
+        if not self.rp3_beta >= 0:
+            raise ValueError("rp3_beta must be >= 0")
 
     def as_dict(self) -> dict[str, float]:
         return asdict(self)
 
     def item_table(self, plays: sp.csr_matrix) -> sp.csr_matrix:
         """The item-item table these settings call for, computed from ``plays``."""
-        return item_neighbour_table(plays, self.item_neighbours, self.table_user_artists)
+        if self.item_similarity == "cosine":
+            return item_neighbour_table(plays, self.item_neighbours, self.table_user_artists)
+        return rp3beta_neighbour_table(plays, self.item_neighbours, self.rp3_beta,
+                                       self.table_user_artists)  # fmt: skip
 
     def ease_table(self, plays: sp.csr_matrix) -> sp.csr_matrix:
         """The pruned EASE table these settings call for, computed from ``plays``."""
@@ -153,61 +164,6 @@ def rank_candidates(artists: np.ndarray, scores: np.ndarray, k: int) -> np.ndarr
         contenders = np.flatnonzero(scores >= kth)
         return contenders[np.lexsort((artists[contenders], -scores[contenders]))][:k]
     return np.lexsort((artists, -scores))[:k]
-
-
-def item_neighbour_table(
-    plays: sp.csr_matrix, n: int, max_user_artists: int = 200
-) -> sp.csr_matrix:
-    """Artists x artists cosine similarity over ``log1p`` plays, each row pruned to its ``n``
-    largest entries (the diagonal left out).
-
-    Each user counts with their ``max_user_artists`` most-played artists only: co-occurrence
-    costs the square of a history's length, and a heavy listener's long tail says little about
-    which artists go together. Rows are computed in chunks sized so that the co-occurrence
-    product holds about :data:`_PRODUCT_BUDGET` entries at a time.
-    """
-    capped = _top_per_row(sp.csr_matrix(plays, dtype=np.float32), max_user_artists)
-    items = l2_normalize_rows(log_weights(capped).T.tocsr())  # artists x users
-    items_t = sp.csr_matrix(items.T)
-    # Upper bound of each row's co-occurrence entries: the summed history lengths of its users.
-    cost = items.astype(bool).astype(np.float64) @ np.diff(items_t.indptr).astype(np.float64)
-    n_artists = items.shape[0]
-    parts, start = [], 0
-    while start < n_artists:
-        stop = int(np.searchsorted(np.cumsum(cost[start:]), _PRODUCT_BUDGET)) + start + 1
-        stop = min(max(stop, start + 1), n_artists)
-        sim = (items[start:stop] @ items_t).tocsr()
-        _drop_diagonal(sim, start)
-        sim.eliminate_zeros()
-        parts.append(_top_per_row(sim, n))
-        start = stop
-    table = sp.vstack(parts, format="csr") if parts else sp.csr_matrix((n_artists, n_artists))
-    table = sp.csr_matrix(table, dtype=np.float32)
-    table.sort_indices()
-    return table
-
-
-def _drop_diagonal(sim: sp.csr_matrix, offset: int) -> None:
-    """Zero the entries of rows ``i`` at column ``offset + i`` (in place)."""
-    rows = np.repeat(np.arange(sim.shape[0]), np.diff(sim.indptr))
-    sim.data[sim.indices == rows + offset] = 0.0
-
-
-def _top_per_row(m: sp.csr_matrix, n: int) -> sp.csr_matrix:
-    """Each row's ``n`` largest entries."""
-    m = sp.csr_matrix(m)
-    counts = np.diff(m.indptr)
-    if counts.max(initial=0) <= n:
-        return m
-    rows = np.repeat(np.arange(m.shape[0]), counts)
-    span = float(np.abs(m.data).max(initial=0.0)) or 1.0
-    # One float64 key: the row, then the value descending inside it (|values| <= span).
-    key = rows + (1.0 - m.data.astype(np.float64) / span) * 0.25
-    order = np.argsort(key)
-    rank = np.arange(len(order)) - m.indptr[rows[order]]
-    keep = np.sort(order[rank < n])
-    indptr = np.r_[0, np.cumsum(np.minimum(counts, n))]
-    return sp.csr_matrix((m.data[keep], m.indices[keep], indptr), shape=m.shape)
 
 
 class CandidateIndex:

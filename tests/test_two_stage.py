@@ -15,9 +15,9 @@ from core.candidates import (
     CandidateConfig,
     CandidateIndex,
     TwoStageSettings,
-    item_neighbour_table,
     rank_candidates,
 )
+from core.item_tables import item_neighbour_table, rp3beta_neighbour_table
 from core.similarity import SimilarityIndex, user_vectors
 from export.onnx_models import candidate_scorer
 from export.parity import ParityError, check_candidate_scorer, session
@@ -36,12 +36,62 @@ def test_item_table_is_item_knns_pruned_similarity():
 
 
 def test_item_table_chunks_agree_with_one_pass(monkeypatch):
-    import core.candidates as candidates
+    import core.item_tables as item_tables
 
     plays = community_matrix(n_users=80, n_artists=90, seed=5)
     whole = item_neighbour_table(plays, 5).toarray()
-    monkeypatch.setattr(candidates, "_PRODUCT_BUDGET", 50)  # chunks of a few rows
+    whole_rp3 = rp3beta_neighbour_table(plays, 5, 0.5)
+    monkeypatch.setattr(item_tables, "_PRODUCT_BUDGET", 50)  # chunks of a few rows
     np.testing.assert_allclose(item_neighbour_table(plays, 5).toarray(), whole, atol=1e-6)
+    # RP3beta's binary walk has ties at the cut: each row keeps the same weights
+    assert_same_kept_weights(rp3beta_neighbour_table(plays, 5, 0.5), whole_rp3)
+
+
+def assert_same_kept_weights(table: sp.csr_matrix, expected: sp.csr_matrix) -> None:
+    """Row by row, the same multiset of kept weights (which of tied columns is kept may vary)."""
+    for i in range(table.shape[0]):
+        got = np.sort(table.data[table.indptr[i] : table.indptr[i + 1]])
+        want = np.sort(expected.data[expected.indptr[i] : expected.indptr[i + 1]])
+        np.testing.assert_allclose(got, want, atol=1e-6)
+
+
+def test_rp3beta_table_is_the_two_step_walk_penalised_by_popularity_and_pruned():
+    plays = community_matrix(n_users=60, n_artists=40, seed=3)
+    binary = (plays.toarray() > 0).astype(np.float64)
+    listeners, history = binary.sum(0), binary.sum(1)
+    to_users = binary.T / np.maximum(listeners, 1)[:, None]
+    walk = to_users @ (binary / np.maximum(history, 1)[:, None])
+    walk /= np.maximum(listeners, 1) ** 0.7
+    np.fill_diagonal(walk, 0.0)
+    walk /= walk.max()
+    expected = np.zeros_like(walk)
+    for i, row in enumerate(walk):  # each row's 6 largest
+        top = np.argsort(-row, kind="stable")[:6]
+        expected[i, top] = row[top]
+    table = rp3beta_neighbour_table(plays, 6, 0.7)
+    assert (np.diff(table.indptr) <= 6).all() and table.diagonal().sum() == 0
+    assert_same_kept_weights(table, sp.csr_matrix(expected))
+    rows, cols = table.nonzero()  # every kept entry is the walk's weight there
+    np.testing.assert_allclose(np.asarray(table[rows, cols]).ravel(), walk[rows, cols], atol=1e-6)
+    # beta = 0 is the plain walk: its neighbours are more popular than with a penalty
+    plain = rp3beta_neighbour_table(plays, 6, 0.0)
+    assert listeners[plain.indices].mean() > listeners[table.indices].mean()
+
+
+def test_item_similarity_is_validated_and_chooses_the_table():
+    with pytest.raises(ValueError, match="item_similarity"):
+        CandidateConfig(item_similarity="jaccard")
+    with pytest.raises(ValueError, match="rp3_beta"):
+        CandidateConfig(rp3_beta=-0.1)
+    assert CandidateConfig().item_similarity == "cosine"  # the validation choice, see docs
+    settings = TwoStageSettings(CandidateConfig(item_similarity="rp3beta", rp3_beta=0.3))
+    assert TwoStageSettings.from_dict(settings.to_dict()) == settings
+    plays = community_matrix(seed=4)
+    cosine = CandidateConfig(item_neighbours=7).item_table(plays)
+    np.testing.assert_allclose(cosine.toarray(), item_neighbour_table(plays, 7).toarray())
+    rp3 = CandidateConfig(item_similarity="rp3beta", item_neighbours=7, rp3_beta=0.3)
+    np.testing.assert_allclose(rp3.item_table(plays).toarray(),
+                               rp3beta_neighbour_table(plays, 7, 0.3).toarray())  # fmt: skip
 
 
 def test_item_table_counts_each_users_most_played_artists_only():
@@ -208,3 +258,30 @@ def test_the_threaded_blend_grid_picks_the_first_best_of_a_plain_per_listener_lo
     for threads in (1, 2):
         chosen, seen = _tune(stage1, targets, 10, threads=threads)
         assert chosen == best and seen["ndcg_blend"] == pytest.approx(best_ndcg, abs=1e-6)
+
+
+def test_the_default_item_table_is_the_one_validation_chose():
+    import json
+
+    from benchmarks.item_table_choice import CHOICES, RESULTS, chosen
+
+    recorded = json.loads(RESULTS.read_text())
+    assert recorded["judged_on"] == "validation plays only"
+    assert recorded["chosen"] == chosen(recorded["per_seed"])
+    choice, default = CHOICES[recorded["chosen"]], CandidateConfig()
+    assert (choice.item_similarity, choice.rp3_beta) == (default.item_similarity, default.rp3_beta)
+
+
+def test_an_item_table_replaces_the_default_only_when_better_on_every_seed_by_the_margin():
+    from benchmarks.item_table_choice import CHOICES, chosen
+
+    def seeds(**gain):
+        return {str(s): {name: 0.16 + gain.get(name, [0.0] * 3)[s] for name in CHOICES}
+                for s in range(3)}  # fmt: skip
+
+    assert chosen(seeds()) == "cosine"
+    assert chosen(seeds(**{"rp3beta_0.5": [0.003, 0.003, 0.003]})) == "rp3beta_0.5"
+    assert chosen(seeds(**{"rp3beta_0.5": [0.009, 0.001, -0.0001]})) == "cosine"  # one seed
+    assert chosen(seeds(**{"rp3beta_0.5": [0.001, 0.001, 0.001]})) == "cosine"  # the margin
+    both = {"rp3beta_0.3": [0.003] * 3, "rp3beta_0.7": [0.004] * 3}
+    assert chosen(seeds(**both)) == "rp3beta_0.7"
